@@ -1,0 +1,71 @@
+"""Backends: what the gateway knows about each llama-server (state, slots, exact in-flight count).
+
+The launcher (in `vlgate up`) or the health poller (in `vlgate serve`) sets the state; the
+balancer reads it. They meet here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+class BackendState(str, enum.Enum):
+    STARTING = "starting"  # process launched, not answering yet
+    LOADING = "loading"  # /health 503 "Loading model"
+    READY = "ready"
+    SUSPECT = "suspect"  # failed a request: no new work until a health check passes
+    DOWN = "down"  # not reachable
+    CRASHED = "crashed"
+    RESTARTING = "restarting"
+    FAILED = "failed"  # parked (crash loop): out of rotation for good
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass(eq=False)
+class Backend:
+    url: str
+    name: str
+    api_key: str | None = None
+    slots: int = 1
+    state: BackendState = BackendState.STARTING
+    reason: str = ""
+    in_flight: int = 0
+    served: int = 0  # requests sent here (counter, for tests and metrics)
+    failures: int = 0
+    changed_at: float = field(default_factory=time.monotonic)
+    listeners: list[Callable[[Backend], None]] = field(default_factory=list, repr=False)
+
+    @property
+    def free_slots(self) -> int:
+        return self.slots - self.in_flight
+
+    @property
+    def available(self) -> bool:
+        return self.state is BackendState.READY
+
+    def set_state(self, state: BackendState, reason: str = "") -> None:
+        if state is self.state and reason == self.reason:
+            return
+        self.state = state
+        self.reason = reason
+        self.changed_at = time.monotonic()
+        for listener in self.listeners:
+            listener(self)
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "url": self.url,
+            "state": self.state.value,
+            "reason": self.reason,
+            "slots": self.slots,
+            "in_flight": self.in_flight,
+            "served": self.served,
+        }

@@ -1,0 +1,67 @@
+"""OpenAI-shaped errors: `{"error": {"message", "type", "param", "code"}}` with the right status."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.responses import Response
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_exceeded",
+    500: "server_error",
+    501: "not_implemented_error",
+    502: "server_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+class APIError(Exception):
+    """An error the gateway answers itself; raise it anywhere on the request path."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type or _TYPES.get(status, "invalid_request_error")
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.body()).encode()
+
+    def response(self) -> Response:
+        headers = dict(self.headers)
+        if self.status >= 500 or self.status == 429:
+            # our own retries already ran: tell the openai SDK not to multiply them
+            headers.setdefault("x-should-retry", "false")
+        return Response(self.to_bytes(), status_code=self.status, media_type="application/json", headers=headers)
+
+    def sse_event(self) -> bytes:
+        """A mid-stream error event: the SDK raises on it (a silent close would look complete)."""
+        return b"data: " + self.to_bytes() + b"\n\n"
+
+
+def error_response(status: int, message: str, **kwargs: Any) -> Response:
+    return APIError(status, message, **kwargs).response()

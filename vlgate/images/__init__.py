@@ -1,0 +1,1 @@
+"""Image normalization: decode, check, orient and size every image the backends see."""

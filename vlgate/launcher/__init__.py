@@ -1,0 +1,1 @@
+"""Launcher: start and supervise one llama-server per GPU."""

@@ -1,0 +1,1 @@
+"""Task presets: prompts, sampling and output parsers for Youtu-VL tasks."""
