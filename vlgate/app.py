@@ -1,0 +1,94 @@
+"""Assemble the Starlette app from plain parts: routes, the gateway state, OpenAI-shaped errors."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from vlgate import routes
+from vlgate.backends import Backend
+from vlgate.config import Config
+from vlgate.errors import APIError
+from vlgate.gateway import Gateway, backends_from_config
+from vlgate.proxy import ProxyEndpoint
+
+log = logging.getLogger("vlgate.app")
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return APIError(404, f"Unknown route {request.method} {request.url.path}.", code="unknown_url").response()
+    if exc.status_code == 405:
+        return APIError(405, f"Method {request.method} is not allowed on {request.url.path}.",
+                        code="method_not_allowed").response()
+    return APIError(exc.status_code, str(exc.detail)).response()
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s", request.url.path, exc_info=exc)
+    return APIError(500, "Internal gateway error.", type="server_error").response()
+
+
+def _attach_optional_parts(gw: Gateway, config: Config) -> None:
+    """Images and presets plug in when their packages provide them."""
+    try:
+        from vlgate.images import ImageNormalizer
+    except ImportError:
+        ImageNormalizer = None  # type: ignore[assignment,misc]
+    if ImageNormalizer is not None and config.images.enabled:
+        gw.images = ImageNormalizer(config.images)
+    try:
+        from vlgate.presets import PresetRegistry
+    except ImportError:
+        PresetRegistry = None  # type: ignore[assignment,misc]
+    if PresetRegistry is not None:
+        gw.presets = PresetRegistry.load(config.presets)
+
+
+def create_app(config: Config, backends: list[Backend] | None = None, *, poll_health: bool = True) -> Starlette:
+    """The gateway app. `poll_health=False`: the launcher owns backend state (`vlgate up`)."""
+    gw = Gateway(config, backends if backends is not None else backends_from_config(config),
+                 manage_state=poll_health)
+    _attach_optional_parts(gw, config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gw.startup()
+        try:
+            yield
+        finally:
+            await gw.shutdown()
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", ProxyEndpoint(gw, "chat", "/v1/chat/completions", routes.prepare_chat),
+                  methods=["POST"]),
+            Route("/v1/completions", ProxyEndpoint(gw, "completions", "/v1/completions", routes.prepare_completion),
+                  methods=["POST"]),
+            Route("/v1/embeddings", ProxyEndpoint(gw, "embeddings", "/v1/embeddings", routes.prepare_embedding),
+                  methods=["POST"]),
+            Route("/v1/models", routes.models, methods=["GET"]),
+            Route("/v1/models/{model:path}", routes.model, methods=["GET"]),
+            Route("/v1/presets", routes.presets, methods=["GET"]),
+            Route("/health", routes.health, methods=["GET"]),
+            Route("/ready", routes.ready, methods=["GET"]),
+            Route("/metrics", routes.metrics, methods=["GET"]),
+        ],
+        exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
+        lifespan=lifespan,
+    )
+    app.state.gateway = gw
+    return app

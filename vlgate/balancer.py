@@ -1,0 +1,187 @@
+"""Pick a backend for each request: most free slots, affinity among near-equals, a bounded FIFO queue.
+
+The gateway is the only client of its backends, so `Backend.in_flight` is exact; a request only
+goes to a backend with a free slot, so llama-server never holds more than it has slots. When no
+slot is free the request waits in a FIFO queue (size + deadline) instead of piling on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from vlgate.backends import Backend, BackendState
+from vlgate.errors import APIError
+
+# states from which a backend may still become ready: worth queueing for
+_HOPEFUL = {BackendState.STARTING, BackendState.LOADING, BackendState.RESTARTING, BackendState.SUSPECT,
+            BackendState.CRASHED, BackendState.DOWN}
+
+
+@dataclass(eq=False)
+class _Waiter:
+    future: asyncio.Future[Backend]
+    affinity: object | None
+    exclude: frozenset[Backend]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Balancer:
+    def __init__(
+        self,
+        backends: list[Backend],
+        *,
+        queue_size: int = 256,
+        queue_timeout_s: float = 30.0,
+        affinity_slack: int = 1,
+        affinity_entries: int = 4096,
+    ) -> None:
+        self.backends = backends
+        self.queue_size = queue_size
+        self.queue_timeout_s = queue_timeout_s
+        self.affinity_slack = affinity_slack
+        self.draining = False
+        self._waiters: deque[_Waiter] = deque()
+        self._affinity: OrderedDict[object, Backend] = OrderedDict()
+        self._affinity_entries = affinity_entries
+        self._rr = itertools.count()
+        self.affinity_hits = 0
+        for backend in backends:
+            backend.listeners.append(self._on_state_change)
+
+    # -- reading -------------------------------------------------------------------------------
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    def in_flight(self) -> int:
+        return sum(b.in_flight for b in self.backends)
+
+    def ready_backends(self) -> list[Backend]:
+        return [b for b in self.backends if b.available]
+
+    def not_ready_reason(self) -> str:
+        if self.draining:
+            return "gateway is draining (shutting down)"
+        if not self.backends:
+            return "no backends configured"
+        return "; ".join(f"{b.name}: {b.state.value}{' (' + b.reason + ')' if b.reason else ''}" for b in self.backends)
+
+    # -- choosing ------------------------------------------------------------------------------
+    def _pick(self, affinity: object | None, exclude: frozenset[Backend]) -> Backend | None:
+        best: Backend | None = None
+        best_free = 0
+        candidates = self.backends
+        n = len(candidates)
+        start = next(self._rr) % n if n > 1 else 0
+        for i in range(n):
+            b = candidates[(start + i) % n]
+            if b.state is not BackendState.READY or b in exclude:
+                continue
+            free = b.slots - b.in_flight
+            if free > best_free:
+                best, best_free = b, free
+        if best is None:
+            return None
+        if affinity is not None:
+            sticky = self._affinity.get(affinity)
+            if (
+                sticky is not None
+                and sticky is not best
+                and sticky.state is BackendState.READY
+                and sticky not in exclude
+                and sticky.free_slots > 0
+                and sticky.free_slots >= best_free - self.affinity_slack
+            ):
+                self.affinity_hits += 1
+                return sticky
+        return best
+
+    def _take(self, backend: Backend, affinity: object | None) -> Backend:
+        backend.in_flight += 1
+        backend.served += 1
+        if affinity is not None:
+            self._affinity[affinity] = backend
+            self._affinity.move_to_end(affinity)
+            if len(self._affinity) > self._affinity_entries:
+                self._affinity.popitem(last=False)
+        return backend
+
+    def _retry_after(self) -> str:
+        return str(max(1, math.ceil(min(self.queue_timeout_s, 5.0))))
+
+    async def acquire(self, affinity: object | None = None, exclude: frozenset[Backend] = frozenset()) -> Backend:
+        """A backend with a slot reserved for this request; release() it when done."""
+        if self.draining:
+            raise APIError(503, "The gateway is shutting down; retry on another instance.",
+                           code="draining", headers={"Retry-After": "1"})
+        if not self._waiters:
+            backend = self._pick(affinity, exclude)
+            if backend is not None:
+                return self._take(backend, affinity)
+        if not any(b.state is BackendState.READY or b.state in _HOPEFUL for b in self.backends if b not in exclude):
+            raise APIError(503, f"No backend can take work: {self.not_ready_reason()}",
+                           code="no_backend", headers={"Retry-After": self._retry_after()})
+        if len(self._waiters) >= self.queue_size:
+            raise APIError(429, f"All {sum(b.slots for b in self.ready_backends())} slots are busy and the queue "
+                           f"({self.queue_size}) is full; retry later.",
+                           code="queue_full", headers={"Retry-After": self._retry_after()})
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), affinity, exclude)
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.queue_timeout_s):
+                return await waiter.future
+        except TimeoutError:
+            self._abandon(waiter)
+            raise APIError(503, f"No slot became free within {self.queue_timeout_s:g}s "
+                           f"(backends: {self.not_ready_reason()}).",
+                           code="queue_timeout", headers={"Retry-After": self._retry_after()}) from None
+        except BaseException:
+            self._abandon(waiter)
+            raise
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """A waiter that gave up; if a slot reached it at the same moment, give the slot back."""
+        if waiter.future.done() and not waiter.future.cancelled():
+            self.release(waiter.future.result())
+            return
+        waiter.future.cancel()
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass
+
+    def release(self, backend: Backend) -> None:
+        backend.in_flight -= 1
+        if self._waiters:
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand free slots to waiters in FIFO order (skipping those whose exclusions rule a slot out)."""
+        for waiter in list(self._waiters):
+            if waiter.future.done():
+                self._waiters.remove(waiter)
+                continue
+            backend = self._pick(waiter.affinity, waiter.exclude)
+            if backend is None:
+                if not any(b.state is BackendState.READY and b.free_slots > 0 for b in self.backends):
+                    return
+                continue
+            self._waiters.remove(waiter)
+            waiter.future.set_result(self._take(backend, waiter.affinity))
+
+    def _on_state_change(self, backend: Backend) -> None:
+        if backend.state is not BackendState.READY:
+            for key in [k for k, b in self._affinity.items() if b is backend]:
+                del self._affinity[key]
+        if self._waiters:
+            self._dispatch()
+
+    def wake(self) -> None:
+        """Slots or states changed outside a release (health poll): serve waiters."""
+        if self._waiters:
+            self._dispatch()

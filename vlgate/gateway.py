@@ -1,0 +1,100 @@
+"""The gateway's long-lived parts in one place: backends, balancer, forwarder, keys, metrics, poller."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from vlgate.auth import KeyChecker
+from vlgate.backends import Backend
+from vlgate.balancer import Balancer
+from vlgate.config import Config
+from vlgate.health import HealthPoller
+from vlgate.metrics import Metrics
+from vlgate.upstream import Forwarder, new_session
+
+access_log = logging.getLogger("vlgate.access")
+
+
+class StreamTap(Protocol):
+    def feed(self, chunk: bytes) -> bytes: ...
+    def flush(self) -> bytes: ...
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What one request carries along the path (for routing, post-processing and the log line)."""
+
+    route: str
+    started: float
+    id: str = ""
+    body_changed: bool = False
+    stream: bool = False
+    affinity: object | None = None
+    backend: str | None = None
+    attempts: int = 0
+    ttfb: float | None = None
+    mid_stream_error: bool = False
+    finish: Callable[[bytes], bytes] | None = None  # non-stream post-processing (presets)
+    stream_tap: StreamTap | None = None  # stream post-processing (presets)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def backends_from_config(config: Config) -> list[Backend]:
+    return [
+        Backend(url=b.url, name=b.name or f"backend-{i}", api_key=b.api_key, slots=config.gateway.default_slots)
+        for i, b in enumerate(config.backends)
+    ]
+
+
+class Gateway:
+    def __init__(self, config: Config, backends: list[Backend], *, manage_state: bool = True) -> None:
+        g = config.gateway
+        self.config = config
+        self.backends = backends
+        self.keys = KeyChecker(config.resolved_api_keys())
+        self.balancer = Balancer(backends, queue_size=g.queue.size, queue_timeout_s=g.queue.timeout_s)
+        self.metrics = Metrics(self.balancer)
+        self.poller = HealthPoller(backends, self.balancer, interval_s=g.health.interval_s,
+                                   timeout_s=g.health.timeout_s, manage_all=manage_state)
+        self.session = None
+        self.forwarder: Forwarder = None  # type: ignore[assignment]  # set in startup (needs a loop)
+        self.images: Any = None
+        self.presets: Any = None
+        self.created = time.time()
+
+    async def startup(self) -> None:
+        self.session = new_session()
+        self.forwarder = Forwarder(self.session, self.balancer, self.config.gateway,
+                                   on_retry=lambda route: self.metrics.retries.labels(route).inc())
+        await self.poller.check_all()
+        self.poller.start()
+
+    async def shutdown(self) -> None:
+        await self.poller.aclose()
+        if self.session is not None:
+            await self.session.close()
+        if self.images is not None and hasattr(self.images, "aclose"):
+            await self.images.aclose()
+
+    def start_draining(self) -> None:
+        self.balancer.draining = True
+
+    def in_flight(self) -> int:
+        return self.balancer.in_flight()
+
+    def finish(self, ctx: RequestContext, status: int) -> None:
+        duration = time.perf_counter() - ctx.started
+        self.metrics.observe(ctx.route, status, duration, ctx.ttfb)
+        if self.config.gateway.log_json:
+            access_log.info(json.dumps({
+                "id": ctx.id or uuid.uuid4().hex[:16], "route": ctx.route, "status": status,
+                "backend": ctx.backend, "attempts": ctx.attempts, "stream": ctx.stream,
+                "ttfb_ms": round(ctx.ttfb * 1000, 2) if ctx.ttfb is not None else None,
+                "duration_ms": round(duration * 1000, 2), "mid_stream_error": ctx.mid_stream_error,
+            }))

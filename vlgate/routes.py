@@ -1,0 +1,131 @@
+"""What each OpenAI route does to a request before it is forwarded, and the small GET routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from vlgate import schemas
+from vlgate.errors import APIError
+from vlgate.gateway import Gateway, RequestContext
+from vlgate.metrics import CONTENT_TYPE
+
+
+def check_model(gw: Gateway, body: dict[str, Any]) -> None:
+    """The served model (or a preset's virtual model `<model>:<preset>`, handled by presets); else 404."""
+    served = gw.config.gateway.model
+    model = body.get("model")
+    if model is None or model == served:
+        return
+    if isinstance(model, str) and model.startswith(served + ":") and gw.presets is not None:
+        return
+    raise APIError(404, f"The model '{model}' does not exist; this gateway serves '{served}' "
+                   f"(see GET /v1/models).", param="model", code="model_not_found")
+
+
+def affinity_key(messages: list[Any], image_hashes: list[str]) -> object | None:
+    """Requests sharing system prompt + first user turn + images share llama-server's KV cache prefix."""
+    key: list[object] = []
+    for message in messages:
+        if not isinstance(message, dict):
+            return None
+        content = message.get("content")
+        if isinstance(content, list):
+            content = tuple(p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        key.append((message.get("role"), content))
+        if message.get("role") == "user":
+            break
+    return hash((tuple(key), tuple(image_hashes))) if key else None
+
+
+async def prepare_chat(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> None:
+    schemas.validate(schemas.ChatCompletionRequest, body)
+    check_model(gw, body)
+    run = None
+    if gw.presets is not None:
+        run = gw.presets.resolve(body, body.get("model") or gw.config.gateway.model, gw.config.gateway.model)
+        if run is not None:
+            ctx.body_changed = True
+    elif "preset" in body:
+        raise APIError(400, "Presets are not enabled on this gateway.", param="preset")
+    images: list[Any] = []
+    if gw.images is not None:
+        images = await gw.images.normalize_body(body)
+        if images:
+            ctx.body_changed = True
+    if run is not None:
+        from vlgate.presets_glue import attach_preset  # local: presets are optional machinery
+
+        attach_preset(ctx, run, images, body)
+    ctx.affinity = affinity_key(body["messages"], [i.sha256 for i in images])
+
+
+async def prepare_completion(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> None:
+    schemas.validate(schemas.CompletionRequest, body)
+    check_model(gw, body)
+    prompt = body.get("prompt")
+    ctx.affinity = hash(prompt[:256]) if isinstance(prompt, str) else None
+
+
+async def prepare_embedding(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> None:
+    schemas.validate(schemas.EmbeddingRequest, body)
+    check_model(gw, body)
+
+
+# -- GET routes ------------------------------------------------------------------------------------
+
+def _gw(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    gw = _gw(request)
+    b = gw.balancer
+    ok = not b.draining and bool(b.ready_backends())
+    body = {
+        "status": "ready" if ok else "unavailable",
+        "draining": b.draining,
+        "reason": "" if ok else b.not_ready_reason(),
+        "in_flight": b.in_flight(),
+        "queued": b.queued,
+        "backends": [x.describe() for x in gw.backends],
+    }
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(_gw(request).metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def models(request: Request) -> Response:
+    gw = _gw(request)
+    gw.keys.check(request.headers.get("authorization", "").encode("latin-1") or None)
+    served = gw.config.gateway.model
+    ids = [served] + ([f"{served}:{name}" for name in gw.presets.names()] if gw.presets is not None else [])
+    created = int(gw.created)
+    return JSONResponse({"object": "list", "data": [
+        {"id": i, "object": "model", "created": created, "owned_by": "vlgate"} for i in ids]})
+
+
+async def model(request: Request) -> Response:
+    gw = _gw(request)
+    gw.keys.check(request.headers.get("authorization", "").encode("latin-1") or None)
+    served = gw.config.gateway.model
+    name = request.path_params["model"]
+    known = {served} | ({f"{served}:{n}" for n in gw.presets.names()} if gw.presets is not None else set())
+    if name not in known:
+        raise APIError(404, f"The model '{name}' does not exist.", param="model", code="model_not_found")
+    return JSONResponse({"id": name, "object": "model", "created": int(gw.created), "owned_by": "vlgate"})
+
+
+async def presets(request: Request) -> Response:
+    gw = _gw(request)
+    gw.keys.check(request.headers.get("authorization", "").encode("latin-1") or None)
+    data = gw.presets.describe() if gw.presets is not None else []
+    return JSONResponse({"object": "list", "data": data})
