@@ -21,6 +21,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="YAML config (default: the embedded configs/default.yaml)")
     p.add_argument("--host", help="address to listen on (default from config: 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default from config: 8000)")
+    p.add_argument("--model", help="model id to serve at /v1/models (default from config: youtu-vl)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="gateway log level (default: info)")
     p.add_argument("--log-json", action="store_true", help="one JSON line per request on stderr")
@@ -34,6 +35,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         overrides["host"] = args.host
     if args.port is not None:
         overrides["port"] = args.port
+    if args.model:
+        overrides["model"] = args.model
     if getattr(args, "log_json", False):
         overrides["log_json"] = True
     if overrides:

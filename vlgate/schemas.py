@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vlgate.errors import APIError
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # strict: "yes" is not a bool and "5" is not an int; a wrong type is a 400, not a guess
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class ImageURL(_Open):
@@ -25,6 +26,14 @@ class ContentPart(_Open):
     type: str
     text: str | None = None
     image_url: ImageURL | str | None = None
+
+    @model_validator(mode="after")
+    def _has_payload(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a text part needs 'text'")
+        if self.type == "image_url" and self.image_url is None:
+            raise ValueError("an image_url part needs 'image_url'")
+        return self
 
 
 class Message(_Open):
@@ -83,7 +92,7 @@ def validate(model: type[BaseModel], data: Any) -> None:
     try:
         model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        err = max(exc.errors(), key=lambda e: len(e["loc"]))  # the deepest: the union branch that got furthest
         loc = err["loc"]
         # drop pydantic's union-branch names (e.g. 'list[ContentPart]') from the path
         parts = [p for p in loc if not (isinstance(p, str) and ("[" in p or p in ("str", "int", "float", "bool")))]

@@ -102,6 +102,10 @@ class Forwarder:
             release()
             backend.set_state(BackendState.DOWN, f"connection failed: {type(exc).__name__}")
             raise Retryable(f"{backend.name}: {type(exc).__name__}: {exc}", backend)
+        except aiohttp.ClientError as exc:  # an answer that is not HTTP: nothing reached the client yet
+            release()
+            backend.set_state(BackendState.SUSPECT, f"bad response: {type(exc).__name__}")
+            raise Retryable(f"{backend.name}: bad response ({type(exc).__name__})", backend)
         except BaseException:
             release()
             raise

@@ -1,0 +1,61 @@
+"""Shared fixtures. Nothing here skips: a test that cannot run (no binary, no model) must fail."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from llama import LlamaServer
+
+from vlgate.server_binary import ensure_server
+from vlgate.tinymodel import TinyModel, write_tiny_model
+
+
+# ---------------------------------------------------------------- llama-server binary + tiny model
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build llama-server (~10 min cold) before the first test, outside any per-test timeout."""
+    if any("llama_server_bin" in getattr(item, "fixturenames", ()) for item in session.items):
+        ensure_server()
+
+
+@pytest.fixture(scope="session")
+def llama_server_bin() -> Path:
+    """The pinned llama-server (found, or built once into ~/.cache/vlgate)."""
+    return ensure_server()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """Random-weight text model + mmproj (about 0.5 s to generate)."""
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+LlamaServerFactory = Callable[..., LlamaServer]
+
+
+@pytest.fixture
+def llama_server(
+    llama_server_bin: Path, tiny_model: TinyModel, tmp_path: Path
+) -> Iterator[LlamaServerFactory]:
+    """Factory: `llama_server(slots=2, ctx=512, mmproj=False, extra_args=[])` -> started LlamaServer.
+
+    Every server it started is stopped at teardown; logs go to the test's tmp_path.
+    """
+    started: list[LlamaServer] = []
+
+    def start(
+        slots: int = 2, ctx: int = 512, mmproj: bool = False, extra_args: Sequence[str] = (), threads: int = 1
+    ) -> LlamaServer:
+        server = LlamaServer(
+            llama_server_bin, tiny_model.model, mmproj=tiny_model.mmproj if mmproj else None,
+            slots=slots, ctx=ctx, threads=threads, extra_args=extra_args,
+            log_dir=tmp_path / f"llama-server-{len(started)}",
+        )
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
