@@ -17,6 +17,7 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from vlgate.errors import APIError
+from vlgate.fidelity import client_fault
 from vlgate.gateway import Gateway, RequestContext
 from vlgate.streaming import send_error, send_json_bytes, stream_upstream
 
@@ -123,10 +124,14 @@ class ProxyEndpoint:
                 data = await upstream.response.read()
                 upstream.response.release()
                 upstream.release()
-                if ctx.finish is not None and upstream.status == 200:
+                status = upstream.status
+                if status == 200 and ctx.finish is not None:
                     data = ctx.finish(data)
+                elif status == 500 and (fault := client_fault(status, data)) is not None:
+                    status, data = 400, fault
                 disconnect.remove_done_callback(on_gone)
-                await send_json_bytes(send, upstream.status, data, upstream.headers())
+                await send_json_bytes(send, status, data, upstream.headers())
+                return status
             return upstream.status
         except asyncio.CancelledError:
             if disconnect.done() and not disconnect.cancelled():

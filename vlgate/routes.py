@@ -7,7 +7,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from vlgate import schemas
+from vlgate import fidelity, schemas
 from vlgate.errors import APIError
 from vlgate.gateway import Gateway, RequestContext
 from vlgate.metrics import CONTENT_TYPE
@@ -43,6 +43,7 @@ def affinity_key(messages: list[Any], image_hashes: list[str]) -> object | None:
 async def prepare_chat(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> None:
     schemas.validate(schemas.ChatCompletionRequest, body)
     check_model(gw, body)
+    ctx.finish = fidelity.complete_chat
     run = None
     if gw.presets is not None:
         run = gw.presets.resolve(body, body.get("model") or gw.config.gateway.model, gw.config.gateway.model)
@@ -65,6 +66,7 @@ async def prepare_chat(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -
 async def prepare_completion(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> None:
     schemas.validate(schemas.CompletionRequest, body)
     check_model(gw, body)
+    ctx.finish = fidelity.complete_text
     prompt = body.get("prompt")
     ctx.affinity = hash(prompt[:256]) if isinstance(prompt, str) else None
 

@@ -23,7 +23,7 @@ class ImageURL(_Open):
 
 
 class ContentPart(_Open):
-    type: str
+    type: Literal["text", "image_url"]  # a vision-language model: no audio or file parts
     text: str | None = None
     image_url: ImageURL | str | None = None
 
@@ -42,6 +42,18 @@ class Message(_Open):
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
+
+
+class FunctionDef(_Open):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Open):
+    type: Literal["function"]  # llama-server knows no other tool type
+    function: FunctionDef
 
 
 class StreamOptions(_Open):
@@ -67,7 +79,7 @@ class _Sampling(_Open):
 class ChatCompletionRequest(_Sampling):
     messages: Annotated[list[Message], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     logprobs: bool | None = None
