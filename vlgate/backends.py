@@ -31,6 +31,7 @@ class Backend:
     name: str
     api_key: str | None = None
     slots: int = 1
+    fixed_slots: bool = False  # set by the operator: never overwritten by /slots
     state: BackendState = BackendState.STARTING
     reason: str = ""
     in_flight: int = 0

@@ -56,7 +56,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.backend:
         data = config.model_dump()
-        data["backends"] = [BackendConfig(url=u, api_key=args.backend_api_key).model_dump() for u in args.backend]
+        data["backends"] = [BackendConfig(url=u, api_key=args.backend_api_key, slots=args.slots).model_dump()
+                            for u in args.backend]
         config = parse_config(data, "command line")
     if not config.backends:
         raise CLIError("no backends: pass --backend URL (repeatable) or list `backends:` in the config "
@@ -89,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="llama-server base URL, e.g. http://127.0.0.1:8081 (repeatable; replaces config backends)")
     serve.add_argument("--backend-api-key", metavar="KEY",
                        help="the backends' own --api-key (sent upstream; never the client's key)")
+    serve.add_argument("--slots", type=int, metavar="N",
+                       help="slots per --backend (default: read from each backend's /slots or /props)")
     serve.set_defaults(func=cmd_serve)
 
     from vlgate.launcher.cli import register

@@ -27,6 +27,7 @@ class BackendConfig(_Strict):
     url: str = Field(description="base URL of a llama-server, e.g. http://127.0.0.1:8081")
     api_key: str | None = Field(default=None, description="the backend's own --api-key, sent upstream")
     name: str | None = None
+    slots: int | None = Field(default=None, ge=1, description="fixed slot count; default: read from /slots or /props")
 
     @field_validator("url")
     @classmethod

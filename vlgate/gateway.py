@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from vlgate.auth import KeyChecker
-from vlgate.backends import Backend
+from vlgate.backends import Backend, BackendState
 from vlgate.balancer import Balancer
 from vlgate.config import Config
 from vlgate.health import HealthPoller
@@ -47,7 +48,8 @@ class RequestContext:
 
 def backends_from_config(config: Config) -> list[Backend]:
     return [
-        Backend(url=b.url, name=b.name or f"backend-{i}", api_key=b.api_key, slots=config.gateway.default_slots)
+        Backend(url=b.url, name=b.name or f"backend-{i}", api_key=b.api_key,
+                slots=b.slots or config.gateway.default_slots, fixed_slots=b.slots is not None)
         for i, b in enumerate(config.backends)
     ]
 
@@ -67,6 +69,43 @@ class Gateway:
         self.images: Any = None
         self.presets: Any = None
         self.created = time.time()
+        self.token_checks: dict[str, Any] = {}  # backend name -> presets.TokenCheck
+        self._checking: set[asyncio.Task[None]] = set()
+        for backend in backends:
+            backend.listeners.append(self._on_backend_state)
+
+    def _on_backend_state(self, backend: Backend) -> None:
+        """First time a backend is ready: check that preset structure tokens survive its output."""
+        if (backend.state is BackendState.READY and self.presets is not None
+                and backend.name not in self.token_checks and self.poller is not None):
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # state set from outside the loop: check at the next transition
+                return
+            self.token_checks[backend.name] = None
+            task = loop.create_task(self._check_tokens(backend))
+            self._checking.add(task)
+            task.add_done_callback(self._checking.discard)
+
+    async def _check_tokens(self, backend: Backend) -> None:
+        from vlgate.presets import check_special_tokens
+
+        try:
+            result = await check_special_tokens(self.poller.client, backend.url, backend.auth_headers())
+        except Exception as exc:  # a backend without /tokenize: unknown, not fatal
+            access_log.warning("token check of %s failed: %s", backend.name, exc)
+            self.token_checks.pop(backend.name, None)
+            return
+        self.token_checks[backend.name] = result
+        if result.ok is False:
+            access_log.warning("backend %s: structured presets unavailable: %s", backend.name, result.reason)
+
+    def structure_tokens_problem(self) -> str | None:
+        """A reason when every checked backend strips `<box>`-style tokens (structured presets can't work)."""
+        checks = [c for c in self.token_checks.values() if c is not None]
+        if checks and all(c.ok is False for c in checks):
+            return checks[0].reason
+        return None
 
     async def startup(self) -> None:
         self.session = new_session()

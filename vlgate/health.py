@@ -47,7 +47,7 @@ async def check_backend(client: httpx.AsyncClient, backend: Backend, manage_all:
         return
     if r.status_code == 200:
         if manage_all or backend.state in _RECOVERABLE:
-            slots = await fetch_slot_count(client, backend)
+            slots = None if backend.fixed_slots else await fetch_slot_count(client, backend)
             if slots:
                 backend.slots = slots
             if backend.state is not BackendState.READY:

@@ -49,6 +49,10 @@ async def prepare_chat(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -
         run = gw.presets.resolve(body, body.get("model") or gw.config.gateway.model, gw.config.gateway.model)
         if run is not None:
             ctx.body_changed = True
+            problem = gw.structure_tokens_problem() if run.parsers else None
+            if problem:
+                raise APIError(503, f"Structured preset '{run.name}' is unavailable: {problem}",
+                               code="preset_unavailable", headers={"Retry-After": "60"})
     elif "preset" in body:
         raise APIError(400, "Presets are not enabled on this gateway.", param="preset")
     images: list[Any] = []
@@ -129,5 +133,5 @@ async def model(request: Request) -> Response:
 async def presets(request: Request) -> Response:
     gw = _gw(request)
     gw.keys.check(request.headers.get("authorization", "").encode("latin-1") or None)
-    data = gw.presets.describe() if gw.presets is not None else []
+    data = gw.presets.describe(gw.config.gateway.model) if gw.presets is not None else []
     return JSONResponse({"object": "list", "data": data})
