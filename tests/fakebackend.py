@@ -32,6 +32,7 @@ class FakeBackend:
     status_body: bytes = b'{"error":{"code":500,"message":"boom","type":"server_error"}}'
     slots: int = 2
     delay_s: float = 0.0
+    reply: str | None = None  # model-style text to answer with (presets), else "fake answer"
     seen: list[Seen] = field(default_factory=list)
     connections: int = 0
 
@@ -111,15 +112,18 @@ class FakeBackend:
         req = json.loads(body or b"{}")
         if req.get("stream"):
             return await self._stream(w, req)
-        return _send(w, 200, json.dumps(_completion(req)).encode())
+        return _send(w, 200, json.dumps(_completion(req, self.reply)).encode())
 
     async def _stream(self, w: asyncio.StreamWriter, req: dict[str, Any]) -> bool:
         w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
         n = 8 if self.mode != "die_after" else self.die_after
-        for i in range(n):
+        pieces = [f"t{i} " for i in range(n)]
+        if self.reply is not None:
+            pieces = [self.reply[i:i + 7] for i in range(0, len(self.reply), 7)]
+        for piece in pieces:
             chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
                      "model": req.get("model") or "fake",
-                     "choices": [{"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": None}]}
+                     "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
             _chunk(w, b"data: " + json.dumps(chunk).encode() + b"\n\n")
             await w.drain()
             await asyncio.sleep(0.01)
@@ -143,10 +147,10 @@ def _send(w: asyncio.StreamWriter, status: int, body: bytes, ctype: str = "appli
     return True
 
 
-def _completion(req: dict[str, Any]) -> dict[str, Any]:
+def _completion(req: dict[str, Any], reply: str | None = None) -> dict[str, Any]:
     return {
         "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
         "model": req.get("model") or "fake",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "fake answer"}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply if reply is not None else "fake answer"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
     }
