@@ -42,6 +42,9 @@ class _DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: Any) -> None:
         self._on_drain()
         super().handle_exit(sig, frame)
+        # uvicorn re-raises the signal after shutdown; a finished drain is a clean exit (0), and the
+        # launcher still has backends to stop after serve() returns
+        self._captured_signals.clear()
 
 
 def uvicorn_config(app: Starlette, host: str, port: int, grace_s: float) -> uvicorn.Config:
