@@ -1,11 +1,120 @@
-"""Image normalization settings (the `images:` section of the config)."""
+"""Image normalization settings (the `images:` section of the config).
+
+Defaults are safe for a public gateway: URL fetching refuses private networks, every limit is on.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, field_validator
+
+from vlgate.images.grid import GridRule
+
+MiB = 1024 * 1024
+
+# Pillow format ids tried by Image.open(formats=...); AVIF/HEIF are dropped at start when no plugin can open them.
+DEFAULT_FORMATS = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF"]
+KNOWN_FORMATS = set(DEFAULT_FORMATS)
 
 
-class ImageSettings(BaseModel):
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
+
+class GridSettings(_Strict):
+    """The model's input grid; must match the backend's llama.cpp preprocessor and flags."""
+
+    rule: Literal["linear_scale", "preserved_ratio"] = Field(
+        default="linear_scale",
+        description="linear_scale: Youtu-VL (scale -0.02 steps); preserved_ratio: Qwen2/2.5/3-VL style (dyn_size)",
+    )
+    patch_size: int = Field(default=16, ge=1, le=1024, description="vision patch side (Youtu-VL 16, Qwen-VL 14)")
+    merge_size: int = Field(default=2, ge=1, le=16, description="spatial merge; grid step = patch_size*merge_size")
+    max_tokens: int = Field(default=2048, ge=1, description="must equal llama-server --image-max-tokens")
+    min_tokens: int = Field(default=0, ge=0, description="preserved_ratio only: --image-min-tokens (0 = none)")
+
+    def to_rule(self) -> GridRule:
+        return GridRule(self.rule, self.patch_size, self.merge_size, self.max_tokens, self.min_tokens)
+
+
+class LimitSettings(_Strict):
+    max_images: int = Field(default=8, ge=0, description="image parts per request")
+    max_image_bytes: int = Field(default=10 * MiB, ge=1, description="encoded bytes per image (download or data URL)")
+    max_request_bytes: int = Field(default=32 * MiB, ge=1, description="encoded image bytes per request, all images")
+    max_pixels: int = Field(
+        default=40_000_000, ge=1, description="width*height from the header, checked before decoding"
+    )
+    max_frames: int = Field(default=256, ge=1, description="animated GIF/APNG/WebP: more frames than this is refused")
+
+
+class FetchSettings(_Strict):
+    """http(s) image URLs, fetched by the gateway under SSRF rules (llama-server never sees a URL)."""
+
+    enabled: bool = Field(default=True, description="false: only data: URLs are accepted")
+    timeout_s: float = Field(default=5.0, gt=0, description="whole download, redirects included")
+    max_redirects: int = Field(default=3, ge=0, le=10)
+    allowed_domains: list[str] = Field(
+        default_factory=list, description="if set, only these hosts and their subdomains may be fetched"
+    )
+    allow_private_networks: bool = Field(
+        default=False, description="allow loopback/private/link-local targets (tests, trusted setups only)"
+    )
+    allowed_networks: list[IPvAnyNetwork] = Field(
+        default_factory=list, description="CIDRs allowed despite the private-network rules, e.g. an internal image store"
+    )
+    user_agent: str = "vlgate-image-fetch/1"
+    max_connections: int = Field(default=32, ge=1)
+
+    @field_validator("allowed_domains")
+    @classmethod
+    def _lower(cls, v: list[str]) -> list[str]:
+        return [d.strip().lower().strip(".") for d in v if d.strip()]
+
+
+class EncodeSettings(_Strict):
+    format: Literal["auto", "jpeg", "png"] = Field(
+        default="auto", description="auto: PNG for few-colour lossless sources (screenshots, text), else JPEG"
+    )
+    jpeg_quality: int = Field(default=90, ge=1, le=100)
+    png_max_colors: int = Field(
+        default=512, ge=0, description="auto: a lossless source with at most this many colours (sampled) -> PNG"
+    )
+    png_compress_level: int = Field(default=1, ge=0, le=9, description="zlib level; 1 is fast and nearly as small")
+    resample: Literal["lanczos", "bicubic", "bilinear", "box"] = Field(
+        default="bilinear",
+        description="photos (JPEG output): what llama.cpp itself uses for Youtu-VL (RESIZE_ALGO_BILINEAR), 2x faster",
+    )
+    resample_text: Literal["lanczos", "bicubic", "bilinear", "box"] = Field(
+        default="lanczos", description="images kept as PNG (screenshots, text): sharpest glyph edges"
+    )
+    reducing_gap: float | None = Field(
+        default=2.0, ge=1.0, description="Pillow reduce() by an integer factor first while the ratio is >= this"
+    )
+    jpeg_draft: bool = Field(default=True, description="JPEG: decode at 1/2, 1/4, 1/8 scale (DCT) when big enough")
+    apply_icc: bool = Field(default=True, description="convert images with a non-sRGB ICC profile to sRGB")
+
+
+class CacheSettings(_Strict):
+    max_entries: int = Field(default=1024, ge=0, description="0 disables the cache")
+    max_bytes: int = Field(default=256 * MiB, ge=0, description="sum of cached normalized data URLs")
+
+
+class ImageSettings(_Strict):
+    enabled: bool = Field(default=True, description="false: every image part is refused with 400")
+    formats: list[str] = Field(default_factory=lambda: list(DEFAULT_FORMATS), description="Pillow format allowlist")
+    workers: int = Field(default=0, ge=0, description="decode threads; 0 = one per CPU")
+    grid: GridSettings = GridSettings()
+    limits: LimitSettings = LimitSettings()
+    fetch: FetchSettings = FetchSettings()
+    encode: EncodeSettings = EncodeSettings()
+    cache: CacheSettings = CacheSettings()
+
+    @field_validator("formats")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        out = [f.strip().upper() for f in v]
+        unknown = sorted(set(out) - KNOWN_FORMATS)
+        if unknown:
+            raise ValueError(f"unsupported formats {unknown}; choose from {sorted(KNOWN_FORMATS)}")
+        return out

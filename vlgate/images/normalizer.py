@@ -1,0 +1,139 @@
+"""The request-path entry point: every image of a chat body becomes a data: URL the gateway produced.
+
+Event-loop side only (parsing, fetching, caching, ordering); pixel work runs in a thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from vlgate.images import dataurl
+from vlgate.images.budget import ByteBudget
+from vlgate.images.cache import NormalizedCache
+from vlgate.images.decode import available_formats
+from vlgate.images.fetch import Fetcher
+from vlgate.images.parts import ImagePart, find_images
+from vlgate.images.pipeline import Normalized, Pipeline
+from vlgate.images.settings import ImageSettings
+from vlgate.images.types import ImageError, ImageInfo
+
+log = logging.getLogger(__name__)
+
+_INLINE_BYTES = 64 * 1024  # smaller payloads are decoded/hashed on the loop: a thread hop would cost more
+
+
+class ImageNormalizer:
+    def __init__(self, settings: ImageSettings) -> None:
+        self.settings = settings
+        self.formats = available_formats(settings.formats)
+        self.pipeline = Pipeline(settings.grid.to_rule(), tuple(self.formats), settings.limits, settings.encode)
+        self.cache = NormalizedCache(settings.cache.max_entries, settings.cache.max_bytes)
+        self._pool = ThreadPoolExecutor(settings.workers or os.cpu_count() or 1, thread_name_prefix="vlgate-image")
+        self._fetcher = Fetcher(settings.fetch)
+        self._inflight: dict[str, asyncio.Task[Normalized]] = {}
+        self.processed = 0  # pipeline runs (cache misses that did the work)
+
+    async def normalize_body(self, body: dict[str, Any]) -> list[ImageInfo]:
+        """Rewrite every image_url part of body["messages"] in place to a data: URL of the normalized image;
+        return one ImageInfo per image in message order. Raises ImageError (400) on any bad image or limit.
+        The body is only modified when every image succeeded."""
+        parts = find_images(body)
+        if not parts:
+            return []
+        if not self.settings.enabled:
+            raise ImageError("this gateway does not accept images", param=parts[0].param)
+        limit = self.settings.limits.max_images
+        if len(parts) > limit:
+            raise ImageError(f"too many images: {len(parts)}, the limit is {limit}", param=parts[limit].param,
+                             code="too_many_images")
+        budget = ByteBudget(self.settings.limits.max_image_bytes, self.settings.limits.max_request_bytes)
+        results = await _all_or_first_error([self._one(part, budget) for part in parts])
+        for part, result in zip(parts, results):
+            part.write(result.data_url)
+        return [result.info for result in results]
+
+    async def _one(self, part: ImagePart, budget: ByteBudget) -> Normalized:
+        try:
+            if dataurl.is_data_url(part.url):
+                is_b64, payload = dataurl.split(part.url, budget)
+                raw, key = await self._offload(len(payload), _decode_and_hash, is_b64, payload)
+                budget.take(len(raw))
+            else:
+                scheme = part.url.split(":", 1)[0].lower() if ":" in part.url else ""
+                if scheme not in ("http", "https"):
+                    raise ImageError(f"unsupported image URL scheme '{scheme}': use a data: or https:// URL",
+                                     code="image_url_refused")
+                if not self.settings.fetch.enabled:
+                    raise ImageError("image URLs are not accepted here: send the image as a data: URL",
+                                     code="image_url_refused")
+                raw = await self._fetcher.fetch(part.url, budget)
+                key = await self._offload(len(raw), _sha256, raw)
+            return await self._normalized(key, raw)
+        except ImageError as e:  # a fresh error: one from a shared in-flight task may serve several requests
+            raise ImageError(e.message, param=part.param, status=e.status, code=str(e.code or "invalid_image")) from None
+
+    async def _offload(self, size: int, fn: Any, *args: Any) -> Any:
+        if size < _INLINE_BYTES:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _normalized(self, key: str, raw: bytes) -> Normalized:
+        """Cached, or joined to an identical image already in work, or run once in the pool."""
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+        task = self._inflight.get(key)
+        if task is None:
+            # a task of its own: a cancelled request must not cancel work other requests wait on
+            task = asyncio.ensure_future(self._run(key, raw))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _run(self, key: str, raw: bytes) -> Normalized:
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self._pool, self.pipeline.run, raw)
+        except ImageError:
+            raise
+        except Exception as e:  # a decoder bug must still be a 400 for this image, not a 500
+            log.exception("image normalization failed unexpectedly")
+            raise ImageError(f"cannot process image: {type(e).__name__}: {e}"[:300]) from None
+        self.processed += 1
+        self.cache.put(key, result)
+        return result
+
+    async def aclose(self) -> None:
+        await self._fetcher.aclose()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _decode_and_hash(is_b64: bool, payload: str) -> tuple[bytes, str]:
+    raw = dataurl.decode(is_b64, payload)
+    return raw, hashlib.sha256(raw).hexdigest()
+
+
+def _sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+async def _all_or_first_error(coros: list[Any]) -> list[Any]:
+    """Run concurrently; on the first failure cancel the rest and raise the error of the earliest image."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+    if any(not t.done() for t in tasks):
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for t in tasks:
+        if not t.cancelled() and t.exception() is not None:
+            raise t.exception()  # type: ignore[misc]
+    return [t.result() for t in tasks]

@@ -1,0 +1,86 @@
+"""One image, bytes in -> data URL out: open, check, orient, resize to the model grid, flatten, re-encode.
+
+Runs in a worker thread (Pillow releases the GIL while decoding, resampling and encoding).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+from dataclasses import dataclass
+
+from PIL import Image
+
+from vlgate.images import color, decode
+from vlgate.images.grid import GridRule
+from vlgate.images.settings import EncodeSettings, LimitSettings
+from vlgate.images.types import ImageError, ImageInfo
+
+_RESAMPLE = {
+    "lanczos": Image.Resampling.LANCZOS,
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "box": Image.Resampling.BOX,
+}
+_COLOR_SAMPLE = 256  # side of the nearest-neighbour sample used to count colours
+
+
+@dataclass(frozen=True, slots=True)
+class Normalized:
+    data_url: str
+    info: ImageInfo
+    format: str  # "jpeg" or "png"
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """Everything one normalization needs, fixed at start (immutable: shared by all worker threads)."""
+
+    grid: GridRule
+    formats: tuple[str, ...]
+    limits: LimitSettings
+    encode: EncodeSettings
+
+    def run(self, data: bytes) -> Normalized:
+        opened = decode.open_image(data, list(self.formats), self.limits.max_pixels, self.limits.max_frames)
+        ow, oh = opened.width, opened.height  # upright size (after EXIF orientation)
+        tw, th = self.grid.size(ow, oh)
+        if not self.grid.fits(tw, th):
+            raise ImageError(f"image aspect ratio is too extreme: {ow}x{oh} cannot fit the model's input grid")
+        swap = opened.orientation >= 5
+        stored_target = (th, tw) if swap else (tw, th)  # the resize happens before the transpose
+
+        im = decode.load(opened, stored_target, self.encode.jpeg_draft)
+        im = color.to_resizable(im)
+        fmt = self._choose_format(im, opened.lossless)
+        if im.size != stored_target:
+            name = self.encode.resample_text if fmt == "png" else self.encode.resample
+            im = im.resize(stored_target, _RESAMPLE[name], reducing_gap=self.encode.reducing_gap)
+        if opened.orientation != 1:
+            im = im.transpose(decode.TRANSPOSE[opened.orientation])
+        im = color.to_rgb(im, opened.icc_profile, self.encode.apply_icc)
+        assert im.size == (tw, th), (im.size, tw, th)
+
+        out = self._encode(im, fmt)
+        info = ImageInfo(hashlib.sha256(out).hexdigest(), ow, oh, tw, th)
+        return Normalized(f"data:image/{fmt};base64," + base64.b64encode(out).decode("ascii"), info, fmt)
+
+    def _choose_format(self, im: Image.Image, lossless: bool) -> str:
+        """PNG where JPEG ringing hurts: lossless sources with few colours (screenshots, diagrams, text)."""
+        mode = self.encode.format
+        if mode != "auto":
+            return mode
+        if not lossless or self.encode.png_max_colors <= 0:
+            return "jpeg"
+        w, h = im.size
+        sample = im.resize((min(w, _COLOR_SAMPLE), min(h, _COLOR_SAMPLE)), Image.Resampling.NEAREST)
+        return "png" if sample.getcolors(maxcolors=self.encode.png_max_colors) is not None else "jpeg"
+
+    def _encode(self, im: Image.Image, fmt: str) -> bytes:
+        buf = io.BytesIO()
+        if fmt == "png":
+            im.save(buf, "PNG", compress_level=self.encode.png_compress_level)
+        else:
+            im.save(buf, "JPEG", quality=self.encode.jpeg_quality)
+        return buf.getvalue()
