@@ -100,9 +100,17 @@ async def ready(request: Request) -> Response:
         "reason": "" if ok else b.not_ready_reason(),
         "in_flight": b.in_flight(),
         "queued": b.queued,
-        "backends": [x.describe() for x in gw.backends],
+        "backends": [_describe(gw, x) for x in gw.backends],
     }
     return JSONResponse(body, status_code=200 if ok else 503)
+
+
+def _describe(gw: Gateway, backend: Any) -> dict[str, Any]:
+    info = backend.describe()
+    check = gw.token_checks.get(backend.name)
+    if check is not None:
+        info["structure_tokens"] = {"ok": check.ok, "reason": check.reason}
+    return info
 
 
 async def metrics(request: Request) -> Response:
