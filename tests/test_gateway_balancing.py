@@ -14,7 +14,8 @@ from gateway import GatewayProcess
 pytestmark = pytest.mark.slow
 
 # a generation long enough (hundreds of ms on the tiny model) that concurrent requests overlap
-LONG = {"model": "youtu-vl", "max_tokens": 3000, "messages": [{"role": "user", "content": "tell a long story"}]}
+SLOT_CTX = 7200
+LONG = {"model": "youtu-vl", "max_tokens": 7000, "messages": [{"role": "user", "content": "tell a long story"}]}
 
 
 def post(gw: GatewayProcess, body: dict, timeout: float = 60) -> httpx.Response:
@@ -35,8 +36,8 @@ def wait_for(pred, timeout: float = 20.0, what: str = "condition") -> None:
 
 
 def test_load_follows_free_slots(llama_server, tmp_path: Path) -> None:
-    big = llama_server(slots=3, ctx=3 * 3200)
-    small = llama_server(slots=1, ctx=3200)
+    big = llama_server(slots=3, ctx=3 * SLOT_CTX)
+    small = llama_server(slots=1, ctx=SLOT_CTX)
     gw = GatewayProcess({"backends": [{"url": small.url, "name": "small"}, {"url": big.url, "name": "big"}]},
                         tmp_path).start()
     try:
@@ -77,7 +78,7 @@ def test_affinity_prefers_the_backend_that_served_the_prefix(llama_server, tmp_p
 
 
 def test_queue_then_429_then_503(llama_server, tmp_path: Path) -> None:
-    srv = llama_server(slots=2, ctx=2 * 3200)
+    srv = llama_server(slots=2, ctx=2 * SLOT_CTX)
     gw = GatewayProcess({"backends": [{"url": srv.url}],
                          "gateway": {"queue": {"size": 1, "timeout_s": 0.3}}}, tmp_path).start()
     try:
@@ -105,7 +106,7 @@ def test_queue_then_429_then_503(llama_server, tmp_path: Path) -> None:
 
 
 def test_queue_deadline_gives_503(llama_server, tmp_path: Path) -> None:
-    srv = llama_server(slots=1, ctx=3200)
+    srv = llama_server(slots=1, ctx=SLOT_CTX)
     gw = GatewayProcess({"backends": [{"url": srv.url}],
                          "gateway": {"queue": {"size": 4, "timeout_s": 0.05}}}, tmp_path).start()
     try:
