@@ -128,3 +128,11 @@ def test_sigterm_drains_streams_in_flight(tmp_path: Path) -> None:
     finally:
         gw.stop()
         fb.stop()
+
+
+def test_image_budget_follows_the_launcher() -> None:
+    config = parse_config({"launcher": {"image_max_tokens": 1024}})
+    assert config.images.grid.max_tokens == 1024
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"launcher": {"image_max_tokens": 1024}, "images": {"grid": {"max_tokens": 2048}}})
+    assert "must equal launcher.image_max_tokens" in str(exc.value)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vlgate.images.settings import ImageSettings
 from vlgate.launcher.settings import LauncherSettings
@@ -77,6 +77,17 @@ class Config(_Strict):
     images: ImageSettings = ImageSettings()
     launcher: LauncherSettings = LauncherSettings()
     presets: PresetsSettings = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_image_budget(self) -> Config:
+        """The gateway must resize to the grid llama-server uses: one token budget for both."""
+        grid = self.images.grid
+        if "max_tokens" not in grid.model_fields_set:
+            grid.max_tokens = self.launcher.image_max_tokens
+        elif "image_max_tokens" in self.launcher.model_fields_set and grid.max_tokens != self.launcher.image_max_tokens:
+            raise ValueError(f"images.grid.max_tokens ({grid.max_tokens}) must equal launcher.image_max_tokens "
+                             f"({self.launcher.image_max_tokens}): the gateway resizes to llama-server's grid")
+        return self
 
     def resolved_api_keys(self) -> list[str]:
         """Keys from the config, the keys file and VLGATE_API_KEYS (comma separated)."""

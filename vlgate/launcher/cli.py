@@ -1,9 +1,151 @@
-"""CLI commands of the launcher (`up`, `launch`, `install-server`, `status`); registered by vlgate.cli."""
+"""CLI commands of the launcher (`up`, `launch`, `install-server`, `status`); registered by vlgate.cli.
+
+Every failure a user can cause leaves here as one CLIError line (vlgate.cli prints it, exit 2).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from vlgate.config import Config
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # filled in by the launcher work
-    return None
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Turn launcher failures into vlgate.cli's CLIError (one line, exit 2, no traceback)."""
+    from vlgate.cli import CLIError
+    from vlgate.launcher.command import LaunchError
+    from vlgate.launcher.download import ModelError
+    from vlgate.server import PortInUse
+
+    try:
+        yield
+    except (LaunchError, ModelError, PortInUse) as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _config(args: argparse.Namespace) -> Config:
+    from vlgate.cli import config_from_args
+    from vlgate.config import load_config
+
+    if hasattr(args, "port"):  # `up` shares the gateway options of `serve`
+        return config_from_args(args)
+    return load_config(args.config)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from vlgate.cli import setup_logging
+    from vlgate.launcher import run
+
+    with _one_line_errors():
+        config = _config(args)
+        if args.demo:
+            config = run.demo_config(config)
+        if args.dry_run:
+            print(run.render(run.dry_plan(config), config, gateway=True))
+            return 0
+        setup_logging(args.log_level)
+        plan = run.real_plan(config, gateway_port=(config.gateway.host, config.gateway.port))
+        return run.up(config, plan)
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from vlgate.cli import setup_logging
+    from vlgate.launcher import run
+
+    with _one_line_errors():
+        config = _config(args)
+        if args.dry_run:
+            print(run.render(run.dry_plan(config), config, gateway=False))
+            return 0
+        setup_logging(args.log_level)
+        return run.launch(config, run.real_plan(config))
+
+
+def cmd_install_server(args: argparse.Namespace) -> int:
+    from vlgate.server_binary import ensure_server
+
+    config = _config(args)
+    print(ensure_server(config.launcher.server_binary))
+    return 0
+
+
+def format_status(body: dict[str, object], url: str) -> str:
+    """The /ready JSON as a table: one row per backend, the reason last (it can be long)."""
+    head = f"gateway {url}: {body.get('status', '?')}"
+    extras = [f"{k} {body[k]}" for k in ("in_flight", "queued") if k in body]
+    if body.get("draining"):
+        extras.insert(0, "draining")
+    if extras:
+        head += f" ({', '.join(extras)})"
+    if body.get("reason"):
+        head += f"\n  reason: {body['reason']}"
+    rows = [("NAME", "STATE", "SLOTS", "IN-FLIGHT", "SERVED", "URL", "REASON")]
+    for b in body.get("backends") or []:
+        if isinstance(b, dict):
+            rows.append(tuple(str(b.get(k, "")) for k in ("name", "state", "slots", "in_flight", "served", "url",
+                                                         "reason")))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    table = ["  ".join(c.ljust(w) for c, w in zip(r[:6], widths)) + "  " + r[6] for r in rows]
+    return "\n".join([head, *(t.rstrip() for t in table)])
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import httpx
+
+    from vlgate.cli import CLIError
+
+    url = args.url.rstrip("/")
+    try:
+        r = httpx.get(url + "/ready", timeout=args.timeout)
+        body = r.json()
+    except httpx.HTTPError as exc:
+        raise CLIError(f"cannot reach the gateway at {url} ({type(exc).__name__}); is `vlgate up` running? "
+                       "(pass --url for another address)") from None
+    except ValueError:
+        raise CLIError(f"{url}/ready did not answer JSON (HTTP {r.status_code}); is that a vlgate gateway?") from None
+    if args.json:
+        print(json.dumps(body, indent=2))
+    else:
+        print(format_status(body, url))
+    return 0 if r.status_code == 200 else 1
+
+
+def _config_only(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML config (default: the embedded configs/default.yaml)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from vlgate.cli import add_config_args
+
+    up = sub.add_parser(
+        "up", help="launch llama-server backends and the gateway in front of them (the whole set-up)",
+        description="Download the model, start one llama-server per GPU (or one on CPU), supervise them, "
+                    "and serve the gateway until SIGTERM/SIGINT (which drains first).",
+    )
+    add_config_args(up)
+    up.add_argument("--dry-run", action="store_true", help="print every backend's command line and environment")
+    up.add_argument("--demo", action="store_true",
+                    help="no GPU, no download: a tiny generated model on CPU (nonsense text, real machinery)")
+    up.set_defaults(func=cmd_up)
+
+    launch = sub.add_parser("launch", help="launch and supervise backends only (one machine of a fleet)",
+                            description="Start and supervise this machine's llama-server backends until a signal.")
+    _config_only(launch)
+    launch.add_argument("--dry-run", action="store_true", help="print every backend's command line and environment")
+    launch.set_defaults(func=cmd_launch)
+
+    install = sub.add_parser("install-server", help="obtain llama-server (PATH, config, or a cached build) and exit")
+    _config_only(install)
+    install.set_defaults(func=cmd_install_server)
+
+    status = sub.add_parser("status", help="print the gateway's backends and their states (from /ready)")
+    status.add_argument("--url", default="http://127.0.0.1:8000", help="gateway base URL (default: %(default)s)")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds (default: %(default)s)")
+    status.add_argument("--json", action="store_true", help="print the raw /ready JSON")
+    status.set_defaults(func=cmd_status)
+
