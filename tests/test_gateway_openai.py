@@ -147,3 +147,20 @@ def test_client_disconnect_frees_the_slot(fleet) -> None:
             time.sleep(0.05)
             slots = httpx.get(s.url + "/slots").json()
         assert not any(x["is_processing"] for x in slots)
+
+
+def test_backend_with_its_own_api_key(llama_server, tmp_path: Path) -> None:
+    srv = llama_server(slots=1, ctx=512, extra_args=["--api-key", "backend-only-key"])
+    assert httpx.post(srv.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]},
+                      timeout=10).status_code == 401  # the backend really wants its key
+    gw = GatewayProcess({"backends": [{"url": srv.url, "api_key": "backend-only-key"}],
+                         "gateway": {"api_keys": ["client-key"]}}, tmp_path).start()
+    try:
+        gw.wait_ready()
+        c = openai.OpenAI(base_url=gw.url + "/v1", api_key="client-key", max_retries=0,
+                          _strict_response_validation=True)
+        r = c.chat.completions.create(model="youtu-vl", max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+        assert r.usage is not None and r.usage.completion_tokens == 3
+        assert gw.ready()["backends"][0]["slots"] == 1  # /slots read with the backend's key
+    finally:
+        gw.stop()
