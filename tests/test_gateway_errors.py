@@ -148,3 +148,17 @@ def test_gateway_survives_everything(setup) -> None:
     r = httpx.post(gw.url + "/v1/chat/completions", headers=auth(), json={"messages": [{"role": "user", "content": "ok"}]})
     assert r.status_code == 200
     assert "Traceback" not in gw.log()
+
+
+def test_request_id_is_returned_and_propagated(setup) -> None:
+    gw, _ = setup
+    body = {"messages": [{"role": "user", "content": "id"}]}
+    r = httpx.post(gw.url + "/v1/chat/completions", headers={**auth(), "X-Request-ID": "trace-42"}, json=body)
+    assert r.status_code == 200 and r.headers["x-request-id"] == "trace-42"
+    r = httpx.post(gw.url + "/v1/chat/completions", headers=auth(), json=body)
+    assert len(r.headers["x-request-id"]) == 16
+    r = httpx.post(gw.url + "/v1/chat/completions", headers={**auth(), "X-Request-ID": "bad id\\x01"}, json={})
+    assert r.status_code == 400 and r.headers["x-request-id"] != "bad id\\x01"
+    with httpx.stream("POST", gw.url + "/v1/chat/completions", headers={**auth(), "X-Request-ID": "s-1"},
+                      json={**body, "stream": True}) as s:
+        assert s.headers["x-request-id"] == "s-1"

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -132,7 +131,7 @@ class Gateway:
         self.metrics.observe(ctx.route, status, duration, ctx.ttfb)
         if self.config.gateway.log_json:
             access_log.info(json.dumps({
-                "id": ctx.id or uuid.uuid4().hex[:16], "route": ctx.route, "status": status,
+                "id": ctx.id, "route": ctx.route, "status": status,
                 "backend": ctx.backend, "attempts": ctx.attempts, "stream": ctx.stream,
                 "ttfb_ms": round(ctx.ttfb * 1000, 2) if ctx.ttfb is not None else None,
                 "duration_ms": round(duration * 1000, 2), "mid_stream_error": ctx.mid_stream_error,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -58,6 +59,14 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def request_id(scope: Scope) -> str:
+    """The client's X-Request-ID when it is sane (to follow one request across systems), else a new one."""
+    given = header(scope, b"x-request-id")
+    if given and len(given) <= 128 and given.isascii() and given.replace(b"-", b"").replace(b"_", b"").isalnum():
+        return given.decode()
+    return os.urandom(8).hex()
+
+
 def header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
         if key == name:
@@ -76,7 +85,7 @@ class ProxyEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gateway
-        ctx = RequestContext(route=self.route, started=time.perf_counter())
+        ctx = RequestContext(route=self.route, started=time.perf_counter(), id=request_id(scope))
         status = 500
         try:
             status = await self._handle(scope, receive, send, ctx)
@@ -84,11 +93,11 @@ class ProxyEndpoint:
             status = 499
         except APIError as exc:
             status = exc.status
-            await send_error(send, exc)
+            await send_error(send, exc, ctx.id)
         except Exception:  # a bug of ours: still an OpenAI-shaped answer, and the gateway keeps serving
             log.exception("unexpected error on %s", self.route)
             status = 500
-            await send_error(send, APIError(500, "Internal gateway error.", type="server_error"))
+            await send_error(send, APIError(500, "Internal gateway error.", type="server_error"), ctx.id)
         finally:
             gw.finish(ctx, status)
 
@@ -130,7 +139,7 @@ class ProxyEndpoint:
                 elif status == 500 and (fault := client_fault(status, data)) is not None:
                     status, data = 400, fault
                 disconnect.remove_done_callback(on_gone)
-                await send_json_bytes(send, status, data, upstream.headers())
+                await send_json_bytes(send, status, data, upstream.headers() + [(b"x-request-id", ctx.id.encode())])
                 return status
             return upstream.status
         except asyncio.CancelledError:

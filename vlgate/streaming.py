@@ -34,8 +34,10 @@ async def send_json_bytes(send: Send, status: int, body: bytes, headers: list[tu
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, exc: APIError) -> None:
+async def send_error(send: Send, exc: APIError, request_id: str = "") -> None:
     headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    if request_id:
+        headers.append((b"x-request-id", request_id.encode()))
     if exc.status >= 500 or exc.status == 429:
         headers.append((b"x-should-retry", b"false"))
     try:
@@ -48,6 +50,7 @@ async def stream_upstream(send: Send, upstream: Upstream, ctx: RequestContext, g
     """Pass the SSE body through; on a mid-stream backend failure, end with an error event."""
     headers = upstream.headers()
     headers.append((b"x-accel-buffering", b"no"))
+    headers.append((b"x-request-id", ctx.id.encode()))
     await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
     tap = ctx.stream_tap
     content = upstream.response.content
