@@ -26,7 +26,7 @@ class Seen:
 
 @dataclass
 class FakeBackend:
-    mode: str = "ok"  # ok | loading | hang | die_after | garbage | status
+    mode: str = "ok"  # ok | loading | hang | die_after | stall_after | garbage | status
     die_after: int = 2
     status: int = 500
     status_body: bytes = b'{"error":{"code":500,"message":"boom","type":"server_error"}}'
@@ -116,7 +116,7 @@ class FakeBackend:
 
     async def _stream(self, w: asyncio.StreamWriter, req: dict[str, Any]) -> bool:
         w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
-        n = 8 if self.mode != "die_after" else self.die_after
+        n = 8 if self.mode not in ("die_after", "stall_after") else self.die_after
         pieces = [f"t{i} " for i in range(n)]
         if self.reply is not None:
             pieces = [self.reply[i:i + 7] for i in range(0, len(self.reply), 7)]
@@ -129,6 +129,9 @@ class FakeBackend:
             await asyncio.sleep(0.01)
         if self.mode == "die_after":
             w.transport.abort()  # no terminating chunk: the connection just dies
+            return False
+        if self.mode == "stall_after":
+            await asyncio.sleep(3600)  # alive, silent
             return False
         done = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": req.get("model") or "fake", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}

@@ -54,14 +54,41 @@ def test_connect_error_retries_on_another_backend(fakes, gateway) -> None:
     assert len(good.chat_requests()) == 4
 
 
-def test_first_byte_timeout_retries_elsewhere(fakes, gateway) -> None:
+def test_stream_first_byte_timeout_retries_elsewhere(fakes, gateway) -> None:
     hang, good = fakes(mode="hang"), fakes()
     gw = gateway([hang.url, good.url], retry={"first_byte_timeout_s": 0.3, "attempts": 3})
     gw.wait_ready(backends=2)
-    codes = [httpx.post(gw.url + "/v1/chat/completions", json={**CHAT, "messages": [
-        {"role": "user", "content": f"q{i}"}]}, timeout=10).status_code for i in range(3)]
-    assert codes == [200, 200, 200]
+    for i in range(3):
+        r = httpx.post(gw.url + "/v1/chat/completions", timeout=10,
+                       json={**CHAT, "stream": True, "messages": [{"role": "user", "content": f"q{i}"}]})
+        assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
     assert len(good.chat_requests()) == 3
+
+
+def test_slow_non_stream_answer_is_not_replayed(fakes, gateway) -> None:
+    """llama-server sends non-stream headers only with the whole answer: slowness is not a fault."""
+    slow = fakes(delay_s=0.6)
+    other = fakes(delay_s=0.6)
+    gw = gateway([slow.url, other.url], retry={"first_byte_timeout_s": 0.2}, request_timeout_s=5)
+    gw.wait_ready(backends=2)
+    r = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, timeout=10)
+    assert r.status_code == 200
+    assert len(slow.chat_requests()) + len(other.chat_requests()) == 1
+    gw2 = gateway([slow.url], request_timeout_s=0.2)
+    gw2.wait_ready()
+    r = httpx.post(gw2.url + "/v1/chat/completions", json=CHAT, timeout=10)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "backend_timeout"
+    assert r.headers["x-should-retry"] == "false"
+
+
+def test_stalled_stream_ends_with_error_event(fakes, gateway) -> None:
+    stall = fakes(mode="stall_after", die_after=2)
+    gw = gateway([stall.url], stream_idle_timeout_s=0.5)
+    gw.wait_ready()
+    r = httpx.post(gw.url + "/v1/chat/completions", timeout=10, json={**CHAT, "stream": True})
+    events = [e for e in r.text.split("\n\n") if e.strip()]
+    assert len(events) == 3 and '"error"' in events[-1]
+    assert "[DONE]" not in r.text
 
 
 def test_loading_503_retried_then_final_failure_says_no_retry(fakes, gateway) -> None:

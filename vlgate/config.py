@@ -47,7 +47,8 @@ class RetryConfig(_Strict):
     attempts: int = Field(default=3, ge=1, le=10, description="tries across backends before the client sees an error")
     backoff_s: float = Field(default=0.05, ge=0, description="first backoff; doubles with jitter")
     backoff_max_s: float = Field(default=1.0, ge=0)
-    first_byte_timeout_s: float = Field(default=300.0, gt=0, description="no response headers in time: retry elsewhere")
+    first_byte_timeout_s: float = Field(default=300.0, gt=0,
+                                        description="streams: no response headers in time -> retry elsewhere")
 
 
 class HealthConfig(_Strict):
@@ -62,7 +63,10 @@ class GatewayConfig(_Strict):
     api_keys: list[str] = Field(default_factory=list)
     api_keys_file: str | None = Field(default=None, description="one key per line; # comments allowed")
     max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="larger bodies get 413 before buffering")
-    request_timeout_s: float = Field(default=600.0, gt=0, description="whole upstream request, streams included")
+    request_timeout_s: float = Field(default=900.0, gt=0,
+                                     description="non-stream: longest wait for the whole answer (then 503, no retry)")
+    stream_idle_timeout_s: float = Field(default=300.0, gt=0,
+                                         description="streams: no bytes this long -> the stream ends with an error event")
     default_slots: int = Field(default=1, ge=1, description="slots assumed until a backend's /props answers")
     log_json: bool = Field(default=False, description="one JSON line per request")
     drain_grace_s: float = Field(default=30.0, ge=0, description="on SIGTERM: how long in-flight requests may finish")

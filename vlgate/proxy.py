@@ -123,7 +123,7 @@ class ProxyEndpoint:
         disconnect.add_done_callback(on_gone)
         upstream = None
         try:
-            upstream = await gw.forwarder.send(self.upstream_path, raw, ctx.affinity)
+            upstream = await gw.forwarder.send(self.upstream_path, raw, ctx.affinity, ctx.stream)
             ctx.backend = upstream.backend.name
             ctx.attempts = upstream.attempts
             ctx.ttfb = time.perf_counter() - ctx.started

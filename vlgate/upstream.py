@@ -75,9 +75,11 @@ class Forwarder:
         self.balancer = balancer
         self.cfg = cfg
         self.on_retry = on_retry
+        # a stream that stalls this long ends with an error event (the read raises TimeoutError)
+        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=cfg.stream_idle_timeout_s)
 
     async def _attempt(self, path: str, body: bytes, affinity: object | None, tried: set[Backend],
-                       attempt: int) -> Upstream:
+                       attempt: int, stream: bool) -> Upstream:
         # prefer a backend not yet tried; fall back to any when every one has been tried
         untried = frozenset(tried) if any(b.available and b not in tried for b in self.balancer.backends) else frozenset()
         backend = await self.balancer.acquire(affinity, untried)
@@ -91,13 +93,20 @@ class Forwarder:
                 self.balancer.release(backend)
 
         headers = {"Content-Type": "application/json", **backend.auth_headers()}
+        # llama-server sends a stream's headers with its first token, but a non-stream answer's only when
+        # the whole answer is ready: the first-byte timeout can only judge streams
+        wait = self.cfg.retry.first_byte_timeout_s if stream else self.cfg.request_timeout_s
         try:
-            async with asyncio.timeout(self.cfg.retry.first_byte_timeout_s):
-                resp = await self.session.post(backend.url + path, data=body, headers=headers)
+            async with asyncio.timeout(wait):
+                resp = await self.session.post(backend.url + path, data=body, headers=headers,
+                                               timeout=self._stream_timeout if stream else None)
         except TimeoutError:
             release()
+            if not stream:  # a slow answer, not a broken backend: replaying it elsewhere would double the load
+                raise APIError(503, f"The backend did not answer within request_timeout_s ({wait:g}s).",
+                               code="backend_timeout", headers={"Retry-After": "1"}) from None
             backend.set_state(BackendState.SUSPECT, "no response headers within first_byte_timeout")
-            raise Retryable(f"{backend.name}: no response within {self.cfg.retry.first_byte_timeout_s:g}s", backend)
+            raise Retryable(f"{backend.name}: no response within {wait:g}s", backend)
         except (aiohttp.ClientConnectionError, OSError) as exc:
             release()
             backend.set_state(BackendState.DOWN, f"connection failed: {type(exc).__name__}")
@@ -121,7 +130,7 @@ class Forwarder:
             raise Retryable(f"{backend.name}: 503 {text}", backend)
         return Upstream(backend, resp, release, attempt)
 
-    async def send(self, path: str, body: bytes, affinity: object | None = None) -> Upstream:
+    async def send(self, path: str, body: bytes, affinity: object | None = None, stream: bool = False) -> Upstream:
         """The first backend response with headers, after bounded jittered retries on other backends."""
         tried: set[Backend] = set()
         retry = self.cfg.retry
@@ -129,7 +138,9 @@ class Forwarder:
         try:
             async for att in AsyncRetrying(
                 stop=stop_after_attempt(retry.attempts),
-                wait=wait_exponential_jitter(initial=retry.backoff_s, max=retry.backoff_max_s),
+                # jitter of one backoff step (tenacity's default is a whole second)
+                wait=wait_exponential_jitter(multiplier=retry.backoff_s, max=retry.backoff_max_s,
+                                             jitter=retry.backoff_s),
                 retry=retry_if_exception_type(Retryable),
                 reraise=True,
             ):
@@ -137,7 +148,7 @@ class Forwarder:
                     attempt += 1
                     if attempt > 1 and self.on_retry is not None:
                         self.on_retry(path)
-                    return await self._attempt(path, body, affinity, tried, attempt)
+                    return await self._attempt(path, body, affinity, tried, attempt, stream)
         except Retryable as exc:
             log.warning("giving up after %d attempts: %s", attempt, exc)
             raise APIError(503, f"No backend answered after {attempt} attempt(s): {exc}",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
 from collections import deque
@@ -33,13 +32,9 @@ class _Attempt:
     attempt_number: int
 
 
-# tenacity 9.2 renamed `initial` to `multiplier` (and warns on the old name); 8.x knows only `initial`
-_FIRST = "multiplier" if "multiplier" in inspect.signature(wait_exponential_jitter.__init__).parameters else "initial"
-
-
 def backoff(policy: RestartPolicy) -> wait_exponential_jitter:
     return wait_exponential_jitter(
-        **{_FIRST: policy.backoff_initial_s}, max=policy.backoff_max_s, exp_base=2, jitter=policy.backoff_jitter_s
+        multiplier=policy.backoff_initial_s, max=policy.backoff_max_s, exp_base=2, jitter=policy.backoff_jitter_s
     )
 
 
