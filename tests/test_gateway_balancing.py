@@ -57,25 +57,30 @@ def test_load_follows_free_slots(llama_server, tmp_path: Path) -> None:
         gw.stop()
 
 
-def test_affinity_prefers_the_backend_that_served_the_prefix(llama_server, tmp_path: Path) -> None:
+@pytest.fixture
+def pair(llama_server, tmp_path: Path):
+    """Two 2-slot backends named a and b behind a gateway."""
     a, b = llama_server(slots=2, ctx=1024), llama_server(slots=2, ctx=1024)
     gw = GatewayProcess({"backends": [{"url": a.url, "name": "a"}, {"url": b.url, "name": "b"}]}, tmp_path).start()
-    try:
-        gw.wait_ready(backends=2)
-        convo = [{"role": "system", "content": "You are a helpful assistant."},
-                 {"role": "user", "content": "describe the sea"}]
-        first = post(gw, {"model": "youtu-vl", "max_tokens": 3, "messages": convo})
-        assert first.status_code == 200
-        served = {x["name"]: x["served"] for x in gw.ready()["backends"]}
-        home = max(served, key=served.get)
-        for turn in range(4):  # same system prompt + first user turn, growing conversation
-            body = {"model": "youtu-vl", "max_tokens": 3,
-                    "messages": convo + [{"role": "assistant", "content": "ok"}, {"role": "user", "content": f"more {turn}"}]}
-            assert post(gw, body).status_code == 200
-        served = {x["name"]: x["served"] for x in gw.ready()["backends"]}
-        assert served[home] == 5, served
-    finally:
-        gw.stop()
+    gw.wait_ready(backends=2)
+    yield gw, a, b
+    gw.stop()
+
+
+def test_affinity_prefers_the_backend_that_served_the_prefix(pair) -> None:
+    gw, _, _ = pair
+    convo = [{"role": "system", "content": "You are a helpful assistant."},
+             {"role": "user", "content": "describe the sea"}]
+    first = post(gw, {"model": "youtu-vl", "max_tokens": 3, "messages": convo})
+    assert first.status_code == 200
+    served = {x["name"]: x["served"] for x in gw.ready()["backends"]}
+    home = max(served, key=served.get)
+    for turn in range(4):  # same system prompt + first user turn, growing conversation
+        body = {"model": "youtu-vl", "max_tokens": 3,
+                "messages": convo + [{"role": "assistant", "content": "ok"}, {"role": "user", "content": f"more {turn}"}]}
+        assert post(gw, body).status_code == 200
+    served = {x["name"]: x["served"] for x in gw.ready()["backends"]}
+    assert served[home] == 5, served
 
 
 def test_queue_then_429_then_503(llama_server, tmp_path: Path) -> None:
@@ -123,21 +128,16 @@ def test_queue_deadline_gives_503(llama_server, tmp_path: Path) -> None:
         gw.stop()
 
 
-def test_killed_backend_leaves_rotation(llama_server, tmp_path: Path) -> None:
-    a, b = llama_server(slots=2, ctx=1024), llama_server(slots=2, ctx=1024)
-    gw = GatewayProcess({"backends": [{"url": a.url, "name": "a"}, {"url": b.url, "name": "b"}]}, tmp_path).start()
-    try:
-        gw.wait_ready(backends=2)
-        a.kill()
-        results = [post(gw, {"model": "youtu-vl", "max_tokens": 3,
-                             "messages": [{"role": "user", "content": f"q{i}"}]}) for i in range(10)]
-        assert [r.status_code for r in results] == [200] * 10
-        state = {x["name"]: x["state"] for x in gw.ready()["backends"]}
-        assert state["a"] in ("down", "suspect") and state["b"] == "ready"
-        metrics = httpx.get(gw.url + "/metrics").text
-        assert 'vlgate_backend_state{backend="a",state="ready"} 0.0' in metrics
-    finally:
-        gw.stop()
+def test_killed_backend_leaves_rotation(pair) -> None:
+    gw, a, _ = pair
+    a.kill()
+    results = [post(gw, {"model": "youtu-vl", "max_tokens": 3,
+                         "messages": [{"role": "user", "content": f"q{i}"}]}) for i in range(10)]
+    assert [r.status_code for r in results] == [200] * 10
+    state = {x["name"]: x["state"] for x in gw.ready()["backends"]}
+    assert state["a"] in ("down", "suspect") and state["b"] == "ready"
+    metrics = httpx.get(gw.url + "/metrics").text
+    assert 'vlgate_backend_state{backend="a",state="ready"} 0.0' in metrics
 
 
 def test_loading_backend_gets_no_traffic(llama_server, tmp_path: Path) -> None:
