@@ -57,6 +57,15 @@ class Backend:
         for listener in self.listeners:
             listener(self)
 
+    def mark_failed(self, state: BackendState, reason: str) -> None:
+        """A request saw this backend fail: take it out of rotation, but only from READY.
+
+        Any other state belongs to whoever owns the lifecycle (the launcher in `vlgate up`, the
+        poller in `vlgate serve`); a late request failure must not overwrite "crashed" or "restarting".
+        """
+        if self.state is BackendState.READY:
+            self.set_state(state, reason)
+
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 

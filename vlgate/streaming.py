@@ -67,7 +67,7 @@ async def stream_upstream(send: Send, upstream: Upstream, ctx: RequestContext, g
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
         backend = upstream.backend
         log.warning("backend %s failed mid-stream: %s", backend.name, exc)
-        backend.set_state(BackendState.SUSPECT, f"failed mid-stream: {type(exc).__name__}")
+        backend.mark_failed(BackendState.SUSPECT, f"failed mid-stream: {type(exc).__name__}")
         upstream.close()
         ctx.mid_stream_error = True
         err = APIError(502, f"The backend failed while streaming ({type(exc).__name__}); the answer is incomplete.",

@@ -105,15 +105,15 @@ class Forwarder:
             if not stream:  # a slow answer, not a broken backend: replaying it elsewhere would double the load
                 raise APIError(503, f"The backend did not answer within request_timeout_s ({wait:g}s).",
                                code="backend_timeout", headers={"Retry-After": "1"}) from None
-            backend.set_state(BackendState.SUSPECT, "no response headers within first_byte_timeout")
+            backend.mark_failed(BackendState.SUSPECT, "no response headers within first_byte_timeout")
             raise Retryable(f"{backend.name}: no response within {wait:g}s", backend)
         except (aiohttp.ClientConnectionError, OSError) as exc:
             release()
-            backend.set_state(BackendState.DOWN, f"connection failed: {type(exc).__name__}")
+            backend.mark_failed(BackendState.DOWN, f"connection failed: {type(exc).__name__}")
             raise Retryable(f"{backend.name}: {type(exc).__name__}: {exc}", backend)
         except aiohttp.ClientError as exc:  # an answer that is not HTTP: nothing reached the client yet
             release()
-            backend.set_state(BackendState.SUSPECT, f"bad response: {type(exc).__name__}")
+            backend.mark_failed(BackendState.SUSPECT, f"bad response: {type(exc).__name__}")
             raise Retryable(f"{backend.name}: bad response ({type(exc).__name__})", backend)
         except BaseException:
             release()
@@ -124,9 +124,9 @@ class Forwarder:
             resp.release()
             release()
             if "loading" in text.lower():
-                backend.set_state(BackendState.LOADING, "Loading model")
+                backend.mark_failed(BackendState.SUSPECT, "Loading model")  # the poller or launcher says when it is ready
             else:
-                backend.set_state(BackendState.SUSPECT, f"503 from backend: {text}")
+                backend.mark_failed(BackendState.SUSPECT, f"503 from backend: {text}")
             raise Retryable(f"{backend.name}: 503 {text}", backend)
         return Upstream(backend, resp, release, attempt)
 
