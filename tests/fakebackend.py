@@ -26,7 +26,7 @@ class Seen:
 
 @dataclass
 class FakeBackend:
-    mode: str = "ok"  # ok | loading | hang | die_after | stall_after | garbage | status
+    mode: str = "ok"  # ok | loading | hang | die_after | stall_after | cut_body | garbage | status
     die_after: int = 2
     status: int = 500
     status_body: bytes = b'{"error":{"code":500,"message":"boom","type":"server_error"}}'
@@ -106,6 +106,11 @@ class FakeBackend:
             return False
         if self.mode == "garbage":
             w.write(b"\x00\x01 this is not HTTP \r\n\r\n")
+            return False
+        if self.mode == "cut_body":  # headers promise 1000 bytes, 10 arrive, the connection dies
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"id\": \"x")
+            await w.drain()
+            w.transport.abort()
             return False
         if self.mode == "status":
             return _send(w, self.status, self.status_body)

@@ -134,6 +134,16 @@ def test_backend_dying_mid_stream_ends_with_error_event(fakes, gateway) -> None:
     assert state["in_flight"] == 0
 
 
+def test_backend_dying_mid_body_is_a_clean_503(fakes, gateway) -> None:
+    cut = fakes(mode="cut_body")
+    gw = gateway([cut.url])
+    gw.wait_ready()
+    r = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, timeout=10)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "backend_error"
+    assert r.headers["x-should-retry"] == "false"
+    assert "Traceback" not in gw.log()
+
+
 def test_garbage_from_backend_is_a_clean_error(fakes, gateway) -> None:
     junk = fakes(mode="garbage")
     gw = gateway([junk.url], retry={"attempts": 2, "backoff_s": 0.01}, queue={"timeout_s": 0.2})

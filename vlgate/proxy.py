@@ -14,13 +14,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from vlgate.backends import BackendState
 from vlgate.errors import APIError
 from vlgate.fidelity import client_fault
 from vlgate.gateway import Gateway, RequestContext
 from vlgate.streaming import send_error, send_json_bytes, stream_upstream
+from vlgate.upstream import Upstream
 
 log = logging.getLogger("vlgate.proxy")
 
@@ -89,7 +92,7 @@ class ProxyEndpoint:
         status = 500
         try:
             status = await self._handle(scope, receive, send, ctx)
-        except ClientGone:
+        except (ClientGone, ConnectionError):  # the client left (a send to a closed connection)
             status = 499
         except APIError as exc:
             status = exc.status
@@ -130,7 +133,7 @@ class ProxyEndpoint:
             if upstream.response.content_type == "text/event-stream":
                 await stream_upstream(send, upstream, ctx, gw)
             else:
-                data = await upstream.response.read()
+                data = await read_answer(upstream)
                 upstream.response.release()
                 upstream.release()
                 status = upstream.status
@@ -152,6 +155,16 @@ class ProxyEndpoint:
             disconnect.cancel()
             if upstream is not None:
                 upstream.close()  # no-op after a clean finish; drops the connection otherwise
+
+
+async def read_answer(upstream: Upstream) -> bytes:
+    """A non-stream body; a backend that dies while sending it is a 503 (nothing reached the client)."""
+    try:
+        return await upstream.response.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        upstream.backend.mark_failed(BackendState.SUSPECT, f"failed while answering: {type(exc).__name__}")
+        raise APIError(503, f"The backend failed while sending its answer ({type(exc).__name__}).",
+                       code="backend_error", headers={"Retry-After": "1"}) from None
 
 
 async def _wait_disconnect(receive: Receive) -> None:
