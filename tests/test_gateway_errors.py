@@ -128,7 +128,8 @@ def test_health_ready_metrics(setup) -> None:
     assert m.headers["content-type"].startswith("text/plain")
     text = m.text
     for name in ("vlgate_requests_total{", "vlgate_in_flight ", "vlgate_queued ", "vlgate_request_duration_seconds_bucket",
-                 "vlgate_time_to_first_byte_seconds_bucket", "vlgate_backend_slots{", "vlgate_backend_state{"):
+                 "vlgate_time_to_first_byte_seconds_bucket", "vlgate_backend_slots{", "vlgate_backend_state{",
+                 "vlgate_affinity_hits_total "):
         assert name in text, name
     assert 'vlgate_requests_total{route="chat",status="200"}' in text
     assert KEY not in text

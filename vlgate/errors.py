@@ -51,17 +51,17 @@ class APIError(Exception):
     def to_bytes(self) -> bytes:
         return json.dumps(self.body()).encode()
 
-    def response(self) -> Response:
+    def response_headers(self) -> dict[str, str]:
         headers = dict(self.headers)
         if self.status >= 500 or self.status == 429:
             # our own retries already ran: tell the openai SDK not to multiply them
             headers.setdefault("x-should-retry", "false")
-        return Response(self.to_bytes(), status_code=self.status, media_type="application/json", headers=headers)
+        return headers
+
+    def response(self) -> Response:
+        return Response(self.to_bytes(), status_code=self.status, media_type="application/json",
+                        headers=self.response_headers())
 
     def sse_event(self) -> bytes:
         """A mid-stream error event: the SDK raises on it (a silent close would look complete)."""
         return b"data: " + self.to_bytes() + b"\n\n"
-
-
-def error_response(status: int, message: str, **kwargs: Any) -> Response:
-    return APIError(status, message, **kwargs).response()

@@ -35,11 +35,9 @@ async def send_json_bytes(send: Send, status: int, body: bytes, headers: list[tu
 
 
 async def send_error(send: Send, exc: APIError, request_id: str = "") -> None:
-    headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    headers = [(k.lower().encode(), v.encode()) for k, v in exc.response_headers().items()]
     if request_id:
         headers.append((b"x-request-id", request_id.encode()))
-    if exc.status >= 500 or exc.status == 429:
-        headers.append((b"x-should-retry", b"false"))
     try:
         await send_json_bytes(send, exc.status, exc.to_bytes(), headers)
     except (OSError, RuntimeError):  # the response had already started or the client is gone
