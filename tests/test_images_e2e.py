@@ -126,3 +126,16 @@ def test_ssrf_urls_are_refused_by_default(tmp_path: Path) -> None:
         gw.stop()
         host.close()
         fb.stop()
+
+
+def test_images_disabled_refuses_image_parts(tmp_path: Path) -> None:
+    fb = FakeBackend().start()
+    gw = GatewayProcess({"backends": [{"url": fb.url}], "images": {"enabled": False}}, tmp_path).start()
+    try:
+        gw.wait_ready()
+        r = chat(gw, "data:image/png;base64," + base64.b64encode(encoded("PNG")).decode())
+        assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages[0].content[0]")
+        assert fb.chat_requests() == []
+    finally:
+        gw.stop()
+        fb.stop()

@@ -17,6 +17,8 @@ from vlgate.backends import Backend
 from vlgate.config import Config
 from vlgate.errors import APIError
 from vlgate.gateway import Gateway, backends_from_config
+from vlgate.images import ImageNormalizer
+from vlgate.presets import PresetRegistry
 from vlgate.proxy import ProxyEndpoint
 
 log = logging.getLogger("vlgate.app")
@@ -42,27 +44,12 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return APIError(500, "Internal gateway error.", type="server_error").response()
 
 
-def _attach_optional_parts(gw: Gateway, config: Config) -> None:
-    """Images and presets plug in when their packages provide them."""
-    try:
-        from vlgate.images import ImageNormalizer
-    except ImportError:
-        ImageNormalizer = None  # type: ignore[assignment,misc]
-    if ImageNormalizer is not None and config.images.enabled:
-        gw.images = ImageNormalizer(config.images)
-    try:
-        from vlgate.presets import PresetRegistry
-    except ImportError:
-        PresetRegistry = None  # type: ignore[assignment,misc]
-    if PresetRegistry is not None:
-        gw.presets = PresetRegistry.load(config.presets)
-
-
 def create_app(config: Config, backends: list[Backend] | None = None, *, poll_health: bool = True) -> Starlette:
     """The gateway app. `poll_health=False`: the launcher owns backend state (`vlgate up`)."""
     gw = Gateway(config, backends if backends is not None else backends_from_config(config),
                  manage_state=poll_health)
-    _attach_optional_parts(gw, config)
+    gw.images = ImageNormalizer(config.images)  # enabled: false refuses images (400), never passes them raw
+    gw.presets = PresetRegistry.load(config.presets)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -11,6 +11,7 @@ from vlgate import fidelity, schemas
 from vlgate.errors import APIError
 from vlgate.gateway import Gateway, RequestContext
 from vlgate.metrics import CONTENT_TYPE
+from vlgate.presets_glue import attach_preset
 
 
 def check_model(gw: Gateway, body: dict[str, Any]) -> None:
@@ -61,8 +62,6 @@ async def prepare_chat(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -
         if images:
             ctx.body_changed = True
     if run is not None:
-        from vlgate.presets_glue import attach_preset  # local: presets are optional machinery
-
         attach_preset(ctx, run, images, body)
     ctx.affinity = affinity_key(body["messages"], [i.sha256 for i in images])
 
