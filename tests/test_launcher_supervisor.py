@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -249,3 +250,24 @@ def test_stop_escalates_to_sigkill_after_the_timeout(tmp_path: Path, model: Mode
     assert "no exit 0.8s after SIGTERM: SIGKILL" in proc.spec.log_path.read_text()
     child = int(next(ln for ln in proc.tail if ln.startswith("child ")).split()[1])
     assert_all_gone([*proc.pids, child])
+
+
+@pytest.mark.slow
+def test_hung_backend_is_killed_and_restarted(llama_server_bin: Path, model: ModelFiles, tmp_path: Path) -> None:
+    """A process that neither exits nor answers (SIGSTOP) is killed after hang_timeout_s and restarted."""
+    s = settings(cpu_backends=1, hang_timeout_s=1.0, health_interval_s=0.2)
+    sup = Supervisor(plan(s, llama_server_bin, model, tmp_path), s)
+    (proc,) = sup.processes
+    history = history_of(proc.backend)
+
+    async def scenario() -> None:
+        sup.start()
+        await wait_for(lambda: proc.backend.state is S.READY, 30, "ready")
+        os.kill(proc.pid, signal.SIGSTOP)  # type: ignore[arg-type]
+        await wait_for(lambda: len(proc.pids) == 2 and proc.backend.state is S.READY, 30, "ready after the hang")
+        await sup.stop()
+
+    asyncio.run(scenario())
+    crashed = next(why for _, st, why in history if st is S.CRASHED)
+    assert crashed.startswith("killed by SIGKILL") and "killed as hung" in crashed
+    assert_all_gone(proc.pids)

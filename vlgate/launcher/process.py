@@ -85,6 +85,8 @@ class BackendProcess:
         backend: Backend,
         *,
         load_timeout_s: float,
+        hang_timeout_s: float = 60.0,
+        health_interval_s: float = 2.0,
         log_max_bytes: int = 10 * 1024 * 1024,
         log_backups: int = 3,
         tail_lines: int = 40,
@@ -92,6 +94,8 @@ class BackendProcess:
         self.spec = spec
         self.backend = backend
         self.load_timeout_s = load_timeout_s
+        self.hang_timeout_s = hang_timeout_s
+        self.health_interval_s = health_interval_s
         self.tail: deque[str] = deque(maxlen=tail_lines)
         self.proc: asyncio.subprocess.Process | None = None
         self.stopping = False
@@ -151,7 +155,11 @@ class BackendProcess:
             done, _ = await asyncio.wait({exited, health}, return_when=asyncio.FIRST_COMPLETED)
             if health in done and health.result():
                 ready_at = time.monotonic()
-                await exited
+                health = asyncio.create_task(self._until_hung(), name=f"alive:{self.spec.name}")
+                done, _ = await asyncio.wait({exited, health}, return_when=asyncio.FIRST_COMPLETED)
+                if health in done:  # alive but deaf: only a kill brings it back
+                    self.tail.append(f"/health silent for {self.hang_timeout_s:g}s: killed as hung")
+                    await self._kill_now()
             elif health in done:  # load timeout: it counts as a crash
                 self.tail.append(f"not ready after {self.load_timeout_s:g}s")
                 await self._kill_now()
@@ -209,6 +217,18 @@ class BackendProcess:
                 await asyncio.sleep(delay)
                 delay = min(delay * 1.5, 0.5)
         return False
+
+    async def _until_hung(self) -> None:
+        """Return once a ready process's /health has not answered 200 for hang_timeout_s."""
+        last_ok = time.monotonic()
+        timeout = min(self.hang_timeout_s, 10.0)
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            while self.stopping or time.monotonic() - last_ok < self.hang_timeout_s:  # stopping: stop() owns it
+                await asyncio.sleep(self.health_interval_s)
+                with contextlib.suppress(httpx.HTTPError):
+                    r = await client.get(self.spec.url + "/health", headers=self.backend.auth_headers())
+                    if r.status_code == 200:
+                        last_ok = time.monotonic()
 
     async def _pump(self, stream: asyncio.StreamReader | None) -> None:
         if stream is None:

@@ -91,6 +91,8 @@ class LauncherSettings(_Strict):
     log_backups: int = Field(default=3, ge=0)
     load_timeout_s: float = Field(default=900.0, gt=0, description="not ready in time: killed and counted as a crash")
     health_interval_s: float = Field(default=2.0, gt=0)
+    hang_timeout_s: float = Field(default=60.0, gt=0, description="ready, but /health silent this long: "
+                                  "killed and counted as a crash (a hung process never exits by itself)")
     stop_timeout_s: float = Field(default=20.0, ge=0, description="SIGTERM to SIGKILL")
     restart: RestartPolicy = RestartPolicy()
 

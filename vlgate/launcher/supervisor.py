@@ -69,6 +69,8 @@ class Supervisor:
                 spec,
                 Backend(url=spec.url, name=spec.name, api_key=api_key, slots=spec.parallel),
                 load_timeout_s=settings.load_timeout_s,
+                hang_timeout_s=settings.hang_timeout_s,
+                health_interval_s=settings.health_interval_s,
                 log_max_bytes=settings.log_max_bytes,
                 log_backups=settings.log_backups,
             )
