@@ -57,6 +57,13 @@ def assert_all_gone(pids: list[int], timeout: float = 5.0) -> None:
     assert [p for p in pids if alive(p)] == [], "processes survived"
 
 
+def one_backend(s: LauncherSettings, binary: Path, model: ModelFiles, tmp_path: Path):
+    """A supervisor of one backend, and the record of that backend's state changes."""
+    sup = Supervisor(plan(s, binary, model, tmp_path), s)
+    (proc,) = sup.processes
+    return sup, proc, history_of(proc.backend)
+
+
 def history_of(backend: Backend) -> list[tuple[float, BackendState, str]]:
     seen: list[tuple[float, BackendState, str]] = []
     backend.listeners.append(lambda b: seen.append((time.monotonic(), b.state, b.reason)))
@@ -160,9 +167,7 @@ def test_sigkill_mid_load_restarts_and_loads_again(llama_server_bin: Path, model
     loader.write_text(SLOW_LOADER.format(python=sys.executable, load_s=1.0, real=str(llama_server_bin)))
     loader.chmod(0o755)
     s = settings(cpu_backends=1)
-    sup = Supervisor(plan(s, loader, model, tmp_path), s)
-    (proc,) = sup.processes
-    history = history_of(proc.backend)
+    sup, proc, history = one_backend(s, loader, model, tmp_path)
 
     async def scenario() -> None:
         sup.start()
@@ -183,9 +188,7 @@ def test_sigkill_mid_load_restarts_and_loads_again(llama_server_bin: Path, model
 def test_crash_at_start_every_time_is_parked_with_its_last_lines(tmp_path: Path, model: ModelFiles) -> None:
     binary = fake_binary(tmp_path, 'echo "loading $2"; echo "fake llama-server: cannot open model" >&2; exit 1\n')
     s = settings(cpu_backends=1)
-    sup = Supervisor(plan(s, binary, model, tmp_path), s)
-    (proc,) = sup.processes
-    history = history_of(proc.backend)
+    sup, proc, history = one_backend(s, binary, model, tmp_path)
 
     async def scenario() -> None:
         sup.start()
@@ -256,9 +259,7 @@ def test_stop_escalates_to_sigkill_after_the_timeout(tmp_path: Path, model: Mode
 def test_hung_backend_is_killed_and_restarted(llama_server_bin: Path, model: ModelFiles, tmp_path: Path) -> None:
     """A process that neither exits nor answers (SIGSTOP) is killed after hang_timeout_s and restarted."""
     s = settings(cpu_backends=1, hang_timeout_s=1.0, health_interval_s=0.2)
-    sup = Supervisor(plan(s, llama_server_bin, model, tmp_path), s)
-    (proc,) = sup.processes
-    history = history_of(proc.backend)
+    sup, proc, history = one_backend(s, llama_server_bin, model, tmp_path)
 
     async def scenario() -> None:
         sup.start()
