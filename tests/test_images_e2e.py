@@ -109,12 +109,28 @@ def test_backend_receives_only_grid_sized_data_urls(tmp_path: Path) -> None:
         fb.stop()
 
 
-def test_ssrf_urls_are_refused_by_default(tmp_path: Path) -> None:
-    fb = FakeBackend().start()
-    host = _ImageServer(encoded("PNG"), "image/png")
-    gw = GatewayProcess({"backends": [{"url": fb.url}]}, tmp_path).start()
-    try:
+@pytest.fixture
+def fake_behind_gateway(tmp_path: Path):
+    """Factory: a scripted backend behind a gateway with the given `images:` settings."""
+    started: list[tuple[GatewayProcess, FakeBackend]] = []
+
+    def make(images: dict | None = None) -> tuple[GatewayProcess, FakeBackend]:
+        fb = FakeBackend().start()
+        gw = GatewayProcess({"backends": [{"url": fb.url}], "images": images or {}}, tmp_path).start()
+        started.append((gw, fb))
         gw.wait_ready()
+        return gw, fb
+
+    yield make
+    for gw, fb in started:
+        gw.stop()
+        fb.stop()
+
+
+def test_ssrf_urls_are_refused_by_default(fake_behind_gateway) -> None:
+    gw, fb = fake_behind_gateway()
+    host = _ImageServer(encoded("PNG"), "image/png")
+    try:
         for url in (host.url, host.url.replace("127.0.0.1", "localhost"), "file:///etc/passwd",
                     "http://169.254.169.254/latest/meta-data/"):
             r = chat(gw, url)
@@ -123,19 +139,11 @@ def test_ssrf_urls_are_refused_by_default(tmp_path: Path) -> None:
         assert host.hits == 0
         assert fb.chat_requests() == []
     finally:
-        gw.stop()
         host.close()
-        fb.stop()
 
 
-def test_images_disabled_refuses_image_parts(tmp_path: Path) -> None:
-    fb = FakeBackend().start()
-    gw = GatewayProcess({"backends": [{"url": fb.url}], "images": {"enabled": False}}, tmp_path).start()
-    try:
-        gw.wait_ready()
-        r = chat(gw, "data:image/png;base64," + base64.b64encode(encoded("PNG")).decode())
-        assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages[0].content[0]")
-        assert fb.chat_requests() == []
-    finally:
-        gw.stop()
-        fb.stop()
+def test_images_disabled_refuses_image_parts(fake_behind_gateway) -> None:
+    gw, fb = fake_behind_gateway({"enabled": False})
+    r = chat(gw, "data:image/png;base64," + base64.b64encode(encoded("PNG")).decode())
+    assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages[0].content[0]")
+    assert fb.chat_requests() == []
