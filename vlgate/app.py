@@ -17,8 +17,6 @@ from vlgate.backends import Backend
 from vlgate.config import Config
 from vlgate.errors import APIError
 from vlgate.gateway import Gateway, backends_from_config
-from vlgate.images import ImageNormalizer
-from vlgate.presets import PresetRegistry
 from vlgate.proxy import ProxyEndpoint
 
 log = logging.getLogger("vlgate.app")
@@ -48,8 +46,6 @@ def create_app(config: Config, backends: list[Backend] | None = None, *, poll_he
     """The gateway app. `poll_health=False`: the launcher owns backend state (`vlgate up`)."""
     gw = Gateway(config, backends if backends is not None else backends_from_config(config),
                  manage_state=poll_health)
-    gw.images = ImageNormalizer(config.images)  # enabled: false refuses images (400), never passes them raw
-    gw.presets = PresetRegistry.load(config.presets)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -7,15 +7,17 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 from vlgate.auth import KeyChecker
 from vlgate.backends import Backend, BackendState
 from vlgate.balancer import Balancer
 from vlgate.config import Config
 from vlgate.health import HealthPoller
+from vlgate.images import ImageNormalizer
 from vlgate.metrics import Metrics
+from vlgate.presets import PresetRegistry, TokenCheck, check_special_tokens
 from vlgate.upstream import Forwarder, new_session
 
 access_log = logging.getLogger("vlgate.access")
@@ -42,7 +44,6 @@ class RequestContext:
     mid_stream_error: bool = False
     finish: Callable[[bytes], bytes] | None = None  # non-stream post-processing (presets)
     stream_tap: StreamTap | None = None  # stream post-processing (presets)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def backends_from_config(config: Config) -> list[Backend]:
@@ -65,18 +66,18 @@ class Gateway:
                                    timeout_s=g.health.timeout_s, manage_all=manage_state)
         self.session = None
         self.forwarder: Forwarder = None  # type: ignore[assignment]  # set in startup (needs a loop)
-        self.images: Any = None
-        self.presets: Any = None
+        # images.enabled=false makes the normalizer refuse images (400); they never pass raw
+        self.images = ImageNormalizer(config.images)
+        self.presets = PresetRegistry.load(config.presets)
         self.created = time.time()
-        self.token_checks: dict[str, Any] = {}  # backend name -> presets.TokenCheck
+        self.token_checks: dict[str, TokenCheck | None] = {}  # None: check running
         self._checking: set[asyncio.Task[None]] = set()
         for backend in backends:
             backend.listeners.append(self._on_backend_state)
 
     def _on_backend_state(self, backend: Backend) -> None:
         """First time a backend is ready: check that preset structure tokens survive its output."""
-        if (backend.state is BackendState.READY and self.presets is not None
-                and backend.name not in self.token_checks and self.poller is not None):
+        if backend.state is BackendState.READY and backend.name not in self.token_checks:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # state set from outside the loop: check at the next transition
@@ -87,8 +88,6 @@ class Gateway:
             task.add_done_callback(self._checking.discard)
 
     async def _check_tokens(self, backend: Backend) -> None:
-        from vlgate.presets import check_special_tokens
-
         try:
             result = await check_special_tokens(self.poller.client, backend.url, backend.auth_headers())
         except Exception as exc:  # a backend without /tokenize: unknown, not fatal
@@ -117,14 +116,10 @@ class Gateway:
         await self.poller.aclose()
         if self.session is not None:
             await self.session.close()
-        if self.images is not None and hasattr(self.images, "aclose"):
-            await self.images.aclose()
+        await self.images.aclose()
 
     def start_draining(self) -> None:
         self.balancer.draining = True
-
-    def in_flight(self) -> int:
-        return self.balancer.in_flight()
 
     def finish(self, ctx: RequestContext, status: int) -> None:
         duration = time.perf_counter() - ctx.started

@@ -25,8 +25,9 @@ async def fetch_slot_count(client: httpx.AsyncClient, backend: Backend) -> int |
     headers = backend.auth_headers()
     try:
         r = await client.get(backend.url + "/slots", headers=headers)
-        if r.status_code == 200 and isinstance(r.json(), list) and r.json():
-            return len(r.json())
+        slots = r.json() if r.status_code == 200 else None
+        if isinstance(slots, list) and slots:
+            return len(slots)
         r = await client.get(backend.url + "/props", headers=headers)
         if r.status_code == 200:
             total = r.json().get("total_slots")

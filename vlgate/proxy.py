@@ -112,7 +112,6 @@ class ProxyEndpoint:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise APIError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
-        ctx.body_changed = False
         await self.prepare(gw, ctx, body)
         if ctx.body_changed:
             raw = orjson.dumps(body)
@@ -131,7 +130,7 @@ class ProxyEndpoint:
             ctx.attempts = upstream.attempts
             ctx.ttfb = time.perf_counter() - ctx.started
             if upstream.response.content_type == "text/event-stream":
-                await stream_upstream(send, upstream, ctx, gw)
+                await stream_upstream(send, upstream, ctx)
             else:
                 data = await read_answer(upstream)
                 upstream.response.release()

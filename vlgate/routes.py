@@ -20,7 +20,7 @@ def check_model(gw: Gateway, body: dict[str, Any]) -> None:
     model = body.get("model")
     if model is None or model == served:
         return
-    if isinstance(model, str) and model.startswith(served + ":") and gw.presets is not None:
+    if isinstance(model, str) and model.startswith(served + ":"):
         return
     raise APIError(404, f"The model '{model}' does not exist; this gateway serves '{served}' "
                    f"(see GET /v1/models).", param="model", code="model_not_found")
@@ -45,22 +45,16 @@ async def prepare_chat(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -
     schemas.validate(schemas.ChatCompletionRequest, body)
     check_model(gw, body)
     ctx.finish = fidelity.complete_chat
-    run = None
-    if gw.presets is not None:
-        run = gw.presets.resolve(body, body.get("model") or gw.config.gateway.model, gw.config.gateway.model)
-        if run is not None:
-            ctx.body_changed = True
-            problem = gw.structure_tokens_problem() if run.parsers else None
-            if problem:
-                raise APIError(503, f"Structured preset '{run.name}' is unavailable: {problem}",
-                               code="preset_unavailable", headers={"Retry-After": "60"})
-    elif "preset" in body:
-        raise APIError(400, "Presets are not enabled on this gateway.", param="preset")
-    images: list[Any] = []
-    if gw.images is not None:
-        images = await gw.images.normalize_body(body)
-        if images:
-            ctx.body_changed = True
+    run = gw.presets.resolve(body, body.get("model") or gw.config.gateway.model, gw.config.gateway.model)
+    if run is not None:
+        ctx.body_changed = True
+        problem = gw.structure_tokens_problem() if run.parsers else None
+        if problem:
+            raise APIError(503, f"Structured preset '{run.name}' is unavailable: {problem}",
+                           code="preset_unavailable", headers={"Retry-After": "60"})
+    images = await gw.images.normalize_body(body)
+    if images:
+        ctx.body_changed = True
     if run is not None:
         attach_preset(ctx, run, images, body)
     ctx.affinity = affinity_key(body["messages"], [i.sha256 for i in images])
@@ -83,6 +77,23 @@ async def prepare_embedding(gw: Gateway, ctx: RequestContext, body: dict[str, An
 
 def _gw(request: Request) -> Gateway:
     return request.app.state.gateway
+
+
+def _authorized(request: Request) -> Gateway:
+    """The gateway, once the request's API key checks out (the /v1 GET routes need one too)."""
+    gw = _gw(request)
+    gw.keys.check(request.headers.get("authorization", "").encode("latin-1") or None)
+    return gw
+
+
+def model_ids(gw: Gateway) -> list[str]:
+    """The served model, then one virtual model per preset."""
+    served = gw.config.gateway.model
+    return [served] + [f"{served}:{name}" for name in gw.presets.names()]
+
+
+def _model_card(gw: Gateway, model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": int(gw.created), "owned_by": "vlgate"}
 
 
 async def health(request: Request) -> Response:
@@ -117,28 +128,18 @@ async def metrics(request: Request) -> Response:
 
 
 async def models(request: Request) -> Response:
-    gw = _gw(request)
-    gw.keys.check(request.headers.get("authorization", "").encode("latin-1") or None)
-    served = gw.config.gateway.model
-    ids = [served] + ([f"{served}:{name}" for name in gw.presets.names()] if gw.presets is not None else [])
-    created = int(gw.created)
-    return JSONResponse({"object": "list", "data": [
-        {"id": i, "object": "model", "created": created, "owned_by": "vlgate"} for i in ids]})
+    gw = _authorized(request)
+    return JSONResponse({"object": "list", "data": [_model_card(gw, i) for i in model_ids(gw)]})
 
 
 async def model(request: Request) -> Response:
-    gw = _gw(request)
-    gw.keys.check(request.headers.get("authorization", "").encode("latin-1") or None)
-    served = gw.config.gateway.model
+    gw = _authorized(request)
     name = request.path_params["model"]
-    known = {served} | ({f"{served}:{n}" for n in gw.presets.names()} if gw.presets is not None else set())
-    if name not in known:
+    if name not in model_ids(gw):
         raise APIError(404, f"The model '{name}' does not exist.", param="model", code="model_not_found")
-    return JSONResponse({"id": name, "object": "model", "created": int(gw.created), "owned_by": "vlgate"})
+    return JSONResponse(_model_card(gw, name))
 
 
 async def presets(request: Request) -> Response:
-    gw = _gw(request)
-    gw.keys.check(request.headers.get("authorization", "").encode("latin-1") or None)
-    data = gw.presets.describe(gw.config.gateway.model) if gw.presets is not None else []
-    return JSONResponse({"object": "list", "data": data})
+    gw = _authorized(request)
+    return JSONResponse({"object": "list", "data": gw.presets.describe(gw.config.gateway.model)})

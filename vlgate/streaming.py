@@ -17,7 +17,7 @@ from vlgate.backends import BackendState
 from vlgate.errors import APIError
 
 if TYPE_CHECKING:
-    from vlgate.gateway import Gateway, RequestContext
+    from vlgate.gateway import RequestContext
     from vlgate.upstream import Upstream
 
 log = logging.getLogger("vlgate.streaming")
@@ -44,7 +44,7 @@ async def send_error(send: Send, exc: APIError, request_id: str = "") -> None:
         pass
 
 
-async def stream_upstream(send: Send, upstream: Upstream, ctx: RequestContext, gw: Gateway) -> None:
+async def stream_upstream(send: Send, upstream: Upstream, ctx: RequestContext) -> None:
     """Pass the SSE body through; on a mid-stream backend failure, end with an error event."""
     headers = upstream.headers()
     headers.append((b"x-accel-buffering", b"no"))
