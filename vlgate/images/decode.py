@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from vlgate.images import jpeg
 from vlgate.images.sniff import sniff
 from vlgate.images.types import ImageError
 
@@ -94,11 +95,16 @@ def open_image(data: bytes, formats: list[str], max_pixels: int, max_frames: int
     return Opened(im, im.format or kind or "?", orientation, w, h, im.info.get("icc_profile"), _lossless(im, data))
 
 
-def load(opened: Opened, target: tuple[int, int], draft: bool) -> Image.Image:
+def load(opened: Opened, data: bytes, target: tuple[int, int], draft: bool) -> Image.Image:
     """Decode the first frame; JPEG decodes straight at 1/2..1/8 scale when still >= target (pre-rotation size)."""
     im = opened.image
+    is_jpeg = im.format in ("JPEG", "MPO")
+    if draft and is_jpeg:
+        fast = jpeg.decode(data, im.mode, im.size, target)
+        if fast is not None:
+            return fast
     try:
-        if draft and im.format in ("JPEG", "MPO") and im.mode in ("RGB", "L", "CMYK"):
+        if draft and is_jpeg and im.mode in ("RGB", "L", "CMYK"):
             im.draft(im.mode, target)
         im.load()
     except Image.DecompressionBombError as e:

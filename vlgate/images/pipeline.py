@@ -1,6 +1,6 @@
 """One image, bytes in -> data URL out: open, check, orient, resize to the model grid, flatten, re-encode.
 
-Runs in a worker thread (Pillow releases the GIL while decoding, resampling and encoding).
+Runs in a worker thread (simplejpeg, cykooz-resizer and Pillow release the GIL for the pixel work).
 """
 
 from __future__ import annotations
@@ -12,17 +12,11 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from vlgate.images import color, decode
+from vlgate.images import color, decode, resample
 from vlgate.images.grid import GridRule
 from vlgate.images.settings import EncodeSettings, LimitSettings
 from vlgate.images.types import ImageError, ImageInfo
 
-_RESAMPLE = {
-    "lanczos": Image.Resampling.LANCZOS,
-    "bicubic": Image.Resampling.BICUBIC,
-    "bilinear": Image.Resampling.BILINEAR,
-    "box": Image.Resampling.BOX,
-}
 _COLOR_SAMPLE = 256  # side of the nearest-neighbour sample used to count colours
 
 
@@ -51,12 +45,12 @@ class Pipeline:
         swap = opened.orientation >= 5
         stored_target = (th, tw) if swap else (tw, th)  # the resize happens before the transpose
 
-        im = decode.load(opened, stored_target, self.encode.jpeg_draft)
+        im = decode.load(opened, data, stored_target, self.encode.jpeg_draft)
         im = color.to_resizable(im)
         fmt = self._choose_format(im, opened.lossless)
         if im.size != stored_target:
             name = self.encode.resample_text if fmt == "png" else self.encode.resample
-            im = im.resize(stored_target, _RESAMPLE[name], reducing_gap=self.encode.reducing_gap)
+            im = resample.resize(im, stored_target, name, self.encode.reducing_gap)
         if opened.orientation != 1:
             im = im.transpose(decode.TRANSPOSE[opened.orientation])
         im = color.to_rgb(im, opened.icc_profile, self.encode.apply_icc)
