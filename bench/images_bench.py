@@ -131,6 +131,42 @@ def main() -> None:
               f" {ours_t[0]:7.1f}/{ours_t[1]:<8.1f} {naive_t[0]:8.1f}/{naive_t[1]:<8.1f}"
               f" {naive_t[0] / ours_t[0]:6.1f}x {psnr(ours_img, ref):8.2f}dB {psnr(naive_img, ref):9.2f}dB"
               f" {psnr(ours_img, naive_img):9.2f}dB")
+        if result.format == "jpeg" and data[:2] == b"\xff\xd8":
+            floor(data, size, args.repeats)
+
+
+def floor(data: bytes, size: tuple[int, int], repeats: int) -> None:
+    """Where a JPEG's time goes, each stage alone (best of N): what any full-quality path must pay."""
+    import simplejpeg
+
+    from vlgate.images import jpeg, resample
+
+    w, h = Image.open(io.BytesIO(data)).size
+    n = jpeg.scale_for((w, h), size)
+    mh, mw = -(-h // n), -(-w // n)
+    stages: list[tuple[str, Callable[[], object]]] = [
+        (f"entropy+IDCT only (1/{n}, grey, no colour)",
+         lambda: simplejpeg.decode_jpeg(data, colorspace="GRAY", min_height=mh, min_width=mw)),
+        (f"decode 1/{n} (libjpeg-turbo, simplejpeg)", lambda: jpeg.decode(data, "RGB", (w, h), size)),
+        (f"decode 1/{n} (Pillow draft)", lambda: _pillow_draft(data, size)),
+    ]
+    decoded = jpeg.decode(data, "RGB", (w, h), size)
+    assert decoded is not None
+    resized = resample.resize(decoded, size, "bilinear", None)
+    stages += [
+        ("resize bilinear (cykooz-resizer, SIMD)", lambda: resample.resize(decoded, size, "bilinear", None)),
+        ("resize bilinear (Pillow)", lambda: decoded.resize(size, Image.Resampling.BILINEAR)),
+        ("encode JPEG q90 (Pillow)", lambda: encode(resized, "JPEG", quality=90)),
+    ]
+    for name, fn in stages:
+        print(f"    {name:44} {timed(fn, repeats)[0]:6.1f} ms")
+
+
+def _pillow_draft(data: bytes, size: tuple[int, int]) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    im.draft("RGB", size)
+    im.load()
+    return im
 
 
 def _payload(data_url: str) -> bytes:

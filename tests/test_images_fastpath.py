@@ -57,8 +57,27 @@ def test_fast_decode_matches_pillow_draft(mode: str, kw: dict) -> None:
     data = encode(photo(1200, 900).convert(mode), "JPEG", **kw)
     target = (560, 420)  # 1/2 scale
     fast = jpeg.decode(data, mode, (1200, 900), target)
-    assert fast is not None and fast.mode == mode and fast.size == (600, 450)
-    assert mean_abs_diff(fast, pillow_draft(data, target)) < 1.5
+    assert fast is not None and fast.size == (600, 450)
+    assert fast.mode == ("RGBX" if mode == "RGB" else "L")  # zero-copy view of the decoder's buffer
+    assert mean_abs_diff(fast.convert(mode), pillow_draft(data, target)) < 1.5
+
+
+def test_rgbx_buffer_resizes_exactly_like_its_rgb_copy() -> None:
+    data = encode(photo(1200, 900), "JPEG", quality=90)
+    fast = jpeg.decode(data, "RGB", (1200, 900), (600, 450))
+    assert fast is not None
+    for name in PILLOW:
+        got = resample.resize(fast, (544, 416), name, None)
+        assert got.mode == "RGB"
+        assert got.tobytes() == resample.resize(fast.convert("RGB"), (544, 416), name, None).tobytes()
+
+
+@pytest.mark.parametrize("size", [(640, 480), (1632, 1216)])
+def test_jpeg_already_on_the_grid_is_not_resized(size: tuple[int, int]) -> None:
+    src = smooth_photo(*size)
+    out, info, mime = normalize(encode(src, "JPEG", quality=95), mime="image/jpeg")
+    assert (info.width, info.height) == size == out.size and out.mode == "RGB" and mime == "image/jpeg"
+    assert psnr(out, src) > 35
 
 
 def test_fast_decode_steps_aside_for_cmyk_and_broken_data() -> None:

@@ -16,7 +16,7 @@ from vlgate.images.types import ImageError
 log = logging.getLogger(__name__)
 
 WHITE = (255, 255, 255)
-RESIZABLE = ("L", "LA", "RGB", "RGBA", "CMYK")
+RESIZABLE = ("L", "LA", "RGB", "RGBX", "RGBA", "CMYK")  # RGBX: the fast JPEG decoder's zero-copy output
 _SRGB = ImageCms.createProfile("sRGB")
 
 
@@ -58,7 +58,7 @@ def to_rgb(im: Image.Image, icc_profile: bytes | None, apply_icc: bool) -> Image
         if converted is not None:
             return converted
     if im.mode != "RGB":
-        im = im.convert("RGB")  # L: replicate; CMYK: Pillow's (255-C)(255-K)/255 without a profile
+        im = im.convert("RGB")  # L: replicate; RGBX: drop padding; CMYK: (255-C)(255-K)/255 without a profile
     return im
 
 

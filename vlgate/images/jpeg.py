@@ -27,18 +27,20 @@ def scale_for(size: tuple[int, int], target: tuple[int, int]) -> int:
 
 def decode(data: bytes, mode: str, size: tuple[int, int], target: tuple[int, int]) -> Image.Image | None:
     """The JPEG in `data` (header already checked: `mode` "RGB" or "L", `size` as stored) decoded at the
-    smallest DCT scale that keeps `target`, or None where Pillow should decode it instead."""
+    smallest DCT scale that keeps `target`, or None where Pillow should decode it instead. Colour comes back
+    as a read-only "RGBX" image over the decoder's buffer (Pillow keeps RGB as RGBX: no 12 MB copy)."""
     if mode not in ("RGB", "L"):
         return None
     n = scale_for(size, target)
     w, h = -(-size[0] // n), -(-size[1] // n)
+    out_mode = "RGBX" if mode == "RGB" else "L"  # Pillow's own memory layouts: the image maps the buffer, no copy
     try:
         pixels = simplejpeg.decode_jpeg(
-            data, colorspace="RGB" if mode == "RGB" else "GRAY", fastdct=False, fastupsample=False,
+            data, colorspace="GRAY" if mode == "L" else out_mode, fastdct=False, fastupsample=False,
             min_height=h, min_width=w, strict=True,
         )
     except ValueError:
         return None
     if pixels.shape[:2] != (h, w):  # a header that disagrees with Pillow's reading: let Pillow handle it
         return None
-    return Image.frombuffer(mode, (w, h), pixels, "raw", mode, 0, 1)
+    return Image.frombuffer(out_mode, (w, h), pixels, "raw", out_mode, 0, 1)

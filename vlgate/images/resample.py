@@ -39,6 +39,8 @@ def resize(im: Image.Image, size: tuple[int, int], filter_name: str, reducing_ga
         fy = max(1, int(im.height / size[1] / reducing_gap))
         if fx > 1 or fy > 1:
             im = im.reduce((fx, fy))
+    if im.mode == "RGBX":
+        im = _as_rgb(im)
     if im.mode not in _SIMD_MODES:
         return im.resize(size, _PILLOW[filter_name])
     resizer = getattr(_local, "resizer", None)
@@ -47,3 +49,11 @@ def resize(im: Image.Image, size: tuple[int, int], filter_name: str, reducing_ga
     out = Image.new(im.mode, size, None)  # zeroed by calloc: no fill pass
     resizer.resize_pil(im, out, _OPTIONS[filter_name])
     return out
+
+
+def _as_rgb(im: Image.Image) -> Image.Image:
+    """The same pixels seen as RGB: Pillow stores RGB as 4 bytes per pixel, exactly RGBX's layout, so the
+    decoder's RGBX buffer is resized as RGB without a conversion pass (the padding byte is never read)."""
+    view = Image.Image()._new(im.im)
+    view._mode = "RGB"
+    return view
