@@ -86,6 +86,8 @@ def test_fast_decode_steps_aside_for_cmyk_and_broken_data() -> None:
     good = encode(photo(400, 300), "JPEG", quality=90)
     assert jpeg.decode(good[: len(good) // 2], "RGB", (400, 300), (200, 150)) is None  # truncated
     assert jpeg.decode(good[:2] + b"\x00" * 200, "RGB", (400, 300), (200, 150)) is None
+    assert jpeg.decode(good, "RGB", (400, 301), (200, 150)) is None  # not the size the limits were checked on
+    assert jpeg.decode(good, "RGB", (400, 300), (200, 150)) is not None
 
 
 def test_cmyk_jpeg_still_normalizes_through_pillow() -> None:

@@ -35,12 +35,14 @@ def decode(data: bytes, mode: str, size: tuple[int, int], target: tuple[int, int
     w, h = -(-size[0] // n), -(-size[1] // n)
     out_mode = "RGBX" if mode == "RGB" else "L"  # Pillow's own memory layouts: the image maps the buffer, no copy
     try:
+        if simplejpeg.decode_jpeg_header(data)[:2] != (size[1], size[0]):
+            return None  # libjpeg-turbo would decode another size than the one Pillow read and the limits checked
         pixels = simplejpeg.decode_jpeg(
             data, colorspace="GRAY" if mode == "L" else out_mode, fastdct=False, fastupsample=False,
             min_height=h, min_width=w, strict=True,
         )
     except ValueError:
         return None
-    if pixels.shape[:2] != (h, w):  # a header that disagrees with Pillow's reading: let Pillow handle it
+    if pixels.shape[:2] != (h, w):
         return None
     return Image.frombuffer(out_mode, (w, h), pixels, "raw", out_mode, 0, 1)
