@@ -14,10 +14,6 @@ from PIL import Image
 from test_images_util import encode, error_of, normalize
 
 from vlgate.images import color, jpeg, resample
-from vlgate.images.decode import open_image
-
-FORMATS = ["JPEG", "PNG"]
-
 
 def photo(w: int, h: int, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
@@ -121,7 +117,8 @@ def smooth_photo(w: int, h: int) -> Image.Image:
     acc = np.zeros((h, w, 3), np.float32) + 110
     for cells, amp in ((4, 60), (32, 25), (256, 10)):
         small = rng.integers(0, 256, (cells * h // w + 1, cells, 3), dtype=np.uint8)
-        acc += (np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC), np.float32) - 128) * amp / 128
+        field = np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC), np.float32)
+        acc += (field - 128) * amp / 128
     acc[h // 3 : h // 2, w // 4 : w // 2] = (200, 40, 40)  # a hard-edged object
     acc += rng.normal(0, 1.5, acc.shape).astype(np.float32)
     return Image.fromarray(np.clip(acc, 0, 255).astype(np.uint8))
@@ -162,7 +159,11 @@ def test_resize_reducing_gap_like_pillow() -> None:
     assert resample.resize(src, src.size, "lanczos", 2.0) is src
 
 
-def test_open_image_header_only_for_fast_path() -> None:
-    data = encode(photo(4032, 3024), "JPEG", quality=80)
-    opened = open_image(data, FORMATS, 40_000_000, 1)
-    assert opened.image.mode == "RGB" and (opened.width, opened.height) == (4032, 3024)
+def test_rgbx_buffer_reduced_then_resized_as_rgb() -> None:
+    data = encode(photo(1600, 1200), "JPEG", quality=90)
+    fast = jpeg.decode(data, "RGB", (1600, 1200), (48, 32))  # 1/8 scale: 200x150, then reduce(2) + resize
+    assert fast is not None and fast.size == (200, 150)
+    got = resample.resize(fast, (48, 32), "bilinear", 2.0)
+    assert got.mode == "RGB" and got.size == (48, 32)
+    want = fast.convert("RGB").resize((48, 32), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    assert mean_abs_diff(got, want) < 0.6

@@ -39,7 +39,7 @@ def resize(im: Image.Image, size: tuple[int, int], filter_name: str, reducing_ga
         fy = max(1, int(im.height / size[1] / reducing_gap))
         if fx > 1 or fy > 1:
             im = im.reduce((fx, fy))
-    if im.mode == "RGBX":
+    if im.mode == "RGBX":  # after reduce(): that returns a real RGBX image again
         im = _as_rgb(im)
     if im.mode not in _SIMD_MODES:
         return im.resize(size, _PILLOW[filter_name])

@@ -89,9 +89,12 @@ class EncodeSettings(_Strict):
         default="lanczos", description="images kept as PNG (screenshots, text): sharpest glyph edges"
     )
     reducing_gap: float | None = Field(
-        default=2.0, ge=1.0, description="reduce() by an integer factor first while the ratio is >= this (null: one exact resize)"
+        default=2.0, ge=1.0,
+        description="reduce() by an integer factor first while the ratio is >= this (null: one exact resize)",
     )
-    jpeg_draft: bool = Field(default=True, description="JPEG: decode at 1/2, 1/4, 1/8 scale (DCT, libjpeg-turbo) when big enough")
+    jpeg_draft: bool = Field(
+        default=True, description="JPEG: decode at 1/2, 1/4, 1/8 scale (DCT, libjpeg-turbo) when big enough"
+    )
     apply_icc: bool = Field(default=True, description="convert images with a non-sRGB ICC profile to sRGB")
 
 
