@@ -6,11 +6,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from llama import LlamaServer
+from support.llama import LlamaServer
 
-from vlgate.server_binary import ensure_server
-from vlgate.tinymodel import TinyModel, write_tiny_model
-
+from vlgate.launcher.binary import ensure_server
+from vlgate.launcher.tinymodel import TinyModel, write_tiny_model
 
 # ---------------------------------------------------------------- llama-server binary + tiny model
 

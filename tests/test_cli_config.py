@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fakebackend import FakeBackend
-from gateway import GatewayProcess
+from support.fakebackend import FakeBackend
+from support.gateway_process import GatewayProcess
 
 from vlgate.config import ConfigError, load_config, parse_config
 

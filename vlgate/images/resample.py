@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from cykooz_resizer import FilterType, ResizeAlg, Resizer, ResizeOptions
+from cykooz_resizer import FilterType, ResizeAlg, ResizeOptions, Resizer
 from PIL import Image
 
 _FILTERS = {  # our names (Pillow's) -> the same kernels in fast_image_resize (Pillow's BICUBIC is Catmull-Rom)

@@ -10,16 +10,21 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from vlgate.config import Config
+from vlgate.commandline import (
+    CLIError,
+    add_config_args,
+    config_from_args,
+    setup_logging,
+)
+from vlgate.config import Config, load_config
 
 
 @contextmanager
 def _one_line_errors() -> Iterator[None]:
     """Turn launcher failures into vlgate.cli's CLIError (one line, exit 2, no traceback)."""
-    from vlgate.cli import CLIError
+    from vlgate.gateway.server import PortInUse
     from vlgate.launcher.command import LaunchError
     from vlgate.launcher.download import ModelError
-    from vlgate.server import PortInUse
 
     try:
         yield
@@ -28,8 +33,6 @@ def _one_line_errors() -> Iterator[None]:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    from vlgate.cli import config_from_args
-    from vlgate.config import load_config
 
     if hasattr(args, "port"):  # `up` shares the gateway options of `serve`
         return config_from_args(args)
@@ -37,7 +40,6 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from vlgate.cli import setup_logging
     from vlgate.launcher import run
 
     with _one_line_errors():
@@ -53,7 +55,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from vlgate.cli import setup_logging
     from vlgate.launcher import run
 
     with _one_line_errors():
@@ -66,7 +67,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def cmd_install_server(args: argparse.Namespace) -> int:
-    from vlgate.server_binary import ensure_server
+    from vlgate.launcher.binary import ensure_server
 
     config = _config(args)
     print(ensure_server(config.launcher.server_binary))
@@ -96,7 +97,6 @@ def format_status(body: dict[str, object], url: str) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     import httpx
 
-    from vlgate.cli import CLIError
 
     url = args.url.rstrip("/")
     try:
@@ -120,7 +120,6 @@ def _config_only(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vlgate.cli import add_config_args
 
     up = sub.add_parser(
         "up", help="launch llama-server backends and the gateway in front of them (the whole set-up)",

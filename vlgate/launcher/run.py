@@ -18,11 +18,17 @@ from pathlib import Path
 
 from vlgate.config import Config, parse_config
 from vlgate.launcher import command, download, gpus
+from vlgate.launcher.binary import (
+    build_flags,
+    cache_root,
+    cached_binary_path,
+    ensure_server,
+    find_server,
+)
 from vlgate.launcher.command import BackendSpec, LaunchError
 from vlgate.launcher.download import ModelFiles
 from vlgate.launcher.settings import LauncherSettings
 from vlgate.launcher.supervisor import Supervisor
-from vlgate.server_binary import build_flags, cache_root, cached_binary_path, ensure_server, find_server
 
 log = logging.getLogger("vlgate.launcher")
 
@@ -70,7 +76,7 @@ def real_plan(config: Config, *, gateway_port: tuple[str, int] | None = None) ->
     """Check ports, obtain the binary, download the model; then the exact specs."""
     found = resolve_gpus(config.launcher)
     if gateway_port is not None:
-        from vlgate.server import check_port_free
+        from vlgate.gateway.server import check_port_free
 
         check_port_free(*gateway_port)
     if config.launcher.port_base:  # fail on a busy port before a long build or download
@@ -110,7 +116,7 @@ def render(plan: Plan, config: Config, *, gateway: bool) -> str:
 
 def demo_config(config: Config) -> Config:
     """The tiny generated model on CPU: two backends of one thread each, free ports, short answers."""
-    from vlgate.tinymodel import write_tiny_model
+    from vlgate.launcher.tinymodel import write_tiny_model
 
     tiny = write_tiny_model(cache_root() / "demo")
     data = config.model_dump()
@@ -158,8 +164,8 @@ def _announce(specs: list[BackendSpec]) -> None:
 
 
 async def _up(config: Config, plan: Plan, signals: _Signals) -> int:
-    from vlgate.app import create_app
-    from vlgate.server import serve
+    from vlgate.gateway.app import create_app
+    from vlgate.gateway.server import serve
 
     g = config.gateway
     sup = Supervisor(plan.specs, config.launcher)

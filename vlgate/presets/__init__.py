@@ -7,7 +7,12 @@ The chat handler calls `PresetRegistry.load(config.presets)` once, then per requ
 
 from vlgate.presets.coords import Frame
 from vlgate.presets.masks import parse_depth, parse_masks
-from vlgate.presets.parsers import parse_boxes, parse_count, parse_points, parse_polygons
+from vlgate.presets.parsers import (
+    parse_boxes,
+    parse_count,
+    parse_points,
+    parse_polygons,
+)
 from vlgate.presets.pose import MPII_JOINTS, parse_pose
 from vlgate.presets.registry import PresetRegistry
 from vlgate.presets.run import PresetRun, extension

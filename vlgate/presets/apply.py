@@ -8,7 +8,8 @@ when the gateway will produce the JSON itself.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 from vlgate.errors import APIError
 from vlgate.presets.params import coerce, render, validate
@@ -16,13 +17,10 @@ from vlgate.presets.preset import PLACEHOLDER_RE, Preset
 from vlgate.presets.run import PresetRun
 from vlgate.presets.settings import PromptVariant
 
-if TYPE_CHECKING:
-    from vlgate.presets.registry import PresetRegistry
-
 IMAGE_PART_TYPES = ("image_url", "input_image", "image")
 
 
-def _select(registry: "PresetRegistry", body: dict[str, Any], model_id: str | None,
+def _select(presets: Mapping[str, Preset], body: dict[str, Any], model_id: str | None,
             served_model: str) -> tuple[Preset, dict[str, Any]] | None:
     raw = body.pop("preset", None)
     from_model = None
@@ -49,9 +47,9 @@ def _select(registry: "PresetRegistry", body: dict[str, Any], model_id: str | No
     if from_model is not None and name != from_model:
         raise APIError(400, f"preset {name!r} conflicts with model {model_id!r}", param="preset",
                        code="invalid_preset")
-    preset = registry.get(name)
+    preset = presets.get(name)
     if preset is None:
-        known = ", ".join(registry.names()) or "none"
+        known = ", ".join(presets) or "none"
         raise APIError(404, f"unknown preset {name!r}; known presets: {known}",
                        param="model" if from_model is not None else "preset", code="preset_not_found")
     return preset, given
@@ -153,9 +151,10 @@ def _response_format(preset: Preset, parsers: tuple[str, ...], body: dict[str, A
     return True
 
 
-def resolve(registry: "PresetRegistry", body: dict[str, Any], model_id: str | None,
-            served_model: str) -> PresetRun | None:
-    selected = _select(registry, body, model_id, served_model)
+def resolve(presets: Mapping[str, Preset], request_fields: Mapping[str, Any], body: dict[str, Any],
+            model_id: str | None, served_model: str) -> PresetRun | None:
+    """Select the preset asked for (body "preset" or model "<served>:<name>") and rewrite `body` in place."""
+    selected = _select(presets, body, model_id, served_model)
     if selected is None:
         return None
     preset, given = selected
@@ -169,7 +168,7 @@ def resolve(registry: "PresetRegistry", body: dict[str, Any], model_id: str | No
     if preset.system and not any(isinstance(m, dict) and m.get("role") in ("system", "developer") for m in messages):
         messages.insert(0, {"role": "system", "content": preset.system})
     _sampling(preset, body)
-    for key, value in registry.request_fields.items():
+    for key, value in request_fields.items():
         body.setdefault(key, value)
     parsers = preset.parsers_for(variant)
     json_content = _response_format(preset, parsers, body)

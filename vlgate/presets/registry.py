@@ -14,8 +14,8 @@ import yaml
 from pydantic import ValidationError
 
 from vlgate.presets.apply import resolve
-from vlgate.presets.run import PresetRun
 from vlgate.presets.preset import Preset, build
+from vlgate.presets.run import PresetRun
 from vlgate.presets.settings import PresetSpec
 
 _MERGED_BY_KEY = ("params", "sampling")
@@ -115,4 +115,4 @@ class PresetRegistry:
 
     def resolve(self, body: dict[str, Any], model_id: str | None, served_model: str) -> PresetRun | None:
         """Select the preset asked for (body "preset" or model "<served>:<name>") and rewrite `body` in place."""
-        return resolve(self, body, model_id, served_model)
+        return resolve(self._presets, self.request_fields, body, model_id, served_model)

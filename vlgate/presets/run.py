@@ -25,7 +25,12 @@ from typing import Any
 from vlgate.images.types import ImageInfo
 from vlgate.presets.coords import Frame
 from vlgate.presets.masks import parse_depth, parse_masks
-from vlgate.presets.parsers import parse_boxes, parse_count, parse_points, parse_polygons
+from vlgate.presets.parsers import (
+    parse_boxes,
+    parse_count,
+    parse_points,
+    parse_polygons,
+)
 from vlgate.presets.pose import parse_pose
 
 Parser = Callable[[str, ImageInfo | None], tuple[Any, list[str]]]

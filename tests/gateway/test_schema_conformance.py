@@ -1,0 +1,61 @@
+"""schemathesis with the official OpenAI spec: POST /chat/completions and /completions, gateway + real llama-server.
+
+Checks: no 5xx from the gateway, the declared content type, and the response schema. Status-code
+conformance is left out: the spec lists only 200 (and 429), while 400/404/413 are right here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+)
+from support.gateway_process import GatewayProcess
+
+SPEC = Path(__file__).parents[1] / "data" / "openai-openapi.json"
+schema = schemathesis.openapi.from_path(SPEC).include(path_regex="^/(chat/)?completions$", method="POST")
+
+pytestmark = pytest.mark.slow
+STATUSES: list[int] = []
+
+
+@pytest.fixture(scope="module")
+def gateway_url(tmp_path_factory: pytest.TempPathFactory, llama_server_bin, tiny_model):
+    from support.llama import LlamaServer
+
+    tmp = tmp_path_factory.mktemp("schema")
+    server = LlamaServer(llama_server_bin, tiny_model.model, mmproj=tiny_model.mmproj, slots=2, ctx=2048,
+                         extra_args=["-n", "16"], log_dir=tmp / "llama").start()
+    gw = GatewayProcess({"backends": [{"url": server.url}]}, tmp).start()
+    gw.wait_ready()
+    yield gw.url + "/v1"
+    gw.stop()
+    server.stop()
+
+
+@schema.parametrize()
+# derandomize: the same examples every run, so CI never turns red on a newly drawn input
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+def test_chat_completions_conform(case, gateway_url: str) -> None:
+    if isinstance(case.body, dict) and isinstance(case.body.get("model"), str):
+        case.body["model"] = "youtu-vl"  # random model names would all be (correct) 404s
+    if isinstance(case.body, dict) and case.body.get("stream") is True:
+        # schemathesis checks an SSE event as {"data": "<string>"} against the chunk schema (the spec's
+        # per-event schema has no itemSchema/contentMediaType), which no server can pass; stream chunks are
+        # validated by the openai SDK's strict mode in test_gateway_openai instead
+        case.body["stream"] = False
+    response = case.call_and_validate(base_url=gateway_url, headers={"Authorization": "Bearer x"},
+                                      checks=[not_a_server_error, content_type_conformance,
+                                              response_schema_conformance])
+    STATUSES.append(response.status_code)
+
+
+def test_some_generated_requests_were_answered() -> None:
+    """Guard: the run above must have exercised real answers, not only 4xx."""
+    assert STATUSES and STATUSES.count(200) >= 3, STATUSES

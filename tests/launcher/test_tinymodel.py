@@ -1,0 +1,138 @@
+"""The tiny model + real llama-server test bed: the facts other tests rely on."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from pathlib import Path
+
+import gguf
+import httpx
+import pytest
+from PIL import Image
+from support.llama import LlamaServer, port_is_free
+
+from vlgate.launcher.tinymodel import (
+    GROUNDING_TOKENS,
+    TinyModel,
+    tiny_vocab,
+    write_tiny_model,
+)
+
+CHAT = "/v1/chat/completions"
+
+
+def png_data_url(size: int = 48) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (200, 30, 30)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+# ---------------------------------------------------------------- generator (no server)
+
+def test_generation_is_deterministic_and_cached(tmp_path: Path, tiny_model: TinyModel) -> None:
+    again = write_tiny_model(tmp_path)
+    for a, b in ((again.model, tiny_model.model), (again.mmproj, tiny_model.mmproj)):
+        assert a.read_bytes() == b.read_bytes()
+    mtime = again.model.stat().st_mtime_ns
+    assert write_tiny_model(tmp_path) == again
+    assert again.model.stat().st_mtime_ns == mtime  # not rewritten
+    assert again.model.stat().st_size < 1_000_000 and again.mmproj.stat().st_size < 200_000
+
+
+def test_vocab_token_types(tiny_model: TinyModel) -> None:
+    reader = gguf.GGUFReader(tiny_model.model)
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    types = reader.fields["tokenizer.ggml.token_type"].contents()
+    kind = dict(zip(tokens, types))
+    assert (tokens, types) == tiny_vocab()[0::2]
+    assert 300 < len(tokens) < 600
+    assert kind["<0x0A>"] == gguf.TokenType.BYTE and kind["▁the"] == gguf.TokenType.NORMAL
+    assert kind["<|im_end|>"] == kind["</s>"] == gguf.TokenType.CONTROL
+    assert {kind[t] for t in GROUNDING_TOKENS} == {gguf.TokenType.USER_DEFINED}
+
+
+# ---------------------------------------------------------------- real llama-server
+
+@pytest.mark.slow
+def test_health_fast_and_cleanup(llama_server_bin: Path, tiny_model: TinyModel, tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    with LlamaServer(llama_server_bin, tiny_model.model, log_dir=tmp_path) as server:
+        assert time.monotonic() - t0 < 5.0
+        assert httpx.get(server.url + "/health").status_code == 200
+        proc, port = server.proc, server.port
+    assert proc is not None and proc.poll() is not None
+    assert port_is_free(port)
+
+
+@pytest.mark.slow
+def test_chat_runs_to_max_tokens(llama_server) -> None:
+    server = llama_server()
+    body = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
+    for temperature in (0.0, 0.8, 2.0):
+        r = httpx.post(server.url + CHAT, json=body | {"temperature": temperature}, timeout=30)
+        assert r.status_code == 200, r.text
+        data = r.json()
+        assert data["usage"]["completion_tokens"] == 8
+        assert data["choices"][0]["finish_reason"] == "length"
+        assert data["choices"][0]["message"]["content"]
+
+
+@pytest.mark.slow
+def test_stream_ends_with_usage_chunk_then_done(llama_server) -> None:
+    server = llama_server()
+    body = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 5, "stream": True,
+            "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", server.url + CHAT, json=body, timeout=30) as r:
+        assert r.status_code == 200
+        events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    last = json.loads(events[-2])
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] == 5
+    chunks = [json.loads(e) for e in events[:-2]]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.slow
+def test_slots_props_metrics(llama_server) -> None:
+    server = llama_server(slots=2)
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert len(client.get("/slots").json()) == 2
+        assert client.get("/props").json()["total_slots"] == 2
+        metrics = client.get("/metrics")
+        assert metrics.status_code == 200 and "llamacpp:" in metrics.text
+
+
+@pytest.mark.slow
+def test_prompt_over_slot_context_is_400(llama_server) -> None:
+    server = llama_server(slots=2, ctx=512)
+    body = {"messages": [{"role": "user", "content": "Hello world " * 400}], "max_tokens": 4}
+    r = httpx.post(server.url + CHAT, json=body, timeout=30)
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "exceed_context_size_error"
+
+
+@pytest.mark.slow
+def test_image_request_with_mmproj(llama_server) -> None:
+    server = llama_server(mmproj=True)
+    content = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": png_data_url()}}]
+    body = {"messages": [{"role": "user", "content": content}], "max_tokens": 6}
+    r = httpx.post(server.url + CHAT, json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 6
+
+
+@pytest.mark.slow
+def test_grounding_tokens_round_trip(llama_server) -> None:
+    """USER_DEFINED tokens: one token each, printed in detokenized and generated text (logit_bias forces)."""
+    server = llama_server()
+    text = "<ref>cat</ref><box><x_1><y_15></box>"
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        ids = client.post("/tokenize", json={"content": text}).json()["tokens"]
+        assert len(ids) == 7
+        assert client.post("/detokenize", json={"tokens": ids}).json()["content"].strip() == "<ref> cat</ref><box><x_1><y_15></box>"
+        box = ids[3]
+        body = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 3, "logit_bias": {str(box): 100}}
+        assert client.post(CHAT, json=body).json()["choices"][0]["message"]["content"] == "<box>" * 3

@@ -1,0 +1,64 @@
+"""Prometheus metrics (prometheus-client), one registry per app so several apps can live in one process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from vlgate.backends import BackendState
+from vlgate.gateway.balancer import Balancer
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class _LiveCollector(Collector):
+    """Gauges read at scrape time from the balancer: nothing to update on the hot path."""
+
+    def __init__(self, balancer: Balancer) -> None:
+        self.balancer = balancer
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        b = self.balancer
+        yield GaugeMetricFamily("vlgate_in_flight", "Requests being served by backends", value=b.in_flight())
+        yield GaugeMetricFamily("vlgate_queued", "Requests waiting for a free slot", value=b.queued)
+        yield GaugeMetricFamily("vlgate_draining", "1 while the gateway drains for shutdown", value=int(b.draining))
+        yield CounterMetricFamily("vlgate_affinity_hits", "Requests sent to the backend holding their prefix "
+                                  "rather than the one with the most free slots", value=b.affinity_hits)
+        state = GaugeMetricFamily("vlgate_backend_state", "1 for the backend's current state", labels=["backend", "state"])
+        slots = GaugeMetricFamily("vlgate_backend_slots", "Slots of the backend (llama-server --parallel)", labels=["backend"])
+        busy = GaugeMetricFamily("vlgate_backend_in_flight", "Requests in flight on the backend", labels=["backend"])
+        served = GaugeMetricFamily("vlgate_backend_served", "Requests sent to the backend", labels=["backend"])
+        for backend in b.backends:
+            for s in BackendState:
+                state.add_metric([backend.name, s.value], 1.0 if backend.state is s else 0.0)
+            slots.add_metric([backend.name], backend.slots)
+            busy.add_metric([backend.name], backend.in_flight)
+            served.add_metric([backend.name], backend.served)
+        yield from (state, slots, busy, served)
+
+
+class Metrics:
+    def __init__(self, balancer: Balancer) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("vlgate_requests", "Requests by route and status", ["route", "status"],
+                                registry=self.registry)
+        self.retries = Counter("vlgate_retries", "Attempts retried on another backend", ["route"],
+                               registry=self.registry)
+        self.latency = Histogram("vlgate_request_duration_seconds", "Whole request time", ["route"],
+                                 buckets=_BUCKETS, registry=self.registry)
+        self.ttfb = Histogram("vlgate_time_to_first_byte_seconds", "Time until the backend's first byte",
+                              ["route"], buckets=_BUCKETS, registry=self.registry)
+        self.registry.register(_LiveCollector(balancer))
+
+    def observe(self, route: str, status: int, duration: float, ttfb: float | None) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(duration)
+        if ttfb is not None:
+            self.ttfb.labels(route).observe(ttfb)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,99 @@
+"""Where presets meet the request path: post-process a non-stream answer, or tap a stream.
+
+A stream is only tapped when a preset needs the model's text: events are passed on as they come,
+one event behind, so that the last chunk before `data: [DONE]` can carry the `vlgate` field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from vlgate.gateway import fidelity
+from vlgate.gateway.context import RequestContext
+from vlgate.images.types import ImageInfo
+from vlgate.presets import PresetRun
+
+_DONE = b"data: [DONE]"
+
+
+class PresetStreamTap:
+    def __init__(self, run: PresetRun, images: list[ImageInfo]) -> None:
+        self.run = run
+        self.images = images
+        self._buf = b""
+        self._held: bytes | None = None  # the latest complete event, not yet sent
+        self._text: list[str] = []
+        self._finish_reason: str | None = None
+
+    def _observe(self, event: bytes) -> None:
+        if not event.startswith(b"data: {"):
+            return
+        try:
+            chunk = orjson.loads(event[6:])
+        except orjson.JSONDecodeError:
+            return
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str):
+                self._text.append(delta["content"])
+            if choice.get("finish_reason"):
+                self._finish_reason = choice["finish_reason"]
+
+    def _with_extension(self, event: bytes) -> bytes:
+        ext = self.run.stream_extension("".join(self._text), self.images, self._finish_reason)
+        try:
+            chunk = orjson.loads(event[6:])
+        except orjson.JSONDecodeError:
+            return event
+        if not isinstance(chunk, dict):
+            return event
+        chunk["vlgate"] = ext
+        return b"data: " + orjson.dumps(chunk)
+
+    def feed(self, data: bytes) -> bytes:
+        self._buf += data
+        out: list[bytes] = []
+        while True:
+            end = self._buf.find(b"\n\n")
+            if end < 0:
+                break
+            event, self._buf = self._buf[:end], self._buf[end + 2:]
+            if event.startswith(_DONE):
+                if self._held is not None:
+                    out.append(self._with_extension(self._held) + b"\n\n")
+                    self._held = None
+                out.append(event + b"\n\n")
+                continue
+            self._observe(event)
+            if self._held is not None:
+                out.append(self._held + b"\n\n")
+            self._held = event
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """The stream ended without [DONE] (error event or cut): send what is held, unchanged."""
+        rest = (self._held + b"\n\n" if self._held is not None else b"") + self._buf
+        self._held, self._buf = None, b""
+        return rest
+
+
+def attach_preset(ctx: RequestContext, run: PresetRun, images: list[ImageInfo], body: dict[str, Any]) -> None:
+    if body.get("stream") is True:
+        ctx.stream_tap = PresetStreamTap(run, images)
+        return
+
+    def finish(data: bytes) -> bytes:
+        try:
+            response = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return data
+        if not isinstance(response, dict):
+            return data
+        fidelity.fill_chat(response)
+        return orjson.dumps(run.finish(response, images))
+
+    ctx.finish = finish

@@ -1,0 +1,40 @@
+"""`POST /v1/chat/completions`: validation, model, presets, images and affinity before forwarding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.routing import BaseRoute, Route
+
+from vlgate.errors import APIError
+from vlgate.gateway import fidelity, schemas
+from vlgate.gateway.affinity import chat_affinity
+from vlgate.gateway.context import RequestContext
+from vlgate.gateway.postprocess import attach_preset
+from vlgate.gateway.proxy import ProxyEndpoint
+from vlgate.gateway.routes.models import check_model
+from vlgate.gateway.state import Gateway
+
+
+async def prepare_chat(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> None:
+    schemas.validate(schemas.ChatCompletionRequest, body)
+    check_model(gw, body)
+    ctx.finish = fidelity.complete_chat
+    run = gw.presets.resolve(body, body.get("model") or gw.config.gateway.model, gw.config.gateway.model)
+    if run is not None:
+        ctx.body_changed = True
+        problem = gw.structure_tokens_problem() if run.parsers else None
+        if problem:
+            raise APIError(503, f"Structured preset '{run.name}' is unavailable: {problem}",
+                           code="preset_unavailable", headers={"Retry-After": "60"})
+    images = await gw.images.normalize_body(body)
+    if images:
+        ctx.body_changed = True
+    if run is not None:
+        attach_preset(ctx, run, images, body)
+    ctx.affinity = chat_affinity(body["messages"], [i.sha256 for i in images])
+
+
+def routes(gw: Gateway) -> list[BaseRoute]:
+    endpoint = ProxyEndpoint(gw, "chat", "/v1/chat/completions", prepare_chat)
+    return [Route("/v1/chat/completions", endpoint, methods=["POST"])]

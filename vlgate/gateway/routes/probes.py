@@ -1,0 +1,52 @@
+"""`GET /health` (the process is alive), `GET /ready` (a backend can take work), `GET /metrics`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from vlgate.backends import Backend
+from vlgate.gateway.metrics import CONTENT_TYPE
+from vlgate.gateway.state import Gateway, gateway_of
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    gw = gateway_of(request)
+    b = gw.balancer
+    ok = not b.draining and bool(b.ready_backends())
+    body = {
+        "status": "ready" if ok else "unavailable",
+        "draining": b.draining,
+        "reason": "" if ok else b.not_ready_reason(),
+        "in_flight": b.in_flight(),
+        "queued": b.queued,
+        "backends": [_describe(gw, x) for x in gw.backends],
+    }
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+def _describe(gw: Gateway, backend: Backend) -> dict[str, Any]:
+    info = backend.describe()
+    check = gw.token_checks.get(backend.name)
+    if check is not None:
+        info["structure_tokens"] = {"ok": check.ok, "reason": check.reason}
+    return info
+
+
+async def metrics(request: Request) -> Response:
+    return Response(gateway_of(request).metrics.render(), media_type=CONTENT_TYPE)
+
+
+def routes(gw: Gateway) -> list[BaseRoute]:
+    return [
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]

@@ -1,0 +1,125 @@
+"""The gateway's long-lived parts in one place: backends, balancer, forwarder, keys, metrics, poller.
+
+Built once per app (`create_app`); every route reaches them through the `Gateway` object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from starlette.requests import Request
+
+from vlgate.backends import Backend, BackendState
+from vlgate.config import Config
+from vlgate.gateway.auth import KeyChecker
+from vlgate.gateway.balancer import Balancer
+from vlgate.gateway.context import RequestContext
+from vlgate.gateway.metrics import Metrics
+from vlgate.gateway.poller import HealthPoller
+from vlgate.gateway.upstream import Forwarder, new_session
+from vlgate.images import ImageNormalizer
+from vlgate.presets import PresetRegistry, TokenCheck, check_special_tokens
+
+access_log = logging.getLogger("vlgate.access")
+
+
+def backends_from_config(config: Config) -> list[Backend]:
+    return [
+        Backend(url=b.url, name=b.name or f"backend-{i}", api_key=b.api_key,
+                slots=b.slots or config.gateway.default_slots, fixed_slots=b.slots is not None)
+        for i, b in enumerate(config.backends)
+    ]
+
+
+class Gateway:
+    def __init__(self, config: Config, backends: list[Backend], *, manage_state: bool = True) -> None:
+        g = config.gateway
+        self.config = config
+        self.backends = backends
+        self.keys = KeyChecker(config.resolved_api_keys())
+        self.balancer = Balancer(backends, queue_size=g.queue.size, queue_timeout_s=g.queue.timeout_s)
+        self.metrics = Metrics(self.balancer)
+        self.poller = HealthPoller(backends, self.balancer, interval_s=g.health.interval_s,
+                                   timeout_s=g.health.timeout_s, manage_all=manage_state)
+        self.session = None
+        self.forwarder: Forwarder = None  # type: ignore[assignment]  # set in startup (needs a loop)
+        # images.enabled=false makes the normalizer refuse images (400); they never pass raw
+        self.images = ImageNormalizer(config.images)
+        self.presets = PresetRegistry.load(config.presets)
+        self.created = time.time()
+        self.token_checks: dict[str, TokenCheck | None] = {}  # None: check running
+        self._checking: set[asyncio.Task[None]] = set()
+        for backend in backends:
+            backend.listeners.append(self._on_backend_state)
+
+    def _on_backend_state(self, backend: Backend) -> None:
+        """First time a backend is ready: check that preset structure tokens survive its output."""
+        if backend.state is BackendState.READY and backend.name not in self.token_checks:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # state set from outside the loop: check at the next transition
+                return
+            self.token_checks[backend.name] = None
+            task = loop.create_task(self._check_tokens(backend))
+            self._checking.add(task)
+            task.add_done_callback(self._checking.discard)
+
+    async def _check_tokens(self, backend: Backend) -> None:
+        try:
+            result = await check_special_tokens(self.poller.client, backend.url, backend.auth_headers())
+        except Exception as exc:  # a backend without /tokenize: unknown, not fatal
+            access_log.warning("token check of %s failed: %s", backend.name, exc)
+            self.token_checks.pop(backend.name, None)
+            return
+        self.token_checks[backend.name] = result
+        if result.ok is False:
+            access_log.warning("backend %s: structured presets unavailable: %s", backend.name, result.reason)
+
+    def structure_tokens_problem(self) -> str | None:
+        """A reason when every checked backend strips `<box>`-style tokens (structured presets can't work)."""
+        checks = [c for c in self.token_checks.values() if c is not None]
+        if checks and all(c.ok is False for c in checks):
+            return checks[0].reason
+        return None
+
+    async def startup(self) -> None:
+        self.session = new_session()
+        self.forwarder = Forwarder(self.session, self.balancer, self.config.gateway,
+                                   on_retry=lambda route: self.metrics.retries.labels(route).inc())
+        await self.poller.check_all()
+        self.poller.start()
+
+    async def shutdown(self) -> None:
+        await self.poller.aclose()
+        if self.session is not None:
+            await self.session.close()
+        await self.images.aclose()
+
+    def start_draining(self) -> None:
+        self.balancer.draining = True
+
+    def finish(self, ctx: RequestContext, status: int) -> None:
+        duration = time.perf_counter() - ctx.started
+        self.metrics.observe(ctx.route, status, duration, ctx.ttfb)
+        if self.config.gateway.log_json:
+            access_log.info(json.dumps({
+                "id": ctx.id, "route": ctx.route, "status": status,
+                "backend": ctx.backend, "attempts": ctx.attempts, "stream": ctx.stream,
+                "ttfb_ms": round(ctx.ttfb * 1000, 2) if ctx.ttfb is not None else None,
+                "duration_ms": round(duration * 1000, 2), "mid_stream_error": ctx.mid_stream_error,
+            }))
+
+
+def gateway_of(request: Request) -> Gateway:
+    """The app's Gateway (set by `create_app`)."""
+    return request.app.state.gateway
+
+
+def authorized(request: Request) -> Gateway:
+    """The app's Gateway, once the request's API key checks out (the /v1 GET routes need one too)."""
+    gw = gateway_of(request)
+    gw.keys.check(request.headers.get("authorization", "").encode("latin-1") or None)
+    return gw

@@ -1,0 +1,81 @@
+"""Write answers to the ASGI `send`: JSON bodies, errors, and SSE streams passed through as bytes.
+
+Stream chunks go out as they arrive, unparsed. Only when a preset needs the model's text is the
+stream tapped (see `SSETap`). A backend failing mid-stream ends the stream with an SSE error
+event: a silent close would look like a complete answer to the openai SDK.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import aiohttp
+from starlette.types import Send
+
+from vlgate.backends import BackendState
+from vlgate.errors import APIError
+
+if TYPE_CHECKING:
+    from vlgate.gateway.context import RequestContext
+    from vlgate.gateway.upstream import Upstream
+
+log = logging.getLogger("vlgate.gateway.streaming")
+
+_JSON = (b"content-type", b"application/json")
+
+
+async def send_json_bytes(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None,
+                          ) -> None:
+    out = [(k, v) for k, v in headers or () if k != b"content-type"]
+    out.append(_JSON)
+    out.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": out})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Send, exc: APIError, request_id: str = "") -> None:
+    headers = [(k.lower().encode(), v.encode()) for k, v in exc.response_headers().items()]
+    if request_id:
+        headers.append((b"x-request-id", request_id.encode()))
+    try:
+        await send_json_bytes(send, exc.status, exc.to_bytes(), headers)
+    except (OSError, RuntimeError):  # the response had already started or the client is gone
+        pass
+
+
+async def stream_upstream(send: Send, upstream: Upstream, ctx: RequestContext) -> None:
+    """Pass the SSE body through; on a mid-stream backend failure, end with an error event."""
+    headers = upstream.headers()
+    headers.append((b"x-accel-buffering", b"no"))
+    headers.append((b"x-request-id", ctx.id.encode()))
+    await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+    tap = ctx.stream_tap
+    content = upstream.response.content
+    try:
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                break
+            if tap is not None:
+                chunk = tap.feed(chunk)
+                if not chunk:
+                    continue
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+        backend = upstream.backend
+        log.warning("backend %s failed mid-stream: %s", backend.name, exc)
+        backend.mark_failed(BackendState.SUSPECT, f"failed mid-stream: {type(exc).__name__}")
+        upstream.close()
+        ctx.mid_stream_error = True
+        err = APIError(502, f"The backend failed while streaming ({type(exc).__name__}); the answer is incomplete.",
+                       type="server_error", code="backend_stream_error")
+        await send({"type": "http.response.body", "body": err.sse_event(), "more_body": True})
+    else:
+        if tap is not None:
+            rest = tap.flush()
+            if rest:
+                await send({"type": "http.response.body", "body": rest, "more_body": True})
+        upstream.response.release()
+        upstream.release()
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
