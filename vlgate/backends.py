@@ -35,14 +35,23 @@ class Backend:
     state: BackendState = BackendState.STARTING
     reason: str = ""
     in_flight: int = 0
+    external_busy: int = 0  # slots /slots reports busy beyond our own in-flight: other gateway replicas' work
     served: int = 0  # requests sent here (counter, for tests and metrics)
     failures: int = 0
+    consecutive_failures: int = 0  # request failures in a row (gateway/outlier.py)
+    ejections: int = 0  # ejections in a row; the next lasts longer
+    ejected_until: float = 0.0  # monotonic time; health checks may not bring it back before
+    gpu: str | None = None  # CUDA_VISIBLE_DEVICES token under `vlgate up` (None: CPU or not launched here)
     changed_at: float = field(default_factory=time.monotonic)
+    # set by the launcher while the backend is parked (crash loop): an operator's call restarts it now
+    unpark: Callable[[], bool] | None = field(default=None, repr=False)
+    # set by the launcher while the process runs: the gateway's watchdog asks for a restart of a wedged one
+    restart: Callable[[str], None] | None = field(default=None, repr=False)
     listeners: list[Callable[[Backend], None]] = field(default_factory=list, repr=False)
 
     @property
     def free_slots(self) -> int:
-        return self.slots - self.in_flight
+        return self.slots - self.in_flight - self.external_busy
 
     @property
     def available(self) -> bool:
@@ -77,5 +86,6 @@ class Backend:
             "reason": self.reason,
             "slots": self.slots,
             "in_flight": self.in_flight,
+            "external_busy": self.external_busy,
             "served": self.served,
         }

@@ -11,9 +11,11 @@ import sys
 from collections.abc import Callable
 
 from vlgate import __version__
+from vlgate.client import ask
 from vlgate.commandline import CLIError
 from vlgate.config import ConfigError
 from vlgate.gateway import cli as gateway_cli
+from vlgate.gateway import reload_cli
 from vlgate.launcher import cli as launcher_cli
 from vlgate.launcher.binary import ServerBinaryError
 
@@ -23,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vlgate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     gateway_cli.register(sub)
+    reload_cli.register(sub)
     launcher_cli.register(sub)
+    ask.register(sub)
     return parser
 
 

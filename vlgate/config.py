@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -31,18 +31,33 @@ class _Strict(BaseModel):
 
 
 class BackendConfig(_Strict):
-    url: str = Field(description="base URL of a llama-server, e.g. http://127.0.0.1:8081")
+    url: str | None = Field(default=None, description="base URL of a llama-server or a node's vlgate, "
+                            "e.g. http://127.0.0.1:8081")
+    dns: str | None = Field(default=None, description="instead of url: a DNS name (e.g. a headless Service) whose "
+                            "every address is a backend, re-resolved every gateway.discovery.interval_s")
+    port: int | None = Field(default=None, ge=1, le=65535, description="with dns: the port on every address")
+    scheme: Literal["http", "https"] = Field(default="http", description="with dns: how to reach every address")
     api_key: str | None = Field(default=None, description="the backend's own --api-key, sent upstream")
     name: str | None = None
     slots: int | None = Field(default=None, ge=1, description="fixed slot count; default: read from /slots or /props")
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, v: str) -> str:
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         v = v.strip().rstrip("/")
         if not v.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return v
+
+    @model_validator(mode="after")
+    def _url_or_dns(self) -> BackendConfig:
+        if (self.url is None) == (self.dns is None):
+            raise ValueError("give either url or dns (+ port)")
+        if self.dns is not None and self.port is None:
+            raise ValueError("dns needs a port")
+        return self
 
 
 class QueueConfig(_Strict):
@@ -61,13 +76,72 @@ class RetryConfig(_Strict):
 class HealthConfig(_Strict):
     interval_s: float = Field(default=2.0, gt=0, description="health/slots poll period per backend")
     timeout_s: float = Field(default=2.0, gt=0)
+    busy_interval_s: float = Field(default=0.25, gt=0, description="poll period while other gateway replicas hold "
+                                   "slots of the backend (their load is only known from /slots)")
+
+
+class DiscoveryConfig(_Strict):
+    """Backends given by DNS name: how often to re-resolve, and which server to ask."""
+
+    interval_s: float = Field(default=5.0, gt=0, description="re-resolve every dns backend this often")
+    timeout_s: float = Field(default=2.0, gt=0, description="one lookup; a failed lookup keeps the last addresses")
+    nameservers: list[str] = Field(default_factory=list, description="host or host:port ([v6]:port); "
+                                   "default: the system resolver (/etc/resolv.conf)")
+
+
+class LimitsConfig(_Strict):
+    """The front door (Envoy/NGINX-style limits): what a client may hold open or send before a body."""
+
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, description="request line + headers; beyond: 431")
+    max_headers: int = Field(default=100, ge=8, description="request header count; beyond: 431")
+    header_timeout_s: float = Field(default=10.0, gt=0, description="headers must arrive within this (slowloris)")
+    max_connections: int = Field(default=4096, ge=1, description="open connections + tasks; beyond: 503")
+
+
+class OutlierConfig(_Strict):
+    """Passive outlier ejection: a backend failing requests again and again is taken out for a while."""
+
+    consecutive_failures: int = Field(default=3, ge=1, description="failed requests in a row that eject a backend")
+    base_ejection_s: float = Field(default=5.0, gt=0, description="first ejection; doubles with each repeat")
+    max_ejection_s: float = Field(default=300.0, gt=0)
+    retry_budget_ratio: float = Field(default=0.2, ge=0, le=1,
+                                      description="retries in flight at most this share of active requests")
+    min_retry_concurrency: int = Field(default=3, ge=0, description="retries always allowed at once")
+
+
+class WatchdogConfig(_Strict):
+    """Wedged generations: a slot busy without progress, or /slots hanging (gateway/watchdog.py)."""
+
+    enabled: bool = True
+    stall_s: float = Field(default=120.0, gt=0, description="a processing slot without progress this long is wedged")
+    slots_timeout_s: float = Field(default=10.0, gt=0)
+    slots_timeouts: int = Field(default=3, ge=1, description="/slots timing out this many times in a row: wedged")
+
+
+class KeyLimitConfig(_Strict):
+    """Limits of one API key (by name): unset = unlimited."""
+
+    concurrency: int | None = Field(default=None, ge=1, description="requests at once; more wait in the queue")
+    requests_per_minute: int | None = Field(default=None, ge=1, description="beyond: 429 + Retry-After")
+    tokens_per_minute: int | None = Field(default=None, ge=1,
+                                          description="prompt + completion tokens the backends reported; beyond: 429")
+
+
+class NamedKey(_Strict):
+    """An API key with a name: usage is counted per name (the key itself is never shown)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")
+    key: str = Field(min_length=1)
 
 
 class GatewayConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     model: str = Field(default="youtu-vl", description="model id served at /v1/models; requests may name it or omit it")
-    api_keys: list[str] = Field(default_factory=list)
+    api_keys: list[str | NamedKey] = Field(default_factory=list,
+                                          description="keys, or {name, key} (plain keys get a name from their hash)")
+    metrics_token: str | None = Field(default=None, description="if set, GET /metrics needs 'Bearer <token>' "
+                                      "(also VLGATE_METRICS_TOKEN)")
     api_keys_file: str | None = Field(default=None, description="one key per line; # comments allowed")
     max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="larger bodies get 413 before buffering")
     request_timeout_s: float = Field(default=900.0, gt=0,
@@ -75,11 +149,21 @@ class GatewayConfig(_Strict):
     stream_idle_timeout_s: float = Field(default=300.0, gt=0,
                                          description="streams: no bytes this long -> the stream ends with an error event")
     default_slots: int = Field(default=1, ge=1, description="slots assumed until a backend's /props answers")
+    pipeline_parallel: int = Field(default=4, ge=1, le=64,
+                                   description="pipeline presets: most step requests one client request runs at once")
     log_json: bool = Field(default=False, description="one JSON line per request")
     drain_grace_s: float = Field(default=30.0, ge=0, description="on SIGTERM: how long in-flight requests may finish")
+    drain_delay_s: float = Field(default=5.0, ge=0, description="on SIGTERM: /ready answers 503 (listener open) at "
+                                 "least this long, so load balancers polling readiness see it (SIGINT skips it)")
+    discovery: DiscoveryConfig = DiscoveryConfig()
     queue: QueueConfig = QueueConfig()
     retry: RetryConfig = RetryConfig()
     health: HealthConfig = HealthConfig()
+    limits: LimitsConfig = LimitsConfig()
+    watchdog: WatchdogConfig = WatchdogConfig()
+    key_limits: dict[str, KeyLimitConfig] = Field(
+        default_factory=dict, description="per API key name; '*' applies to every key without its own entry")
+    outlier: OutlierConfig = OutlierConfig()
 
 
 class Config(_Strict):
@@ -100,9 +184,9 @@ class Config(_Strict):
                              f"({self.launcher.image_max_tokens}): the gateway resizes to llama-server's grid")
         return self
 
-    def resolved_api_keys(self) -> list[str]:
+    def resolved_api_keys(self) -> list[str | NamedKey]:
         """Keys from the config, the keys file and VLGATE_API_KEYS (comma separated)."""
-        keys = list(self.gateway.api_keys)
+        keys: list[str | NamedKey] = list(self.gateway.api_keys)
         if self.gateway.api_keys_file:
             try:
                 text = Path(self.gateway.api_keys_file).expanduser().read_text()

@@ -13,8 +13,12 @@ _TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    409: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     422: "invalid_request_error",
+    431: "invalid_request_error",
     429: "rate_limit_exceeded",
     500: "server_error",
     501: "not_implemented_error",
@@ -22,6 +26,11 @@ _TYPES = {
     503: "service_unavailable",
     504: "timeout_error",
 }
+
+
+def error_type(status: int) -> str:
+    """OpenAI's error `type` for an HTTP status."""
+    return _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
 class APIError(Exception):
@@ -40,7 +49,7 @@ class APIError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-        self.type = type or _TYPES.get(status, "invalid_request_error")
+        self.type = type or error_type(status)
         self.param = param
         self.code = code
         self.headers = headers or {}

@@ -30,7 +30,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
 
 
 def auth(key: str = KEY) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+    return {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
 
 def assert_openai_error(r: httpx.Response, status: int) -> dict:
@@ -122,6 +122,8 @@ def test_health_ready_metrics(setup) -> None:
     gw, _ = setup
     assert httpx.get(gw.url + "/health").json() == {"status": "ok"}
     ready = httpx.get(gw.url + "/ready")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}  # keys configured: status only
+    ready = httpx.get(gw.url + "/ready", headers=auth())
     assert ready.status_code == 200 and ready.json()["backends"][0]["state"] == "ready"
     httpx.post(gw.url + "/v1/chat/completions", headers=auth(), json={"messages": [{"role": "user", "content": "m"}]})
     m = httpx.get(gw.url + "/metrics")

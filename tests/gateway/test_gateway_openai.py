@@ -106,7 +106,12 @@ def test_context_overflow_is_400_and_not_retried(fleet) -> None:
     with pytest.raises(openai.BadRequestError) as exc:
         client(gw).chat.completions.create(model="youtu-vl", max_tokens=4,
                                            messages=[{"role": "user", "content": "word " * 3000}])
-    assert "exceed_context_size_error" in str(exc.value.body)
+    # llama-server's exceed_context_size_error, in OpenAI's words (LangChain & co. branch on the code)
+    body = exc.value.body
+    assert isinstance(body, dict) and body["code"] == "context_length_exceeded", body
+    assert body["type"] == "invalid_request_error" and body["param"] == "messages"
+    assert body["n_prompt_tokens"] > body["n_ctx"] == 512
+    assert exc.value.response.headers.get("x-should-retry") is None  # a 4xx: the SDK does not retry anyway
     assert sum(b["served"] for b in gw.ready()["backends"]) == before + 1
 
 

@@ -153,7 +153,7 @@ def test_crash_window() -> None:
 
 def test_state_table_and_exit_descriptions() -> None:
     assert S.LOADING in ALLOWED[S.STARTING] and S.READY in ALLOWED[S.LOADING]
-    assert ALLOWED[S.FAILED] == {S.STOPPED}  # parked stays parked
+    assert ALLOWED[S.FAILED] == {S.RESTARTING, S.STOPPED}  # parked until its cool-down or an un-park
     assert S.RESTARTING in ALLOWED[S.CRASHED] and S.READY not in ALLOWED[S.CRASHED]
     assert describe_exit(1) == "exited with code 1"
     assert describe_exit(-9) == "killed by SIGKILL"

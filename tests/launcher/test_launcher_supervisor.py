@@ -200,7 +200,8 @@ def test_crash_at_start_every_time_is_parked_with_its_last_lines(tmp_path: Path,
     asyncio.run(scenario())
     assert len(proc.pids) == 3  # crash_loop_count
     reason = proc.backend.reason
-    assert reason == (f"crash loop (3 crashes in 60s), parked; last: exited with code 1: loading {model.model} | "
+    assert reason == (f"crash loop (3 crashes in 60s), parked for 300s (or until un-parked); last: exited with code 1: "
+                      f"loading {model.model} | "
                       "fake llama-server: cannot open model")
     assert proc.backend.state is S.FAILED  # stop() leaves a parked backend visible as failed
     d1, d2 = sup.delays[proc.spec.name]
@@ -211,6 +212,35 @@ def test_crash_at_start_every_time_is_parked_with_its_last_lines(tmp_path: Path,
     assert starts[0] - restarts[0] == pytest.approx(d1, abs=0.1)
     assert starts[1] - restarts[1] == pytest.approx(d2, abs=0.1)
     assert time.monotonic() - t0 < 10
+    assert_all_gone(proc.pids)
+
+
+def test_a_parked_backend_is_tried_again_after_its_cool_down_or_when_un_parked(tmp_path: Path,
+                                                                                 model: ModelFiles) -> None:
+    """Not gone for good (Kubernetes' CrashLoopBackOff): a long, doubling cool-down, or an operator's call."""
+    binary = fake_binary(tmp_path, "exit 1\n")
+    s = settings(cpu_backends=1, restart={"backoff_initial_s": 0.05, "backoff_max_s": 0.1, "backoff_jitter_s": 0.01,
+                                          "crash_loop_count": 2, "crash_loop_window_s": 60,
+                                          "parked_cooldown_s": 0.5, "parked_cooldown_max_s": 0.8})
+    sup, proc, history = one_backend(s, binary, model, tmp_path)
+    parks: list[float] = []
+
+    async def scenario() -> None:
+        sup.start()
+        for n in (1, 2, 3):  # parked, cool-down, tried again (2 more crashes), parked longer ...
+            await wait_for(lambda: sum(st is S.FAILED for _, st, _ in history) >= n, 10, f"park {n}")
+            parks.append(time.monotonic())
+        assert "parked for 0.8s" in proc.backend.reason  # 0.5, then doubled, capped at 0.8
+        assert proc.backend.unpark is not None
+        assert proc.backend.unpark()  # an operator: now, not after the cool-down
+        await wait_for(lambda: sum(st is S.FAILED for _, st, _ in history) >= 4, 10, "park 4")
+        await sup.stop()
+
+    asyncio.run(scenario())
+    assert 0.8 <= parks[2] - parks[1] < 2.0
+    restarts = [r for _, st, r in history if st is S.RESTARTING]
+    assert "trying again after a 0.5s park" in restarts and "un-parked by an operator" in restarts
+    assert len(proc.pids) == 8  # 2 crashes per round, 4 rounds
     assert_all_gone(proc.pids)
 
 
@@ -271,4 +301,26 @@ def test_hung_backend_is_killed_and_restarted(llama_server_bin: Path, model: Mod
     asyncio.run(scenario())
     crashed = next(why for _, st, why in history if st is S.CRASHED)
     assert crashed.startswith("killed by SIGKILL") and "killed as hung" in crashed
+    assert_all_gone(proc.pids)
+
+
+def test_a_wedged_backend_reported_by_the_watchdog_is_restarted(llama_server_bin: Path, model: ModelFiles,
+                                                                tmp_path: Path) -> None:
+    """The launcher side of gateway/watchdog.py: `Backend.restart` kills a real llama-server, which comes back."""
+    s = settings(cpu_backends=1)
+    sup, proc, history = one_backend(s, llama_server_bin, model, tmp_path)
+
+    async def scenario() -> None:
+        sup.start()
+        await wait_for(lambda: proc.backend.state is S.READY, 30, "ready")
+        first = proc.pid
+        assert proc.backend.restart is not None
+        proc.backend.restart("wedged: slot 0 processing with no progress for 120s")
+        await wait_for(lambda: proc.backend.state is S.READY and proc.pid != first, 30, "restarted")
+        await sup.stop()
+
+    asyncio.run(scenario())
+    crashed = next(reason for _, st, reason in history if st is S.CRASHED)
+    assert crashed.startswith("killed by SIGKILL") and "wedged: slot 0 processing with no progress" in crashed
+    assert proc.backend.restart is None  # only while a process runs
     assert_all_gone(proc.pids)

@@ -130,7 +130,7 @@ def up(tmp_path: Path) -> Iterator[Any]:
 
 def config(binary: Path, tiny: TinyModel, tmp_path: Path, **launcher: Any) -> dict[str, Any]:
     return {
-        "gateway": {"port": free_port(), "drain_grace_s": 20},
+        "gateway": {"port": free_port(), "drain_grace_s": 20, "drain_delay_s": 0},
         "launcher": {
             "server_binary": str(binary),
             "model": {"path": str(tiny.model), "mmproj": str(tiny.mmproj)},
@@ -233,7 +233,8 @@ def test_crash_looping_backend_is_parked_and_visible_everywhere(
             break
         time.sleep(0.1)
     assert bad["state"] == "failed", body
-    assert bad["reason"].startswith("crash loop (3 crashes in 60s), parked; last: exited with code 1: ")
+    assert bad["reason"].startswith("crash loop (3 crashes in 60s), parked for 300s (or until un-parked); "
+                                    "last: exited with code 1: ")
     assert "--no-such-flag" in bad["reason"]
     assert body["status"] == "ready"  # the good one still serves
 
@@ -248,6 +249,18 @@ def test_crash_looping_backend_is_parked_and_visible_everywhere(
     r = client(u).chat.completions.create(model="youtu-vl", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
     assert r.usage.completion_tokens == 8
     assert "backend bad parked as failed" in u.output()
+
+    # an operator un-parks it (the cause is not fixed here: it crash-loops into a longer park)
+    assert httpx.post(u.url + "/admin/backends/good/unpark", timeout=5).status_code == 409
+    assert httpx.post(u.url + "/admin/backends/nope/unpark", timeout=5).status_code == 404
+    r = httpx.post(u.url + "/admin/backends/bad/unpark", timeout=5)
+    assert r.status_code == 202 and r.json() == {"name": "bad", "unparked": True}
+    deadline = time.monotonic() + 30
+    while "parked for 600s" not in bad["reason"] and time.monotonic() < deadline:
+        bad = next(b for b in httpx.get(u.url + "/ready", timeout=5).json()["backends"] if b["name"] == "bad")
+        time.sleep(0.1)
+    assert bad["state"] == "failed" and "parked for 600s" in bad["reason"], bad
+    assert "backend bad: un-parked by an operator" in u.output()
     assert u.stop() == 0
 
 
@@ -281,9 +294,9 @@ def test_sigterm_lets_streams_in_flight_finish(
     t_term = time.monotonic()
     u.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
-    # draining: new connections are refused while the streams go on
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(u.url + "/ready", timeout=2)
+    # draining: the listener stays open and says so while the streams go on (tests/gateway/test_drain.py)
+    r = httpx.get(u.url + "/ready", timeout=2)
+    assert r.status_code == 503 and r.json()["draining"] is True
     for t in threads:
         t.join(60)
     assert u.proc.wait(30) == 0

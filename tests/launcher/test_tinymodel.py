@@ -20,6 +20,7 @@ from vlgate.launcher.tinymodel import (
     tiny_vocab,
     write_tiny_model,
 )
+from vlgate.launcher.tinyvocab import byte_symbols, train_merges
 
 CHAT = "/v1/chat/completions"
 
@@ -42,16 +43,24 @@ def test_generation_is_deterministic_and_cached(tmp_path: Path, tiny_model: Tiny
     assert again.model.stat().st_size < 1_000_000 and again.mmproj.stat().st_size < 200_000
 
 
-def test_vocab_token_types(tiny_model: TinyModel) -> None:
+def test_vocab_is_byte_level_bpe(tiny_model: TinyModel) -> None:
     reader = gguf.GGUFReader(tiny_model.model)
-    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
-    types = reader.fields["tokenizer.ggml.token_type"].contents()
+
+    def field(key: str):
+        return reader.fields[key].contents()
+
+    vocab = tiny_vocab()
+    assert (field("tokenizer.ggml.model"), field("tokenizer.ggml.pre")) == ("gpt2", "qwen2")
+    tokens, types = field("tokenizer.ggml.tokens"), field("tokenizer.ggml.token_type")
+    assert (tokens, types, field("tokenizer.ggml.merges")) == (vocab.tokens, vocab.types, vocab.merges)
+    assert tokens[:256] == list(byte_symbols()) and 500 < len(vocab.merges) <= 600
+    assert train_merges() == [tuple(m.split(" ")) for m in vocab.merges]  # deterministic
     kind = dict(zip(tokens, types))
-    assert (tokens, types) == tiny_vocab()[0::2]
-    assert 300 < len(tokens) < 600
-    assert kind["<0x0A>"] == gguf.TokenType.BYTE and kind["▁the"] == gguf.TokenType.NORMAL
-    assert kind["<|im_end|>"] == kind["</s>"] == gguf.TokenType.CONTROL
-    assert {kind[t] for t in GROUNDING_TOKENS} == {gguf.TokenType.USER_DEFINED}
+    assert kind["Ċ"] == kind["Ġcat"] == kind['":'] == gguf.TokenType.NORMAL  # "\n", " cat"
+    assert {kind[t] for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>")} == {gguf.TokenType.CONTROL}
+    assert {kind[t] for t in ("<tool_call>", "</tool_call>", *GROUNDING_TOKENS)} == {gguf.TokenType.USER_DEFINED}
+    assert tokens[field("tokenizer.ggml.eos_token_id")] == "<|im_end|>"
+    assert field("tokenizer.ggml.add_bos_token") is False
 
 
 # ---------------------------------------------------------------- real llama-server
@@ -132,7 +141,7 @@ def test_grounding_tokens_round_trip(llama_server) -> None:
     with httpx.Client(base_url=server.url, timeout=30) as client:
         ids = client.post("/tokenize", json={"content": text}).json()["tokens"]
         assert len(ids) == 7
-        assert client.post("/detokenize", json={"tokens": ids}).json()["content"].strip() == "<ref> cat</ref><box><x_1><y_15></box>"
+        assert client.post("/detokenize", json={"tokens": ids}).json()["content"] == text
         box = ids[3]
         body = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 3, "logit_bias": {str(box): 100}}
         assert client.post(CHAT, json=body).json()["choices"][0]["message"]["content"] == "<box>" * 3

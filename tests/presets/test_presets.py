@@ -48,8 +48,16 @@ def test_builtins_load_with_official_prompts(reg: PresetRegistry):
     assert d["detect"]["model"] == "youtu-vl:detect"
     assert d["detect"]["params"]["classes"]["type"] == "string_list"
     assert d["ground"]["params"]["expression"]["required"] is True
-    assert d["depth"]["prompt"] == [{"when": [], "text": "Estimate the depth."}]
+    assert d["depth"]["prompt"] == [{"when": [], "text": "Estimate the depth.", "steps": 1,
+                                     "origin": "official: demo.py (Depth Estimation)"}]
     assert d["ocr"]["prompt"][0]["text"] == "Read all text present in the image."
+    # every prompt says where it comes from; the gateway's own wordings say so
+    for name in ("describe", "ocr", "count"):
+        assert all(v["origin"].startswith("vlgate's own") for v in d[name]["prompt"]), name
+    for name in ("detect", "ground", "segment", "refer_segment", "depth", "pose"):
+        assert all(v["origin"].startswith("official: demo.py") for v in d[name]["prompt"]), name
+    assert [v["steps"] for v in d["segment"]["prompt"]] == [1, 3]  # classes: one request; open-set: three steps
+    assert d["refer_segment"]["prompt"][0]["steps"] == 2
     for p in d.values():
         assert p["system"] == "You are a helpful assistant."
         assert p["sampling"]["temperature"] == 0.1 and p["sampling"]["top_p"] == 0.001

@@ -10,6 +10,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,8 @@ class FakeBackend:
     slots: int = 2
     delay_s: float = 0.0
     reply: str | None = None  # model-style text to answer with (presets), else "fake answer"
+    wedged: bool = False  # /slots: slot 0 processing, its progress frozen (the watchdog's case); /health stays 200
+    script: Callable[[dict[str, Any]], str | int] | None = None  # reply (or status) per request (multi-step presets)
     seen: list[Seen] = field(default_factory=list)
     connections: int = 0
 
@@ -94,7 +97,11 @@ class FakeBackend:
                 return _send(w, 503, b'{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}')
             return _send(w, 200, b'{"status":"ok"}')
         if path.startswith("/slots"):
-            return _send(w, 200, json.dumps([{"id": i, "is_processing": False} for i in range(self.slots)]).encode())
+            slots = [{"id": i, "is_processing": False} for i in range(self.slots)]
+            if self.wedged:
+                slots[0].update(is_processing=True, id_task=7, n_prompt_tokens_processed=12,
+                                next_token=[{"has_next_token": True, "n_remain": 100, "n_decoded": 3}])
+            return _send(w, 200, json.dumps(slots).encode())
         if path.startswith("/props"):
             return _send(w, 200, json.dumps({"total_slots": self.slots}).encode())
         if self.delay_s:
@@ -117,7 +124,10 @@ class FakeBackend:
         req = json.loads(body or b"{}")
         if req.get("stream"):
             return await self._stream(w, req)
-        return _send(w, 200, json.dumps(_completion(req, self.reply)).encode())
+        reply = self.script(req) if self.script is not None else self.reply
+        if isinstance(reply, int):  # a script's way to fail one request: that status, `status_body`
+            return _send(w, reply, self.status_body)
+        return _send(w, 200, json.dumps(_completion(req, reply)).encode())
 
     async def _stream(self, w: asyncio.StreamWriter, req: dict[str, Any]) -> bool:
         w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")

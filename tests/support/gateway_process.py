@@ -20,7 +20,13 @@ class GatewayProcess:
     def __init__(self, config: dict[str, Any], workdir: Path, args: list[str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = {**config, "gateway": {"model": "youtu-vl", **config.get("gateway", {}), "port": self.port}}
+        # drain_delay_s 0: tests stop many gateways and no load balancer watches them (test_drain.py sets it)
+        config = {**config, "gateway": {"model": "youtu-vl", "drain_delay_s": 0, **config.get("gateway", {}),
+                                        "port": self.port}}
+        keys = config["gateway"].get("api_keys") or []
+        key = keys[0] if keys else None
+        # /ready shows backend detail only with a key when keys are configured
+        self.auth = {"Authorization": f"Bearer {key['key'] if isinstance(key, dict) else key}"} if key else {}
         self.config_path = workdir / f"gateway-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / f"gateway-{self.port}.log"
@@ -50,7 +56,7 @@ class GatewayProcess:
         deadline = time.monotonic() + timeout
         body: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            r = httpx.get(self.url + "/ready", timeout=2)
+            r = httpx.get(self.url + "/ready", timeout=2, headers=self.auth)
             body = r.json()
             if sum(b["state"] == "ready" for b in body["backends"]) >= backends:
                 return body
@@ -58,7 +64,7 @@ class GatewayProcess:
         raise AssertionError(f"fewer than {backends} backends ready: {body}")
 
     def ready(self) -> dict[str, Any]:
-        return httpx.get(self.url + "/ready", timeout=5).json()
+        return httpx.get(self.url + "/ready", timeout=5, headers=self.auth).json()
 
     def log(self) -> str:
         try:

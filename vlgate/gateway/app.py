@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -14,13 +14,27 @@ from starlette.responses import Response
 from vlgate.backends import Backend
 from vlgate.config import Config
 from vlgate.errors import APIError
-from vlgate.gateway.routes import chat, completions, embeddings, models, probes
+from vlgate.gateway.routes import (
+    admin,
+    aliases,
+    capacity,
+    chat,
+    completions,
+    embeddings,
+    messages,
+    models,
+    probes,
+    responses,
+    status,
+    tokens,
+)
 from vlgate.gateway.state import Gateway, backends_from_config
 
 log = logging.getLogger("vlgate.gateway.app")
 
 # every API surface the gateway serves: a new route is one module in routes/ and one entry here
-ROUTE_MODULES = (chat, completions, embeddings, models, probes)
+ROUTE_MODULES = (chat, completions, embeddings, models, probes, status, responses, messages, tokens, aliases,
+                 capacity, admin)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -43,10 +57,12 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return APIError(500, "Internal gateway error.", type="server_error").response()
 
 
-def create_app(config: Config, backends: list[Backend] | None = None, *, poll_health: bool = True) -> Starlette:
-    """The gateway app. `poll_health=False`: the launcher owns backend state (`vlgate up`)."""
+def create_app(config: Config, backends: list[Backend] | None = None, *, poll_health: bool = True,
+               reload_config: Callable[[], Config] | None = None) -> Starlette:
+    """The gateway app. `poll_health=False`: the launcher owns backend state (`vlgate up`).
+    `reload_config`: re-reads the config on SIGHUP (gateway/reload.py)."""
     gw = Gateway(config, backends if backends is not None else backends_from_config(config),
-                 manage_state=poll_health)
+                 manage_state=poll_health, reload_config=reload_config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

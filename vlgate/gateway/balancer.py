@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from vlgate.backends import Backend, BackendState
 from vlgate.errors import APIError
 
-# states from which a backend may still become ready: worth queueing for
+# states from which a backend will soon be ready again: worth queueing for. Not DOWN (connection refused)
+# nor FAILED (parked): when every backend is one of those, requests fail fast with 503 + Retry-After
 _HOPEFUL = {BackendState.STARTING, BackendState.LOADING, BackendState.RESTARTING, BackendState.SUSPECT,
-            BackendState.CRASHED, BackendState.DOWN}
+            BackendState.CRASHED}
 
 
 @dataclass(eq=False)
@@ -51,7 +52,11 @@ class Balancer:
         self._rr = itertools.count()
         self.affinity_hits = 0
         for backend in backends:
-            backend.listeners.append(self._on_state_change)
+            self.attach(backend)
+
+    def attach(self, backend: Backend) -> None:
+        """Follow a backend's state (also one that joins later: discovery, reload)."""
+        backend.listeners.append(self._on_state_change)
 
     # -- reading -------------------------------------------------------------------------------
     @property
@@ -82,7 +87,7 @@ class Balancer:
             b = candidates[(start + i) % n]
             if b.state is not BackendState.READY or b in exclude:
                 continue
-            free = b.slots - b.in_flight
+            free = b.free_slots  # other replicas' work on it counts too
             if free > best_free:
                 best, best_free = b, free
         if best is None:
@@ -123,9 +128,8 @@ class Balancer:
             backend = self._pick(affinity, exclude)
             if backend is not None:
                 return self._take(backend, affinity)
-        if not any(b.state is BackendState.READY or b.state in _HOPEFUL for b in self.backends if b not in exclude):
-            raise APIError(503, f"No backend can take work: {self.not_ready_reason()}",
-                           code="no_backend", headers={"Retry-After": self._retry_after()})
+        if not self._can_serve(exclude):
+            raise self._no_backend()
         if len(self._waiters) >= self.queue_size:
             raise APIError(429, f"All {sum(b.slots for b in self.ready_backends())} slots are busy and the queue "
                            f"({self.queue_size}) is full; retry later.",
@@ -143,6 +147,14 @@ class Balancer:
         except BaseException:
             self._abandon(waiter)
             raise
+
+    def _can_serve(self, exclude: frozenset[Backend] = frozenset()) -> bool:
+        """Some backend is ready, or will be soon (a slot can become free)."""
+        return any(b.state is BackendState.READY or b.state in _HOPEFUL for b in self.backends if b not in exclude)
+
+    def _no_backend(self) -> APIError:
+        return APIError(503, f"No backend can take work: {self.not_ready_reason()}",
+                        code="no_backend", headers={"Retry-After": self._retry_after()})
 
     def _abandon(self, waiter: _Waiter) -> None:
         """A waiter that gave up; if a slot reached it at the same moment, give the slot back."""
@@ -179,7 +191,13 @@ class Balancer:
             for key in [k for k, b in self._affinity.items() if b is backend]:
                 del self._affinity[key]
         if self._waiters:
-            self._dispatch()
+            if self._can_serve():
+                self._dispatch()
+            else:  # nothing can free a slot any more: fail the queue now, not at its deadline
+                while self._waiters:
+                    waiter = self._waiters.popleft()
+                    if not waiter.future.done():
+                        waiter.future.set_exception(self._no_backend())
 
     def wake(self) -> None:
         """Slots or states changed outside a release (health poll): serve waiters."""

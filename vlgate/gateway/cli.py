@@ -12,16 +12,22 @@ from vlgate.commandline import (
     config_from_args,
     setup_logging,
 )
-from vlgate.config import BackendConfig, parse_config
+from vlgate.config import BackendConfig, Config, parse_config
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def serve_config(args: argparse.Namespace) -> Config:
+    """The config file with the command line's overrides (read again on every reload)."""
     config = config_from_args(args)
     if args.backend:
         data = config.model_dump()
         data["backends"] = [BackendConfig(url=u, api_key=args.backend_api_key, slots=args.slots).model_dump()
                             for u in args.backend]
         config = parse_config(data, "command line")
+    return config
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = serve_config(args)
     if not config.backends:
         raise CLIError("no backends: pass --backend URL (repeatable) or list `backends:` in the config "
                        "(or use `vlgate up` to launch llama-server processes)")
@@ -29,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from vlgate.gateway.app import create_app
     from vlgate.gateway.server import PortInUse, run
 
-    app = create_app(config)
+    app = create_app(config, reload_config=lambda: serve_config(args))
     g = config.gateway
     print(f"vlgate {__version__}: serving {g.model} on http://{g.host}:{g.port} "
           f"in front of {len(config.backends)} backend(s)", file=sys.stderr, flush=True)

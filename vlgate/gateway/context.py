@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+
+class StreamEnds(Protocol):
+    def feed(self, chunk: bytes) -> None: ...
 
 
 class StreamTap(Protocol):
@@ -26,5 +30,11 @@ class RequestContext:
     attempts: int = 0
     ttfb: float | None = None
     mid_stream_error: bool = False
+    key: str | None = None  # the API key's name (usage per key); never the key
+    release_key: Callable[[], None] | None = None  # the key's concurrency place (gateway/keylimits.py)
+    images: int = 0  # images in the request (usage per key)
+    answer: bytes | None = None  # the non-stream answer as sent (usage is read from it at finish)
+    tail: StreamEnds | None = None  # a stream's first and last bytes (usage is read from them at finish)
     finish: Callable[[bytes], bytes] | None = None  # non-stream post-processing (presets)
     stream_tap: StreamTap | None = None  # stream post-processing (presets)
+    respond: Callable[[Any], Awaitable[int]] | None = None  # answers itself, given `send` (pipeline presets)

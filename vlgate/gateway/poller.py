@@ -9,33 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Awaitable, Callable
 
 import httpx
 
 from vlgate.backends import Backend, BackendState
 from vlgate.gateway.balancer import Balancer
+from vlgate.gateway.capacity import refresh_slots
 
 log = logging.getLogger("vlgate.gateway.poller")
 
 _RECOVERABLE = {BackendState.SUSPECT, BackendState.DOWN}
-
-
-async def fetch_slot_count(client: httpx.AsyncClient, backend: Backend) -> int | None:
-    """Slots from /slots (live), else /props total_slots; None when neither answers."""
-    headers = backend.auth_headers()
-    try:
-        r = await client.get(backend.url + "/slots", headers=headers)
-        slots = r.json() if r.status_code == 200 else None
-        if isinstance(slots, list) and slots:
-            return len(slots)
-        r = await client.get(backend.url + "/props", headers=headers)
-        if r.status_code == 200:
-            total = r.json().get("total_slots")
-            if isinstance(total, int) and total > 0:
-                return total
-    except (httpx.HTTPError, ValueError):
-        return None
-    return None
+_SHARED_FOR_S = 30.0  # after seeing other clients' work on a backend, poll it fast this long
 
 
 async def check_backend(client: httpx.AsyncClient, backend: Backend, manage_all: bool) -> None:
@@ -47,10 +33,11 @@ async def check_backend(client: httpx.AsyncClient, backend: Backend, manage_all:
             backend.set_state(BackendState.DOWN, f"unreachable: {type(exc).__name__}")
         return
     if r.status_code == 200:
+        if backend.state in _RECOVERABLE and time.monotonic() < backend.ejected_until:
+            return  # ejected by gateway/outlier.py: healthy again only once the period is over
+        if manage_all or backend.state in _RECOVERABLE or backend.state is BackendState.READY:
+            await refresh_slots(client, backend)
         if manage_all or backend.state in _RECOVERABLE:
-            slots = None if backend.fixed_slots else await fetch_slot_count(client, backend)
-            if slots:
-                backend.slots = slots
             if backend.state is not BackendState.READY:
                 log.info("backend %s ready (%d slots)", backend.name, backend.slots)
             backend.set_state(BackendState.READY)
@@ -65,14 +52,18 @@ async def check_backend(client: httpx.AsyncClient, backend: Backend, manage_all:
 
 class HealthPoller:
     def __init__(self, backends: list[Backend], balancer: Balancer, *, interval_s: float, timeout_s: float,
-                 manage_all: bool) -> None:
+                 manage_all: bool, busy_interval_s: float = 0.25) -> None:
         self.backends = backends
         self.balancer = balancer
         self.interval_s = interval_s
+        self.busy_interval_s = busy_interval_s
         self.manage_all = manage_all
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s))
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[Backend, asyncio.Task[None]] = {}
         self._kick: dict[Backend, asyncio.Event] = {}
+        self._shared_until: dict[Backend, float] = {}  # recently seen busy with other clients' work
+        # run after each health round of a backend (the fleet metrics scrape)
+        self.after_check: list[Callable[[Backend], Awaitable[None]]] = []
 
     async def check_all(self) -> None:
         await asyncio.gather(*(check_backend(self.client, b, self.manage_all) for b in self.backends))
@@ -80,9 +71,25 @@ class HealthPoller:
 
     def start(self) -> None:
         for backend in self.backends:
-            self._kick[backend] = asyncio.Event()
-            backend.listeners.append(self._on_change)
-            self._tasks.append(asyncio.create_task(self._loop(backend), name=f"health:{backend.name}"))
+            self.watch(backend)
+
+    def watch(self, backend: Backend) -> None:
+        """Poll a backend (at start, or one that joins later: discovery, reload)."""
+        if backend in self._tasks:
+            return
+        self._kick[backend] = asyncio.Event()
+        backend.listeners.append(self._on_change)
+        self._tasks[backend] = asyncio.create_task(self._loop(backend), name=f"health:{backend.name}")
+
+    def unwatch(self, backend: Backend) -> None:
+        """Stop polling a backend that leaves (it drains; no health round may make it ready again)."""
+        task = self._tasks.pop(backend, None)
+        if task is not None:
+            task.cancel()
+        self._kick.pop(backend, None)
+        self._shared_until.pop(backend, None)
+        with contextlib.suppress(ValueError):
+            backend.listeners.remove(self._on_change)
 
     def _on_change(self, backend: Backend) -> None:
         # a request just failed there: re-check soon rather than at the next period
@@ -95,10 +102,16 @@ class HealthPoller:
             try:
                 await check_backend(self.client, backend, self.manage_all)
                 self.balancer.wake()
+                for hook in self.after_check:
+                    await hook(backend)
             except Exception:  # never let one odd answer kill the poller
                 log.exception("health check of %s failed", backend.name)
             event.clear()
             interval = self.interval_s if backend.state is BackendState.READY else min(self.interval_s, 0.5)
+            if backend.external_busy:  # shared with other replicas: their load is only known from /slots
+                self._shared_until[backend] = time.monotonic() + _SHARED_FOR_S
+            if time.monotonic() < self._shared_until.get(backend, 0.0):
+                interval = min(interval, self.busy_interval_s)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await event.wait()
@@ -106,9 +119,9 @@ class HealthPoller:
                 await asyncio.sleep(0.1)
 
     async def aclose(self) -> None:
-        for task in self._tasks:
+        for task in self._tasks.values():
             task.cancel()
-        for task in self._tasks:
+        for task in self._tasks.values():
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.client.aclose()

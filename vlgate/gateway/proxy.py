@@ -21,7 +21,8 @@ from starlette.types import Receive, Scope, Send
 from vlgate.backends import BackendState
 from vlgate.errors import APIError
 from vlgate.gateway.context import RequestContext
-from vlgate.gateway.fidelity import client_fault
+from vlgate.gateway.auth import credentials
+from vlgate.gateway.backend_errors import complete_error
 from vlgate.gateway.state import Gateway
 from vlgate.gateway.streaming import send_error, send_json_bytes, stream_upstream
 from vlgate.gateway.upstream import Upstream
@@ -61,6 +62,16 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         if not message.get("more_body", False):
             break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def check_json_content_type(scope: Scope) -> None:
+    """415 unless the body is declared JSON: a web page can make a browser POST text/plain or a form to a
+    gateway on localhost without a CORS preflight, but not application/json."""
+    value = header(scope, b"content-type") or b""
+    if value.split(b";", 1)[0].strip().lower() != b"application/json":
+        shown = value.decode("latin-1")[:100] or "none"
+        raise APIError(415, f"Content-Type must be application/json (got {shown}).", param="Content-Type",
+                       code="unsupported_media_type")
 
 
 def request_id(scope: Scope) -> str:
@@ -107,12 +118,14 @@ class ProxyEndpoint:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> int:
         gw = self.gateway
-        gw.keys.check(header(scope, b"authorization"))
+        ctx.key = gw.keys.check(credentials(header(scope, b"authorization"), header(scope, b"x-api-key")))
+        check_json_content_type(scope)
         raw = await read_body(scope, receive, gw.config.gateway.max_body_bytes)
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise APIError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+        ctx.release_key = await gw.key_limits.admit(ctx.key)  # released in Gateway.finish
         await self.prepare(gw, ctx, body)
         if ctx.body_changed:
             raw = orjson.dumps(body)
@@ -126,6 +139,8 @@ class ProxyEndpoint:
         disconnect.add_done_callback(on_gone)
         upstream = None
         try:
+            if ctx.respond is not None:  # a preset pipeline: several backend requests, answered by the gateway
+                return await ctx.respond(send)
             upstream = await gw.forwarder.send(self.upstream_path, raw, ctx.affinity, ctx.stream)
             ctx.backend = upstream.backend.name
             ctx.attempts = upstream.attempts
@@ -133,16 +148,20 @@ class ProxyEndpoint:
             if upstream.response.content_type == "text/event-stream":
                 await stream_upstream(send, upstream, ctx)
             else:
-                data = await read_answer(upstream)
+                data = ctx.answer = await read_answer(upstream)
                 upstream.response.release()
                 upstream.release()
                 status = upstream.status
+                headers = upstream.headers() + [(b"x-request-id", ctx.id.encode())]
                 if status == 200 and ctx.finish is not None:
                     data = ctx.finish(data)
-                elif status == 500 and (fault := client_fault(status, data)) is not None:
-                    status, data = 400, fault
+                elif status >= 400:
+                    status, data = complete_error(status, data)
+                    if status >= 500:  # final: our retries already ran, the SDK's must not multiply them
+                        headers.append((b"x-should-retry", b"false"))
+                        upstream.failed(BackendState.SUSPECT, f"answered {status}")
                 disconnect.remove_done_callback(on_gone)
-                await send_json_bytes(send, status, data, upstream.headers() + [(b"x-request-id", ctx.id.encode())])
+                await send_json_bytes(send, status, data, headers)
                 return status
             return upstream.status
         except asyncio.CancelledError:
@@ -162,7 +181,7 @@ async def read_answer(upstream: Upstream) -> bytes:
     try:
         return await upstream.response.read()
     except (aiohttp.ClientError, TimeoutError) as exc:
-        upstream.backend.mark_failed(BackendState.SUSPECT, f"failed while answering: {type(exc).__name__}")
+        upstream.failed(BackendState.SUSPECT, f"failed while answering: {type(exc).__name__}")
         raise APIError(503, f"The backend failed while sending its answer ({type(exc).__name__}).",
                        code="backend_error", headers={"Retry-After": "1"}) from None
 

@@ -60,25 +60,45 @@ class StreamOptions(_Open):
     include_usage: bool | None = None
 
 
+# llama-server reads counts into int32 and the seed into uint32: larger values wrap silently
+# (max_tokens 2**63 becomes 1 token), so they are refused here, naming the field
+INT32_MAX = 2**31 - 1
+Count = Annotated[int, Field(ge=1, le=INT32_MAX)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
 class _Sampling(_Open):
     model: str | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Count | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     n: Annotated[int, Field(ge=1, le=1)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-1, le=2**32 - 1)] | None = None
     stop: str | list[str] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | list[Any] | None = None
     user: str | None = None
+    # llama-server's own sampling extensions (same int32 rule)
+    n_predict: Annotated[int, Field(ge=-1, le=INT32_MAX)] | None = None
+    top_k: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    typical_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    repeat_penalty: Annotated[float, Field(ge=0, le=100)] | None = None
+    repeat_last_n: Annotated[int, Field(ge=-1, le=INT32_MAX)] | None = None
+    n_probs: Annotated[int, Field(ge=0, le=100)] | None = None
+    n_keep: Annotated[int, Field(ge=-1, le=INT32_MAX)] | None = None
+    n_indent: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
+    t_max_predict_ms: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
+    dry_multiplier: Finite | None = None
+    id_slot: Annotated[int, Field(ge=-1, le=-1)] | None = None  # the gateway, not the client, places requests
 
 
 class ChatCompletionRequest(_Sampling):
     messages: Annotated[list[Message], Field(min_length=1)]
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Count | None = None
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None

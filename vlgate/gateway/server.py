@@ -1,18 +1,19 @@
 """Run the gateway under uvicorn with a drain on SIGTERM/SIGINT.
 
-On a signal: `/ready` turns 503 at once (the balancer is marked draining), uvicorn stops
-accepting, and in-flight requests and streams get `grace_s` to finish.
+On a signal: `/ready` turns 503 at once, the listener stays open while in-flight work runs
+(gateway/drain.py), then uvicorn closes it.
 """
 
 from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Callable
-from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+
+from vlgate.gateway.drain import DrainingServer
+from vlgate.gateway.protocol import FrontDoorLimits, guarded_protocol
 
 
 class PortInUse(Exception):
@@ -34,26 +35,15 @@ def check_port_free(host: str, port: int) -> None:
             raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-class _DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, on_drain: Callable[[], None]) -> None:
-        super().__init__(config)
-        self._on_drain = on_drain
-
-    def handle_exit(self, sig: int, frame: Any) -> None:
-        self._on_drain()
-        super().handle_exit(sig, frame)
-        # uvicorn re-raises the signal after shutdown; a finished drain is a clean exit (0), and the
-        # launcher still has backends to stop after serve() returns
-        self._captured_signals.clear()
-
-
 def uvicorn_config(app: Starlette, host: str, port: int, grace_s: float) -> uvicorn.Config:
+    limits = app.state.gateway.config.gateway.limits
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=guarded_protocol(FrontDoorLimits(limits.max_header_bytes, limits.max_headers, limits.header_timeout_s)),
+        limit_concurrency=limits.max_connections,
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=int(grace_s) if grace_s else None,
@@ -65,8 +55,7 @@ def uvicorn_config(app: Starlette, host: str, port: int, grace_s: float) -> uvic
 async def serve(app: Starlette, host: str, port: int, grace_s: float) -> None:
     """Serve until SIGTERM/SIGINT, then drain. Returns when the gateway has stopped."""
     check_port_free(host, port)
-    gateway = app.state.gateway
-    server = _DrainingServer(uvicorn_config(app, host, port, grace_s), on_drain=gateway.start_draining)
+    server = DrainingServer(uvicorn_config(app, host, port, grace_s), app.state.gateway)
     await server.serve()
 
 

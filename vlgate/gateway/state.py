@@ -9,17 +9,27 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 
 from starlette.requests import Request
 
 from vlgate.backends import Backend, BackendState
 from vlgate.config import Config
-from vlgate.gateway.auth import KeyChecker
+from vlgate.gateway.auth import KeyChecker, credentials
 from vlgate.gateway.balancer import Balancer
+from vlgate.gateway.capacity import ModelServerGauges, NodeLoad, node_load
 from vlgate.gateway.context import RequestContext
+from vlgate.gateway.discovery import DnsDiscovery
+from vlgate.gateway.keylimits import KeyLimiter
+from vlgate.gateway.membership import Membership, static_backends
 from vlgate.gateway.metrics import Metrics
+from vlgate.gateway.model_names import BackendModels
+from vlgate.gateway.observe import Observer
 from vlgate.gateway.poller import HealthPoller
+from vlgate.gateway.reload import Reloader
 from vlgate.gateway.upstream import Forwarder, new_session
+from vlgate.gateway.usage import answer_tokens
+from vlgate.gateway.watchdog import SlotWatchdog
 from vlgate.images import ImageNormalizer
 from vlgate.presets import PresetRegistry, TokenCheck, check_special_tokens
 
@@ -27,23 +37,27 @@ access_log = logging.getLogger("vlgate.access")
 
 
 def backends_from_config(config: Config) -> list[Backend]:
-    return [
-        Backend(url=b.url, name=b.name or f"backend-{i}", api_key=b.api_key,
-                slots=b.slots or config.gateway.default_slots, fixed_slots=b.slots is not None)
-        for i, b in enumerate(config.backends)
-    ]
+    """The backends listed by url (those given by DNS name join when discovery resolves them)."""
+    return static_backends(config.backends, config.gateway.default_slots)
 
 
 class Gateway:
-    def __init__(self, config: Config, backends: list[Backend], *, manage_state: bool = True) -> None:
+    def __init__(self, config: Config, backends: list[Backend], *, manage_state: bool = True,
+                 reload_config: Callable[[], Config] | None = None) -> None:
         g = config.gateway
         self.config = config
         self.backends = backends
         self.keys = KeyChecker(config.resolved_api_keys())
+        self.key_limits = KeyLimiter(g.key_limits, queue_size=g.queue.size, queue_timeout_s=g.queue.timeout_s)
         self.balancer = Balancer(backends, queue_size=g.queue.size, queue_timeout_s=g.queue.timeout_s)
         self.metrics = Metrics(self.balancer)
+        self.watchdog = (SlotWatchdog(lambda: self.backends, g.watchdog, self.metrics.registry)
+                         if g.watchdog.enabled else None)
         self.poller = HealthPoller(backends, self.balancer, interval_s=g.health.interval_s,
-                                   timeout_s=g.health.timeout_s, manage_all=manage_state)
+                                   timeout_s=g.health.timeout_s, manage_all=manage_state,
+                                   busy_interval_s=g.health.busy_interval_s)
+        self.observer = Observer(self.metrics.registry, backends, self.poller.client)  # status page, usage, fleet
+        self.poller.after_check.append(self.observer.scraper.scrape)
         self.session = None
         self.forwarder: Forwarder = None  # type: ignore[assignment]  # set in startup (needs a loop)
         # images.enabled=false makes the normalizer refuse images (400); they never pass raw
@@ -51,12 +65,23 @@ class Gateway:
         self.presets = PresetRegistry.load(config.presets)
         self.created = time.time()
         self.token_checks: dict[str, TokenCheck | None] = {}  # None: check running
+        self.backend_models = BackendModels()  # drop-in model names (routes/models.py)
         self._checking: set[asyncio.Task[None]] = set()
         for backend in backends:
             backend.listeners.append(self._on_backend_state)
+        # backends that join and leave while running; the launcher owns the list under `vlgate up`
+        self.members = Membership(backends, self.balancer, self.poller, self._on_backend_state)
+        self.discovery = DnsDiscovery(config, self.members) if manage_state else None
+        self.reloader = Reloader(self, reload_config)
+        self.metrics.registry.register(ModelServerGauges(self.node_load))  # Inference Extension gauges
+
+    def node_load(self) -> NodeLoad:
+        """This gateway's capacity as the tier above sees it (`/slots`, model-server gauges)."""
+        return node_load(self.backends, self.balancer.queued, self.balancer.draining)
 
     def _on_backend_state(self, backend: Backend) -> None:
         """First time a backend is ready: check that preset structure tokens survive its output."""
+        self.backend_models.on_state(backend, self.poller.client)
         if backend.state is BackendState.READY and backend.name not in self.token_checks:
             try:
                 loop = asyncio.get_running_loop()
@@ -89,11 +114,25 @@ class Gateway:
         self.session = new_session()
         self.forwarder = Forwarder(self.session, self.balancer, self.config.gateway,
                                    on_retry=lambda route: self.metrics.retries.labels(route).inc())
+        if self.discovery is not None:
+            await self.discovery.refresh()
         await self.poller.check_all()
         self.poller.start()
+        if self.watchdog is not None:
+            self.watchdog.start(self.poller.client)
+        if self.discovery is not None:
+            self.discovery.start()
+        self.reloader.install_signal()
 
     async def shutdown(self) -> None:
+        if self.discovery is not None:
+            await self.discovery.aclose()
+        await self.members.aclose()
+        if self.watchdog is not None:
+            await self.watchdog.aclose()
         await self.poller.aclose()
+        await self.reloader.aclose()
+        self.observer.close()
         if self.session is not None:
             await self.session.close()
         await self.images.aclose()
@@ -104,6 +143,14 @@ class Gateway:
     def finish(self, ctx: RequestContext, status: int) -> None:
         duration = time.perf_counter() - ctx.started
         self.metrics.observe(ctx.route, status, duration, ctx.ttfb)
+        self.observer.finish(ctx, status, duration)
+        if ctx.release_key is not None:
+            ctx.release_key()
+            limit = self.key_limits.limit_of(ctx.key)
+            if limit is not None and limit.tokens_per_minute is not None:
+                tokens = answer_tokens(ctx.answer, ctx.tail)
+                if tokens is not None:
+                    self.key_limits.record_tokens(ctx.key, tokens.prompt + tokens.completion)
         if self.config.gateway.log_json:
             access_log.info(json.dumps({
                 "id": ctx.id, "route": ctx.route, "status": status,
@@ -121,5 +168,6 @@ def gateway_of(request: Request) -> Gateway:
 def authorized(request: Request) -> Gateway:
     """The app's Gateway, once the request's API key checks out (the /v1 GET routes need one too)."""
     gw = gateway_of(request)
-    gw.keys.check(request.headers.get("authorization", "").encode("latin-1") or None)
+    gw.keys.check(credentials(request.headers.get("authorization", "").encode("latin-1") or None,
+                              request.headers.get("x-api-key", "").encode("latin-1") or None))
     return gw

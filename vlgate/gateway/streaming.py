@@ -15,6 +15,7 @@ from starlette.types import Send
 
 from vlgate.backends import BackendState
 from vlgate.errors import APIError
+from vlgate.gateway.usage import StreamEnds
 
 if TYPE_CHECKING:
     from vlgate.gateway.context import RequestContext
@@ -52,11 +53,13 @@ async def stream_upstream(send: Send, upstream: Upstream, ctx: RequestContext) -
     await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
     tap = ctx.stream_tap
     content = upstream.response.content
+    ends = ctx.tail = StreamEnds()  # the backend's own usage/timings events, read at finish
     try:
         while True:
             chunk = await content.readany()
             if not chunk:
                 break
+            ends.feed(chunk)
             if tap is not None:
                 chunk = tap.feed(chunk)
                 if not chunk:
@@ -65,7 +68,7 @@ async def stream_upstream(send: Send, upstream: Upstream, ctx: RequestContext) -
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
         backend = upstream.backend
         log.warning("backend %s failed mid-stream: %s", backend.name, exc)
-        backend.mark_failed(BackendState.SUSPECT, f"failed mid-stream: {type(exc).__name__}")
+        upstream.failed(BackendState.SUSPECT, f"failed mid-stream: {type(exc).__name__}")
         upstream.close()
         ctx.mid_stream_error = True
         err = APIError(502, f"The backend failed while streaming ({type(exc).__name__}); the answer is incomplete.",

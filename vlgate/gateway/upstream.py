@@ -24,9 +24,12 @@ from vlgate.backends import Backend, BackendState
 from vlgate.config import GatewayConfig
 from vlgate.errors import APIError
 from vlgate.gateway.balancer import Balancer
+from vlgate.gateway.outlier import OutlierDetector
 
 log = logging.getLogger("vlgate.gateway.upstream")
 
+# a 503 that says "busy", not "broken": no free slot, a node gateway's queue or drain
+_BUSY = ("no slot", "queue_timeout", "queue_full", "draining", "no_backend")
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "server", "date"}
 
 
@@ -46,6 +49,11 @@ class Upstream:
     response: aiohttp.ClientResponse
     release: Callable[[], None]
     attempts: int
+    outliers: OutlierDetector
+
+    def failed(self, state: BackendState, reason: str) -> None:
+        """The backend failed after its headers (mid-answer): counts towards its ejection."""
+        self.outliers.failure(self.backend, state, reason)
 
     @property
     def status(self) -> int:
@@ -78,10 +86,18 @@ class Forwarder:
                  on_retry: Callable[[str], None] | None = None) -> None:
         self.session = session
         self.balancer = balancer
-        self.cfg = cfg
         self.on_retry = on_retry
+        self.outliers = OutlierDetector(lambda: self.balancer.backends, cfg.outlier)
+        self.retrying = 0  # retry attempts in progress (the retry budget caps them)
+        self.budget_refusals = 0
+        self.configure(cfg)
+
+    def configure(self, cfg: GatewayConfig) -> None:
+        """Timeouts and retry policy for requests that start from now on (also after a config reload)."""
+        self.cfg = cfg
         # a stream that stalls this long ends with an error event (the read raises TimeoutError)
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=cfg.stream_idle_timeout_s)
+        self.outliers.cfg = cfg.outlier
 
     async def _attempt(self, path: str, body: bytes, affinity: object | None, tried: set[Backend],
                        attempt: int, stream: bool) -> Upstream:
@@ -110,15 +126,15 @@ class Forwarder:
             if not stream:  # a slow answer, not a broken backend: replaying it elsewhere would double the load
                 raise APIError(503, f"The backend did not answer within request_timeout_s ({wait:g}s).",
                                code="backend_timeout", headers={"Retry-After": "1"}) from None
-            backend.mark_failed(BackendState.SUSPECT, "no response headers within first_byte_timeout")
+            self.outliers.failure(backend, BackendState.SUSPECT, "no response headers within first_byte_timeout")
             raise Retryable(f"{backend.name}: no response within {wait:g}s", backend)
         except (aiohttp.ClientConnectionError, OSError) as exc:
             release()
-            backend.mark_failed(BackendState.DOWN, f"connection failed: {type(exc).__name__}")
+            self.outliers.failure(backend, BackendState.DOWN, f"connection failed: {type(exc).__name__}")
             raise Retryable(f"{backend.name}: {type(exc).__name__}: {exc}", backend)
         except aiohttp.ClientError as exc:  # an answer that is not HTTP: nothing reached the client yet
             release()
-            backend.mark_failed(BackendState.SUSPECT, f"bad response: {type(exc).__name__}")
+            self.outliers.failure(backend, BackendState.SUSPECT, f"bad response: {type(exc).__name__}")
             raise Retryable(f"{backend.name}: bad response ({type(exc).__name__})", backend)
         except BaseException:
             release()
@@ -128,12 +144,23 @@ class Forwarder:
             text = (await resp.read()).decode(errors="replace")[:200]
             resp.release()
             release()
-            if "loading" in text.lower():
-                backend.mark_failed(BackendState.SUSPECT, "Loading model")  # the poller or launcher says when it is ready
+            if "loading" in text.lower():  # not a failure: the poller or launcher says when it is ready
+                backend.mark_failed(BackendState.SUSPECT, "Loading model")
+            elif any(word in text for word in _BUSY):
+                pass  # full or draining (a node gateway, another replica's load): healthy, try another one
             else:
-                backend.mark_failed(BackendState.SUSPECT, f"503 from backend: {text}")
+                self.outliers.failure(backend, BackendState.SUSPECT, f"503 from backend: {text}")
             raise Retryable(f"{backend.name}: 503 {text}", backend)
-        return Upstream(backend, resp, release, attempt)
+        if resp.status < 500:
+            self.outliers.success(backend)
+        return Upstream(backend, resp, release, attempt, self.outliers)
+
+    def _retry_allowed(self) -> bool:
+        """The retry budget: retries in progress stay within a share of active requests (at least a few),
+        so a sick fleet is not hammered by replays."""
+        active = self.balancer.in_flight() + self.balancer.queued
+        o = self.cfg.outlier
+        return self.retrying < max(o.min_retry_concurrency, o.retry_budget_ratio * active)
 
     async def send(self, path: str, body: bytes, affinity: object | None = None, stream: bool = False) -> Upstream:
         """The first backend response with headers, after bounded jittered retries on other backends."""
@@ -151,9 +178,20 @@ class Forwarder:
             ):
                 with att:
                     attempt += 1
-                    if attempt > 1 and self.on_retry is not None:
+                    if attempt == 1:
+                        return await self._attempt(path, body, affinity, tried, attempt, stream)
+                    if not self._retry_allowed():
+                        self.budget_refusals += 1
+                        raise APIError(503, "No backend answered, and the gateway's retry budget is spent "
+                                       f"({self.retrying} retries already in progress).",
+                                       code="backend_unavailable", headers={"Retry-After": "1"})
+                    if self.on_retry is not None:
                         self.on_retry(path)
-                    return await self._attempt(path, body, affinity, tried, attempt, stream)
+                    self.retrying += 1
+                    try:
+                        return await self._attempt(path, body, affinity, tried, attempt, stream)
+                    finally:
+                        self.retrying -= 1
         except Retryable as exc:
             log.warning("giving up after %d attempts: %s", attempt, exc)
             raise APIError(503, f"No backend answered after {attempt} attempt(s): {exc}",

@@ -51,7 +51,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 0
         setup_logging(args.log_level)
         plan = run.real_plan(config, gateway_port=(config.gateway.host, config.gateway.port))
-        return run.up(config, plan)
+        # SIGHUP / `vlgate reload`: the gateway's settings (keys, limits, presets, timeouts) from the file again
+        return run.up(config, plan, reload_config=lambda: run.demo_config(_config(args)) if args.demo else _config(args))
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -94,24 +95,46 @@ def format_status(body: dict[str, object], url: str) -> str:
     return "\n".join([head, *(t.rstrip() for t in table)])
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _ready_body(url: str, timeout: float) -> dict[str, object]:
+    """/ready's JSON: what a gateway without /status (an older vlgate) can tell."""
     import httpx
 
+    try:
+        return httpx.get(url + "/ready", timeout=timeout).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise CLIError(f"{url}/ready did not answer JSON ({type(exc).__name__}); is that a vlgate gateway?") from None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from vlgate import statusview
 
     url = args.url.rstrip("/")
-    try:
-        r = httpx.get(url + "/ready", timeout=args.timeout)
-        body = r.json()
-    except httpx.HTTPError as exc:
-        raise CLIError(f"cannot reach the gateway at {url} ({type(exc).__name__}); is `vlgate up` running? "
-                       "(pass --url for another address)") from None
-    except ValueError:
-        raise CLIError(f"{url}/ready did not answer JSON (HTTP {r.status_code}); is that a vlgate gateway?") from None
-    if args.json:
-        print(json.dumps(body, indent=2))
-    else:
-        print(format_status(body, url))
-    return 0 if r.status_code == 200 else 1
+    key = args.key or statusview.default_key()
+
+    def show() -> int:
+        try:
+            _, body = statusview.fetch(url, key, args.timeout)
+        except statusview.StatusError as exc:
+            raise CLIError(str(exc)) from None
+        if body is None:
+            body = _ready_body(url, args.timeout)
+            text = format_status(body, url)
+        else:
+            text = statusview.render(body, url)
+        print(json.dumps(body, indent=2) if args.json else text)
+        return 0 if body.get("status") == "ready" else 1
+
+    if args.watch is None:
+        return show()
+
+    def show_or_say() -> int:  # a watch outlives a gateway restart: say so and keep watching
+        try:
+            return show()
+        except CLIError as exc:
+            print(f"vlgate status: {exc}")
+            return 2
+
+    return statusview.watch(show_or_say, args.watch, args.count)
 
 
 def _config_only(p: argparse.ArgumentParser) -> None:
@@ -142,9 +165,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     _config_only(install)
     install.set_defaults(func=cmd_install_server)
 
-    status = sub.add_parser("status", help="print the gateway's backends and their states (from /ready)")
+    status = sub.add_parser("status", help="print the gateway's and every backend's state, load and speed "
+                            "(the status page's numbers, from /status)")
     status.add_argument("--url", default="http://127.0.0.1:8000", help="gateway base URL (default: %(default)s)")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds (default: %(default)s)")
-    status.add_argument("--json", action="store_true", help="print the raw /ready JSON")
+    status.add_argument("--json", action="store_true", help="print the raw /status JSON")
+    status.add_argument("--key", help="API key when the gateway has keys (default: $VLGATE_API_KEY)")
+    status.add_argument("--watch", "-w", type=float, nargs="?", const=2.0, metavar="SECONDS",
+                        help="redraw every SECONDS (default 2) until Ctrl-C")
+    status.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N redraws")
     status.set_defaults(func=cmd_status)
 

@@ -37,7 +37,7 @@ ALLOWED: dict[BackendState, frozenset[BackendState]] = {
     S.DOWN: frozenset({S.READY, S.SUSPECT, S.CRASHED, S.DRAINING, S.STOPPED}),
     S.CRASHED: frozenset({S.RESTARTING, S.FAILED, S.STOPPED}),
     S.RESTARTING: frozenset({S.STARTING, S.FAILED, S.STOPPED}),
-    S.FAILED: frozenset({S.STOPPED}),
+    S.FAILED: frozenset({S.RESTARTING, S.STOPPED}),  # after the parked cool-down, or un-parked by an operator
     S.DRAINING: frozenset({S.STOPPED, S.CRASHED}),
     S.STOPPED: frozenset({S.STARTING}),
 }
@@ -101,6 +101,14 @@ class BackendProcess:
         self.stopping = False
         self.pids: list[int] = []  # every process this backend ever had (tests assert none survives)
         self.file_log = self._file_logger(log_max_bytes, log_backups)
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """One HTTP client for this backend's whole life: a client per restart cost memory each time."""
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=2.0, verify=False)  # plain http on loopback
+        return self._client
 
     # ------------------------------------------------------------------ state
 
@@ -155,6 +163,7 @@ class BackendProcess:
             done, _ = await asyncio.wait({exited, health}, return_when=asyncio.FIRST_COMPLETED)
             if health in done and health.result():
                 ready_at = time.monotonic()
+                self.backend.restart = self._restart_wedged
                 health = asyncio.create_task(self._until_hung(), name=f"alive:{self.spec.name}")
                 done, _ = await asyncio.wait({exited, health}, return_when=asyncio.FIRST_COMPLETED)
                 if health in done:  # alive but deaf: only a kill brings it back
@@ -164,6 +173,7 @@ class BackendProcess:
                 self.tail.append(f"not ready after {self.load_timeout_s:g}s")
                 await self._kill_now()
         finally:
+            self.backend.restart = None
             health.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await health
@@ -178,6 +188,12 @@ class BackendProcess:
             reason += f": {tail}"
         self.move(S.CRASHED, reason)
         return Exit(code, reason, ready_for)
+
+    def _restart_wedged(self, reason: str) -> None:
+        """The gateway's watchdog saw a slot stop making progress: kill it; run() restarts it like a crash."""
+        self.tail.append(reason)
+        self.file_log.info("[vlgate] %s: %s: killed to restart", self.spec.name, reason)
+        self._signal(signal.SIGKILL)
 
     async def _spawn(self) -> None:
         self.move(S.STARTING, "")
@@ -203,32 +219,31 @@ class BackendProcess:
         """Poll /health: 503 = loading, 200 = ready. False on load timeout."""
         deadline = time.monotonic() + self.load_timeout_s
         delay = 0.05
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                try:
-                    r = await client.get(self.spec.url + "/health", headers=self.backend.auth_headers())
-                except httpx.HTTPError:
-                    r = None
-                if r is not None and r.status_code == 200:
-                    self.move(S.READY, "")
-                    return True
-                if r is not None and r.status_code == 503 and self.backend.state is S.STARTING:
-                    self.move(S.LOADING, "Loading model")
-                await asyncio.sleep(delay)
-                delay = min(delay * 1.5, 0.5)
+        while time.monotonic() < deadline:
+            try:
+                r = await self.client.get(self.spec.url + "/health", headers=self.backend.auth_headers())
+            except httpx.HTTPError:
+                r = None
+            if r is not None and r.status_code == 200:
+                self.move(S.READY, "")
+                return True
+            if r is not None and r.status_code == 503 and self.backend.state is S.STARTING:
+                self.move(S.LOADING, "Loading model")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
         return False
 
     async def _until_hung(self) -> None:
         """Return once a ready process's /health has not answered 200 for hang_timeout_s."""
         last_ok = time.monotonic()
         timeout = min(self.hang_timeout_s, 10.0)
-        async with httpx.AsyncClient(timeout=timeout) as client:
-            while self.stopping or time.monotonic() - last_ok < self.hang_timeout_s:  # stopping: stop() owns it
-                await asyncio.sleep(self.health_interval_s)
-                with contextlib.suppress(httpx.HTTPError):
-                    r = await client.get(self.spec.url + "/health", headers=self.backend.auth_headers())
-                    if r.status_code == 200:
-                        last_ok = time.monotonic()
+        while self.stopping or time.monotonic() - last_ok < self.hang_timeout_s:  # stopping: stop() owns it
+            await asyncio.sleep(self.health_interval_s)
+            with contextlib.suppress(httpx.HTTPError):
+                r = await self.client.get(self.spec.url + "/health", headers=self.backend.auth_headers(),
+                                          timeout=timeout)
+                if r.status_code == 200:
+                    last_ok = time.monotonic()
 
     async def _pump(self, stream: asyncio.StreamReader | None) -> None:
         if stream is None:
@@ -289,16 +304,15 @@ class BackendProcess:
     async def wait_idle(self, grace_s: float) -> bool:
         """Wait until no slot is processing (`launch` drains this way, having no gateway); False on timeout."""
         deadline = time.monotonic() + grace_s
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            while self.alive and time.monotonic() < deadline:
-                try:
-                    r = await client.get(self.spec.url + "/slots", headers=self.backend.auth_headers())
-                    slots = r.json() if r.status_code == 200 else None
-                except (httpx.HTTPError, ValueError):
-                    slots = None
-                if not isinstance(slots, list) or not any(s.get("is_processing") for s in slots if isinstance(s, dict)):
-                    return True
-                await asyncio.sleep(0.2)
+        while self.alive and time.monotonic() < deadline:
+            try:
+                r = await self.client.get(self.spec.url + "/slots", headers=self.backend.auth_headers())
+                slots = r.json() if r.status_code == 200 else None
+            except (httpx.HTTPError, ValueError):
+                slots = None
+            if not isinstance(slots, list) or not any(s.get("is_processing") for s in slots if isinstance(s, dict)):
+                return True
+            await asyncio.sleep(0.2)
         return not self.alive
 
     # ------------------------------------------------------------------ logs
@@ -312,6 +326,12 @@ class BackendProcess:
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logger.addHandler(handler)
         return logger
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        self.close()
 
     def close(self) -> None:
         for handler in list(self.file_log.handlers):

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,16 +164,17 @@ def _announce(specs: list[BackendSpec]) -> None:
         print(f"[vlgate] backend {spec.name} ({where}) on {spec.url}, log {spec.log_path}", file=sys.stderr)
 
 
-async def _up(config: Config, plan: Plan, signals: _Signals) -> int:
+async def _up(config: Config, plan: Plan, signals: _Signals, reload_config: Callable[[], Config] | None) -> int:
     from vlgate.gateway.app import create_app
     from vlgate.gateway.server import serve
 
     g = config.gateway
     sup = Supervisor(plan.specs, config.launcher)
     signals.supervisor = sup
-    app = create_app(config, sup.backends, poll_health=False)
+    app = create_app(config, sup.backends, poll_health=False, reload_config=reload_config)
     sup.start()
-    print(f"[vlgate] gateway on http://{g.host}:{g.port} (model {g.model}); Ctrl-C drains and stops", file=sys.stderr)
+    print(f"[vlgate] gateway on http://{g.host}:{g.port} (model {g.model}; status page: open it in a browser); "
+          "Ctrl-C drains and stops", file=sys.stderr)
     try:
         await serve(app, g.host, g.port, g.drain_grace_s)
     finally:
@@ -185,14 +187,14 @@ async def _up(config: Config, plan: Plan, signals: _Signals) -> int:
     return 0
 
 
-def up(config: Config, plan: Plan) -> int:
+def up(config: Config, plan: Plan, reload_config: Callable[[], Config] | None = None) -> int:
     """Launcher + gateway in one process tree; returns after a signal has drained everything."""
     _announce(plan.specs)
     signals = _Signals()
     signals.install()
     try:
         with _runner() as runner:
-            return runner.run(_up(config, plan, signals))
+            return runner.run(_up(config, plan, signals, reload_config))
     finally:
         signals.install()  # closing the loop restored SIG_DFL: a late SIGTERM must not turn exit 0 into -15
 

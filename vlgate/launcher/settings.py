@@ -48,6 +48,9 @@ class RestartPolicy(_Strict):
     crash_loop_count: int = Field(default=5, ge=1, description="this many crashes ...")
     crash_loop_window_s: float = Field(default=300.0, gt=0, description="... within this window: parked as failed")
     stable_after_s: float = Field(default=120.0, ge=0, description="ready this long: backoff starts over")
+    parked_cooldown_s: float = Field(default=300.0, gt=0,
+                                     description="a parked backend is tried again after this (doubling per park)")
+    parked_cooldown_max_s: float = Field(default=1800.0, gt=0)
 
 
 class BackendOverride(_Strict):

@@ -67,7 +67,7 @@ class Supervisor:
         self.processes = [
             BackendProcess(
                 spec,
-                Backend(url=spec.url, name=spec.name, api_key=api_key, slots=spec.parallel),
+                Backend(url=spec.url, name=spec.name, api_key=api_key, slots=spec.parallel, gpu=spec.gpu),
                 load_timeout_s=settings.load_timeout_s,
                 hang_timeout_s=settings.hang_timeout_s,
                 health_interval_s=settings.health_interval_s,
@@ -100,6 +100,7 @@ class Supervisor:
     async def _keep_alive(self, proc: BackendProcess) -> None:
         crashes = CrashWindow(self.policy.crash_loop_count, self.policy.crash_loop_window_s)
         attempt = 0
+        parks = 0
         while not self._stop.is_set():
             try:
                 ended = await proc.run()
@@ -114,9 +115,19 @@ class Supervisor:
                 attempt = 0
             if crashes.add(time.monotonic()):
                 n, w = len(crashes.times), self.policy.crash_loop_window_s
-                proc.move(BackendState.FAILED, f"crash loop ({n} crashes in {w:g}s), parked; last: {ended.reason}")
+                cooldown = min(self.policy.parked_cooldown_s * 2**parks, self.policy.parked_cooldown_max_s)
+                parks += 1
+                proc.move(BackendState.FAILED, f"crash loop ({n} crashes in {w:g}s), parked for {cooldown:g}s "
+                                               f"(or until un-parked); last: {ended.reason}")
                 log.error("backend %s parked as failed: %s", proc.spec.name, proc.backend.reason)
-                return
+                why = await self._parked(proc, cooldown)
+                if why is None:
+                    return
+                crashes = CrashWindow(self.policy.crash_loop_count, self.policy.crash_loop_window_s)
+                attempt = 0
+                proc.move(BackendState.RESTARTING, why)
+                log.warning("backend %s: %s", proc.spec.name, why)
+                continue
             attempt += 1
             delay = delay_for(self.policy, attempt)
             self.restarts[proc.spec.name] += 1
@@ -124,6 +135,27 @@ class Supervisor:
             proc.move(BackendState.RESTARTING, f"restart {attempt} in {delay:.2f}s after: {ended.reason}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _parked(self, proc: BackendProcess, cooldown: float) -> str | None:
+        """Wait out a park (as Kubernetes' CrashLoopBackOff does) or an operator's un-park; None on stop."""
+        unparked = asyncio.Event()
+
+        def unpark() -> bool:
+            unparked.set()
+            return True
+
+        proc.backend.unpark = unpark
+        stop = asyncio.create_task(self._stop.wait())
+        woken = asyncio.create_task(unparked.wait())
+        try:
+            await asyncio.wait({stop, woken}, timeout=cooldown, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            proc.backend.unpark = None
+            stop.cancel()
+            woken.cancel()
+        if self._stop.is_set():
+            return None
+        return "un-parked by an operator" if unparked.is_set() else f"trying again after a {cooldown:g}s park"
 
     async def wait_idle(self, grace_s: float) -> None:
         """Let running requests finish (for `launch`, where no gateway drains in front)."""
@@ -144,7 +176,7 @@ class Supervisor:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, 5.0)
         for p in self.processes:
-            p.close()
+            await p.aclose()
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes if p.pid is not None and p.alive]

@@ -1,21 +1,21 @@
 """A tiny random-weight llama text model + LLaVA-style vision projector, generated with `gguf`.
 
 Why: `vlgate up --demo` and the test bed need a real `llama-server` that starts in well under a second
-and serves chat (text and images) on a 2-core CPU, without downloading any model. Weights are random
-(fixed seed), so the text is gibberish, but the shapes of every response are real.
+and serves chat (text, images, JSON under a grammar, tool calls) on a 2-core CPU, without downloading
+any model. Weights are random (fixed seed), so the text is gibberish, but the shapes of every response
+are real.
 
-Design points (see llama.cpp src/llama-vocab.cpp, tools/mtmd/clip.cpp):
-- SentencePiece (`llama`) vocab: <unk>/<s>/</s>, the 256 byte tokens, ChatML control tokens, ASCII
-  letters/digits/punctuation and a few "▁word" pieces (with their prefixes, so SPM merges reach them).
-- Youtu-VL-style grounding tokens (<ref>, <box>, <x_N>, <y_N>) are USER_DEFINED: llama.cpp always
-  parses them as single tokens and always prints them when detokenizing (CONTROL ones are dropped
-  unless `special` is set).
-- Only NORMAL tokens can be sampled: the residual stream's dimension 0 is a constant (embedding 1.0,
-  no layer reads or writes it), so after the final RMSNorm it is large and positive; every non-NORMAL
-  token (EOS/EOG, control, byte, user-defined) has only -10 in that column of `output.weight`, i.e. a
-  logit near -78 against at most ~+6 for word pieces. Hence generations never stop early
-  (completion_tokens == max_tokens, even at high temperature) and are plain ASCII; a request
-  `logit_bias` of +100 can still force a grounding token.
+Design points (see llama.cpp src/llama-vocab.cpp, common/chat.cpp, tools/mtmd/clip.cpp):
+- GPT-2-style byte-level BPE vocab with qwen2 pre-tokenization, ChatML control tokens and USER_DEFINED
+  `<tool_call>` and Youtu-VL grounding tokens (tinyvocab.py): llama.cpp always parses USER_DEFINED
+  tokens as single tokens and always prints them (CONTROL ones are dropped unless `special` is set).
+- Qwen2.5's chat template with `<tool_call>` blocks (tinytemplate.py): b11434 reads it as native JSON
+  tool calls and builds the tool-call grammar from it.
+- A shaped output layer (tinyshape.py): without a grammar the model never stops early
+  (completion_tokens == max_tokens, even at high temperature) and writes ASCII; under a grammar it
+  closes strings and objects, so `response_format` answers are valid JSON and tool calls well formed;
+  with tools in the prompt it answers with a tool call. A request `logit_bias` of +100 can still force
+  a grounding token.
 """
 
 from __future__ import annotations
@@ -30,26 +30,18 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-VERSION = 1  # bump when the generated content changes: the file names carry it
+from vlgate.launcher import tinyshape
+from vlgate.launcher.tinytemplate import CHAT_TEMPLATE
+from vlgate.launcher.tinyvocab import BOS, EOS, GROUNDING_TOKENS, Vocab, tiny_vocab
+
+__all__ = ["CHAT_TEMPLATE", "GROUNDING_TOKENS", "TinyModel", "Vocab", "tiny_vocab", "write_tiny_model"]
+
+VERSION = 2  # bump when the generated content changes: the file names carry it
 SEED = 1234
 
 N_EMBD, N_LAYER, N_HEAD, N_FF, N_CTX_TRAIN = 64, 2, 4, 128, 2048
 V_EMBD, V_LAYER, V_HEAD, V_FF, V_PROJ_HIDDEN = 32, 2, 2, 48, 64
 IMAGE_SIZE, PATCH_SIZE = 32, 8
-
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-GROUNDING_TOKENS = (
-    ["<ref>", "</ref>", "<box>", "</box>"]
-    + [f"<x_{i}>" for i in range(16)]
-    + [f"<y_{i}>" for i in range(16)]
-)
-_WORDS = ["the", "a", "is", "of", "and", "to", "in", "cat", "dog", "image", "box", "Hello", "world", "red", "blue"]
-_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?:;'-()\"/"
 
 
 @dataclass(frozen=True)
@@ -58,24 +50,6 @@ class TinyModel:
 
     model: Path
     mmproj: Path
-
-
-def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
-    """Tokens, scores and token types; ids 0/1/2 are <unk>/<s>/</s> as in llama-style SPM vocabs."""
-    T = gguf.TokenType
-    toks: list[tuple[str, float, int]] = [("<unk>", 0.0, T.UNKNOWN), ("<s>", 0.0, T.CONTROL), ("</s>", 0.0, T.CONTROL)]
-    toks += [(f"<0x{b:02X}>", 0.0, T.BYTE) for b in range(256)]
-    toks += [("<|im_start|>", 0.0, T.CONTROL), ("<|im_end|>", 0.0, T.CONTROL)]
-    toks += [(t, 0.0, T.USER_DEFINED) for t in GROUNDING_TOKENS]
-    pieces = ["▁"] + list(_CHARS)
-    for word in _WORDS:  # "▁the" needs "▁t", "▁th": SPM only merges adjacent pairs that are tokens
-        pieces += ["▁" + word[:i] for i in range(1, len(word) + 1)]
-    seen: set[str] = set()
-    for p in pieces:
-        if p not in seen:
-            seen.add(p)
-            toks.append((p, float(len(p)), T.NORMAL))  # longer pieces win merges
-    return [t for t, _, _ in toks], [s for _, s, _ in toks], [int(k) for _, _, k in toks]
 
 
 def _write_gguf(path: Path, arch: str, fill: Callable[[gguf.GGUFWriter], None]) -> None:
@@ -98,8 +72,8 @@ def _write_gguf(path: Path, arch: str, fill: Callable[[gguf.GGUFWriter], None]) 
 
 def _fill_text_model(w: gguf.GGUFWriter) -> None:
     rng = np.random.default_rng(SEED)
-    tokens, scores, types = tiny_vocab()
-    n_vocab = len(tokens)
+    vocab = tiny_vocab()
+    reserved = tinyshape.RESERVED
 
     def rand(*shape: int, std: float = 0.02) -> np.ndarray:
         return (rng.standard_normal(shape) * std).astype(np.float32)
@@ -112,45 +86,41 @@ def _fill_text_model(w: gguf.GGUFWriter) -> None:
     w.add_head_count(N_HEAD)
     w.add_head_count_kv(N_HEAD)
     w.add_rope_dimension_count(N_EMBD // N_HEAD)
+    w.add_rope_freq_base(tinyshape.ROPE_FREQ_BASE)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(n_vocab)
+    w.add_vocab_size(len(vocab.tokens))
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_unk_token_id(0)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(True)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(vocab.tokens)
+    w.add_token_types(vocab.types)
+    w.add_token_merges(vocab.merges)
+    w.add_bos_token_id(vocab.id(BOS))
+    w.add_eos_token_id(vocab.id(EOS))
+    w.add_pad_token_id(vocab.id(BOS))
+    w.add_add_bos_token(False)
     w.add_add_eos_token(False)
     w.add_chat_template(CHAT_TEMPLATE)
 
-    # Residual dim 0 is a constant 1.0: the embedding sets it and no layer output writes to it.
-    embd = rand(n_vocab, N_EMBD)
-    embd[:, 0] = 1.0
-    w.add_tensor("token_embd.weight", embd)
+    w.add_tensor("token_embd.weight", tinyshape.embedding(vocab, rng, N_EMBD))
     for il in range(N_LAYER):
         p = f"blk.{il}"
+        m = {name: rand(N_FF if name.startswith("ffn") else N_EMBD, N_EMBD)
+             for name in ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up")}
+        m["attn_output"], m["ffn_down"] = rand(N_EMBD, N_EMBD), rand(N_EMBD, N_FF)
+        for name in ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up"):
+            m[name][:, :reserved] = 0.0  # random parts never read the reserved dims ...
+        for name in ("attn_output", "ffn_down"):
+            m[name][:reserved, :] = 0.0  # ... nor write them
+        if il == 0:
+            tinyshape.lookup_heads(m["attn_q"], m["attn_k"], m["attn_v"], m["attn_output"], N_HEAD)
+            tinyshape.tool_gates(m["ffn_gate"], m["ffn_up"], m["ffn_down"])
         w.add_tensor(f"{p}.attn_norm.weight", np.ones(N_EMBD, np.float32))
-        for name in ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up"):  # inputs: never read dim 0
-            m = rand(N_FF if name.startswith("ffn") else N_EMBD, N_EMBD)
-            m[:, 0] = 0.0
-            w.add_tensor(f"{p}.{name}.weight", m)
-        for name, n_in in (("attn_output", N_EMBD), ("ffn_down", N_FF)):  # outputs: never write dim 0
-            m = rand(N_EMBD, n_in)
-            m[0, :] = 0.0
-            w.add_tensor(f"{p}.{name}.weight", m)
+        for name, tensor in m.items():
+            w.add_tensor(f"{p}.{name}.weight", tensor)
         w.add_tensor(f"{p}.ffn_norm.weight", np.ones(N_EMBD, np.float32))
     w.add_tensor("output_norm.weight", np.ones(N_EMBD, np.float32))
-    # After the final RMSNorm, dim 0 is ~7.8 and the rest ~0.16: NORMAL-token logits spread over about
-    # +-6 (varied text), while a non-NORMAL row that is only -10 in dim 0 gets a logit of about -78.
-    out = rand(n_vocab, N_EMBD, std=1.0)
-    banned = np.array(types) != gguf.TokenType.NORMAL
-    out[:, 0] = 0.0
-    out[banned] = 0.0
-    out[banned, 0] = -10.0
-    w.add_tensor("output.weight", out)
+    w.add_tensor("output.weight", tinyshape.output(vocab, rng, N_EMBD))
 
 
 def _fill_mmproj(w: gguf.GGUFWriter) -> None:
@@ -196,8 +166,12 @@ def _fill_mmproj(w: gguf.GGUFWriter) -> None:
         w.add_tensor(f"{p}.ffn_down.bias", rand(V_EMBD))
     w.add_tensor("mm.0.weight", rand(V_PROJ_HIDDEN, V_EMBD))
     w.add_tensor("mm.0.bias", rand(V_PROJ_HIDDEN))
-    w.add_tensor("mm.2.weight", rand(N_EMBD, V_PROJ_HIDDEN))  # output width = text n_embd
-    w.add_tensor("mm.2.bias", rand(N_EMBD))
+    # output width = text n_embd; image embeddings look like plain tokens in the reserved dims
+    proj, bias = rand(N_EMBD, V_PROJ_HIDDEN), rand(N_EMBD)
+    proj[: tinyshape.RESERVED], bias[: tinyshape.RESERVED] = 0.0, 0.0
+    bias[tinyshape.DIM_ONE] = bias[tinyshape.DIM_KIND0 + tinyshape.Kind.SPECIAL] = 1.0
+    w.add_tensor("mm.2.weight", proj)
+    w.add_tensor("mm.2.bias", bias)
 
 
 def write_tiny_model(directory: Path) -> TinyModel:

@@ -9,6 +9,7 @@ when the gateway will produce the JSON itself.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from vlgate.errors import APIError
@@ -18,6 +19,22 @@ from vlgate.presets.run import PresetRun
 from vlgate.presets.settings import PromptVariant
 
 IMAGE_PART_TYPES = ("image_url", "input_image", "image")
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """Where an API keeps what a preset rewrites: chat `messages` or Responses `input` (a string or items)."""
+
+    messages: str = "messages"
+    text_part: str = "text"  # the type of a text content part
+    max_tokens: str = "max_tokens"  # the request field the preset's `max_tokens` sampling default goes to
+    max_tokens_set: tuple[str, ...] = ("max_completion_tokens", "n_predict")  # other fields that already cap it
+    system_field: str | None = None  # a request field that, when set, is the system prompt
+
+
+CHAT = Dialect()
+RESPONSES = Dialect(messages="input", text_part="input_text", max_tokens="max_output_tokens", max_tokens_set=(),
+                    system_field="instructions")
 
 
 def _select(presets: Mapping[str, Preset], body: dict[str, Any], model_id: str | None,
@@ -55,17 +72,20 @@ def _select(presets: Mapping[str, Preset], body: dict[str, Any], model_id: str |
     return preset, given
 
 
-def _last_user(body: dict[str, Any]) -> dict[str, Any]:
-    messages = body.get("messages")
+def _last_user(body: dict[str, Any], dialect: Dialect) -> dict[str, Any]:
+    messages = body.get(dialect.messages)
+    if isinstance(messages, str) and dialect is not CHAT:  # Responses: a plain string is one user message
+        messages = body[dialect.messages] = [{"role": "user", "content": messages}]
     if not isinstance(messages, list):
-        raise APIError(400, "presets apply to chat requests: messages must be a list", param="messages")
+        raise APIError(400, f"presets apply to conversations: {dialect.messages} must be a list",
+                       param=dialect.messages)
     for msg in reversed(messages):
         if isinstance(msg, dict) and msg.get("role") == "user":
             return msg
-    raise APIError(400, "a preset needs a user message", param="messages")
+    raise APIError(400, "a preset needs a user message", param=dialect.messages)
 
 
-def _split(content: Any) -> tuple[str, list[Any]]:
+def _split(content: Any, text_part: str = "text") -> tuple[str, list[Any]]:
     """(joined text, every other part in order) of a message's content."""
     if content is None:
         return "", []
@@ -75,7 +95,7 @@ def _split(content: Any) -> tuple[str, list[Any]]:
         raise APIError(400, "message content must be a string or a list of parts", param="messages")
     texts, others = [], []
     for part in content:
-        if isinstance(part, dict) and part.get("type") == "text":
+        if isinstance(part, dict) and part.get("type") == text_part:
             t = part.get("text")
             if isinstance(t, str) and t.strip():
                 texts.append(t.strip())
@@ -126,10 +146,12 @@ def _check_images(preset: Preset, parts: list[Any]) -> None:
                        f"user message, got {n}", param="messages")
 
 
-def _sampling(preset: Preset, body: dict[str, Any]) -> None:
+def _sampling(preset: Preset, body: dict[str, Any], dialect: Dialect) -> None:
     for key, value in preset.sampling.items():
-        if key == "max_tokens" and any(body.get(k) is not None for k in ("max_completion_tokens", "n_predict")):
-            continue
+        if key == "max_tokens":
+            if any(body.get(k) is not None for k in dialect.max_tokens_set):
+                continue
+            key = dialect.max_tokens
         if body.get(key) is None:
             body[key] = value
 
@@ -152,24 +174,31 @@ def _response_format(preset: Preset, parsers: tuple[str, ...], body: dict[str, A
 
 
 def resolve(presets: Mapping[str, Preset], request_fields: Mapping[str, Any], body: dict[str, Any],
-            model_id: str | None, served_model: str) -> PresetRun | None:
+            model_id: str | None, served_model: str, dialect: Dialect = CHAT) -> PresetRun | None:
     """Select the preset asked for (body "preset" or model "<served>:<name>") and rewrite `body` in place."""
     selected = _select(presets, body, model_id, served_model)
     if selected is None:
         return None
     preset, given = selected
+    overlay = given.pop("overlay", False)
+    if not isinstance(overlay, bool):
+        raise APIError(400, "preset.overlay must be true or false", param="preset.overlay",
+                       code="invalid_preset_parameter")
     values = validate(preset.name, given, preset.params)
-    msg = _last_user(body)
-    user_text, others = _split(msg.get("content"))
+    msg = _last_user(body, dialect)
+    user_text, others = _split(msg.get("content"), dialect.text_part)
     _check_images(preset, others)
     prompt, variant = _prompt(preset, values, user_text)
-    msg["content"] = [*others, {"type": "text", "text": prompt}]
-    messages = body["messages"]
-    if preset.system and not any(isinstance(m, dict) and m.get("role") in ("system", "developer") for m in messages):
+    msg["content"] = [*others, {"type": dialect.text_part, "text": prompt}]
+    messages = body[dialect.messages]
+    has_system = bool(dialect.system_field and body.get(dialect.system_field))
+    if preset.system and not has_system and not any(
+            isinstance(m, dict) and m.get("role") in ("system", "developer") for m in messages):
         messages.insert(0, {"role": "system", "content": preset.system})
-    _sampling(preset, body)
+    _sampling(preset, body, dialect)
     for key, value in request_fields.items():
         body.setdefault(key, value)
     parsers = preset.parsers_for(variant)
     json_content = _response_format(preset, parsers, body)
-    return PresetRun(name=preset.name, parsers=parsers, json_content=json_content, prompt=prompt)
+    return PresetRun(name=preset.name, parsers=parsers, json_content=json_content, prompt=prompt,
+                     pipeline=preset.pipeline_for(variant), overlay=overlay, values=values)

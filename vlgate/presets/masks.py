@@ -68,18 +68,37 @@ def patch_grid(image: ImageInfo) -> tuple[int, int]:
     return max(1, image.width // PATCH), max(1, image.height // PATCH)
 
 
-def _index_map(n_out: int, n_in: int) -> np.ndarray:
+def index_map(n_out: int, n_in: int) -> np.ndarray:
     """Nearest-neighbour source index of each output pixel (pixel centre → grid cell); labels never blend."""
     return np.minimum((2 * np.arange(n_out, dtype=np.int64) + 1) * n_in // (2 * n_out), n_in - 1)
 
 
-def mask_rle(cells: np.ndarray, width: int, height: int) -> dict[str, Any]:
-    """Uncompressed COCO RLE, area and bbox of a boolean grid mask stretched to width x height.
+def _pool_axis(cells: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """A grid axis longer than the image is OR-pooled down to `size` (every cell lands in some pixel)."""
+    n = cells.shape[axis]
+    if n <= size:
+        return cells
+    starts = (np.arange(size, dtype=np.int64) * n) // size
+    return np.logical_or.reduceat(cells, starts, axis=axis)
 
-    Works column by column (COCO RLE is column-major) so a 12-megapixel image never materializes.
+
+def mask_rle(cells: np.ndarray, width: int, height: int) -> dict[str, Any]:
+    """Uncompressed COCO RLE, area and tight bbox of a boolean grid mask stretched to width x height.
+
+    Nearest-neighbour (classes stay a partition). A grid larger than the image (the full 512x384 grid of a
+    500x375 image) skips some cells; a class found only there is OR-pooled instead, so it is never dropped.
     """
+    cells = cells.astype(bool)
+    out = _stretch_rle(cells, width, height)
+    if out["area"] == 0 and cells.any():
+        out = _stretch_rle(_pool_axis(_pool_axis(cells, height, 0), width, 1), width, height)
+    return out
+
+
+def _stretch_rle(cells: np.ndarray, width: int, height: int) -> dict[str, Any]:
+    """Column by column (COCO RLE is column-major): a 12-megapixel image never materializes."""
     gh, gw = cells.shape
-    rows, cols = _index_map(height, gh), _index_map(width, gw)
+    rows, cols = index_map(height, gh), index_map(width, gw)
     col_masks = cells[rows, :]  # height x gw: each grid column stretched to full height
     starts = col_masks[0, :]
     ends = col_masks[-1, :]
@@ -95,23 +114,22 @@ def mask_rle(cells: np.ndarray, width: int, height: int) -> dict[str, Any]:
     if width * height and starts[cols[0]]:
         counts = [0] + counts
     col_area = col_masks.sum(axis=0)
-    ys = np.flatnonzero(cells.any(axis=1)[rows])
-    xs = np.flatnonzero(cells.any(axis=0)[cols])
-    bbox = [int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1] if xs.size else None
+    used_cols = np.unique(cols)
+    ys = np.flatnonzero(col_masks[:, used_cols].any(axis=1))  # rows of the stretched mask with a set pixel
+    xs = np.flatnonzero(col_masks.any(axis=0)[cols])
+    bbox = [int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1] if xs.size and ys.size else None
     return {"area": int(col_area[cols].sum()), "bbox": bbox, "rle": {"size": [height, width], "counts": counts}}
 
 
-def parse_masks(text: str, image: ImageInfo | None) -> tuple[list[dict[str, Any]], list[str]]:
-    """Segmentation masks → [{"label", "value", "area", "bbox", "rle"}] in original pixels (see module doc)."""
-    errors: list[str] = []
-    found = [b for b in blocks(text, "mask") if not _in_depth(text, b.start)]
-    if not found:
-        return [], errors
-    if image is None:
-        return [], ["no image size known: masks cannot be placed"]
-    labels = [lab for _, lab in refs(text[: found[0].start])]
-    out: list[dict[str, Any]] = []
-    for i, b in enumerate(found):
+BACKGROUND = ("<BG>", "<OTHERS>")  # not objects: no mask of their own (demo.py drops <OTHERS> from class lists)
+
+
+def _mask_grids(text: str, image: ImageInfo, errors: list[str]) -> list[tuple[int, list[str | None], np.ndarray]]:
+    """(index, <ref>/<label> labels before it, value grid) of every segmentation `<mask>` (none in a depth answer)."""
+    if "<depth>" in text:
+        return []
+    out = []
+    for i, b in enumerate(blocks(text, "mask")):
         if not b.closed:
             errors.append(f"mask {i}: no </mask> (truncated output?)")
         flat = decode_rle(b.inner, errors)
@@ -119,9 +137,28 @@ def parse_masks(text: str, image: ImageInfo | None) -> tuple[list[dict[str, Any]
             continue
         pw, ph = patch_grid(image)
         grid = fit_grid(flat, [(pw, ph), (image.width, image.height)], -1, errors)
+        out.append((i, [lab for _, lab in refs(text[: b.start])], grid))
+    return out
+
+
+def parse_masks(text: str, image: ImageInfo | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Segmentation masks → [{"label", "value", "area", "bbox", "rle"}] in original pixels (see module doc).
+
+    Values index the labels in order; `<BG>`/`<OTHERS>` cells and, in an answer without labels, value 0 are
+    background (no mask). `<FG>` labels the core target whatever its value (demo.py flips `<FG>`-first answers).
+    """
+    errors: list[str] = []
+    if "<mask>" not in text or "<depth>" in text:
+        return [], errors
+    if image is None:
+        return [], ["no image size known: masks cannot be placed"]
+    out: list[dict[str, Any]] = []
+    for i, labels, grid in _mask_grids(text, image, errors):
         for value in sorted(int(v) for v in np.unique(grid) if v >= 0):
             label = labels[value] if value < len(labels) else None
-            if value >= len(labels):
+            if label in BACKGROUND or (not labels and value == 0):
+                continue
+            if labels and value >= len(labels):
                 errors.append(f"mask {i}: value {value} has no <ref> label ({len(labels)} labels)")
             entry = {"label": label, "value": value, "grid": [int(grid.shape[1]), int(grid.shape[0])]}
             entry.update(mask_rle(grid == value, image.orig_width, image.orig_height))
@@ -129,9 +166,18 @@ def parse_masks(text: str, image: ImageInfo | None) -> tuple[list[dict[str, Any]
     return out, errors
 
 
-def _in_depth(text: str, offset: int) -> bool:
-    """A `<mask>` right after `<depth>` is a depth map, not a segmentation."""
-    return text[:offset].rstrip().endswith("<depth>")
+def core_target(text: str, image: ImageInfo) -> tuple[np.ndarray | None, list[str]]:
+    """The core-target cells of a `Segment the core target.` answer on its grid (demo.py parse_prediction_string).
+
+    The target is the `<FG>` value when labels are given (`<ref><FG></ref><ref><BG></ref>` → 0), else value 1.
+    """
+    errors: list[str] = []
+    grids = _mask_grids(text, image, errors)
+    if not grids:
+        return None, errors + ["core target: no <mask> in the answer"]
+    _, labels, grid = grids[0]
+    target = labels.index("<FG>") if "<FG>" in labels else 1
+    return grid == target, errors
 
 
 def png_data_url(grid: np.ndarray) -> str:
@@ -143,9 +189,11 @@ def png_data_url(grid: np.ndarray) -> str:
 
 
 def parse_depth(text: str, image: ImageInfo | None) -> tuple[dict[str, Any] | None, list[str]]:
-    """`<depth><mask>…</mask>` on the (W'/16)×(H'/16) grid → {"png", "width", "height", "min", "max", ...}."""
+    """`<depth>` and a `<mask>…</mask>` (any order) on the (W'/16)×(H'/16) grid → {"png", "width", "height", "min",
+    "max", ...}. Values are the model's quantized depth codes per grid cell, not metres (vis.py only min-max
+    normalizes them for display; "the paper applies extra dequantization", which is not published)."""
     errors: list[str] = []
-    found = [b for b in blocks(text, "mask") if _in_depth(text, b.start)]
+    found = blocks(text, "mask") if "<depth>" in text else []  # vis.py: both tags present, in any order
     if not found:
         if "<depth>" in text:
             errors.append("depth: <depth> without a <mask>")

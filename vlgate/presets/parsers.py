@@ -12,7 +12,7 @@ from typing import Any
 
 from vlgate.images.types import ImageInfo
 from vlgate.presets.coords import Frame
-from vlgate.presets.scan import blank, blocks, coords, label_at, refs, xy_pairs
+from vlgate.presets.scan import Block, blank, blocks, coords, label_at, refs, xy_pairs
 
 Result = tuple[list[dict[str, Any]], list[str]]
 
@@ -70,13 +70,23 @@ def parse_points(text: str, image: ImageInfo | None) -> Result:
     return out, errors
 
 
+def polygon_blocks(text: str) -> list[Block]:
+    """Every polygon: `<poly>…</poly>` (also nested as `<ins><poly>…</poly></ins>`, as vis.py reads) and bare
+    `<ins>…</ins>` (as demo.py reads); an `<ins>` wrapping polys is a wrapper, not a polygon of its own."""
+    polys = blocks(text, "poly")
+    wrappers = blocks(blank(text, polys), "ins")
+    bare = [w for w in wrappers if not any(w.start <= p.start < max(w.end, w.start + 1) for p in polys)]
+    return sorted(polys + bare, key=lambda b: b.start)
+
+
 def parse_polygons(text: str, image: ImageInfo | None) -> Result:
-    """`<ins>…</ins>` or `<poly>…</poly>` of `<x_N><y_N>` pairs → [{"label", "points": [[x, y], …], "bbox"}]."""
+    """`<ins>…</ins>`, `<poly>…</poly>` or `<ins><poly>…</poly></ins>` of `<x_N><y_N>` pairs
+    → [{"label", "points": [[x, y], …], "bbox"}]."""
     errors: list[str] = []
     frame = frame_for(image, errors)
     labels = refs(text)
     out: list[dict[str, Any]] = []
-    for i, b in enumerate(blocks(text, "ins", "poly")):
+    for i, b in enumerate(polygon_blocks(text)):
         pairs, stray = xy_pairs(coords(b.inner))
         if not b.closed:
             errors.append(f"polygon {i}: not closed (truncated output?)")

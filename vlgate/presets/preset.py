@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from vlgate.presets.settings import ParamSpec, PresetSpec, PromptVariant
+from vlgate.presets.settings import ParamSpec, PipelineStep, PresetSpec, PromptVariant
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -27,11 +27,18 @@ class Preset:
     max_images: int | None
     parsers: tuple[str, ...]  # () = plain text
     source: str = "builtin"  # builtin | config
+    pipeline: tuple[PipelineStep, ...] = ()  # follow-up requests after the prompt's own (step 0)
+    origin: str | None = None  # where the prompt comes from
 
     def parsers_for(self, variant: PromptVariant | None) -> tuple[str, ...]:
         if variant is not None and variant.parser is not None:
             return _parser_tuple(variant.parser)
         return self.parsers
+
+    def pipeline_for(self, variant: PromptVariant | None) -> tuple[PipelineStep, ...]:
+        if variant is not None and variant.pipeline is not None:
+            return tuple(variant.pipeline)
+        return self.pipeline
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -48,7 +55,8 @@ class Preset:
                 }
                 for k, p in self.params.items()
             },
-            "prompt": [{"when": v.when, "text": v.text} for v in self.variants],
+            "prompt": [{"when": v.when, "text": v.text, "origin": v.origin or self.origin,
+                        "steps": 1 + len(self.pipeline_for(v))} for v in self.variants],
             "system": self.system,
             "user_text": f"fill:{self.fill}" if self.fill else self.user_text,
             "sampling": self.sampling,
@@ -90,6 +98,11 @@ def build(name: str, spec: PresetSpec, source: str) -> Preset:
     for pname, p in params.items():
         if p.choices is not None and p.type not in ("string", "string_list"):
             raise ValueError(f"{where}.params.{pname}.choices: only for string parameters")
+    for i, v in enumerate(variants):
+        for step in (v.pipeline if v.pipeline is not None else spec.pipeline) or ():
+            for p in PLACEHOLDER_RE.findall(step.prompt + (step.label or "")):
+                if p != "labels" and p not in params:
+                    raise ValueError(f"{where}.pipeline.{step.name}: {{{p}}} is not a parameter of this preset")
     sampling = spec.sampling.model_dump(exclude_none=True) if spec.sampling else {}
     return Preset(
         name=name,
@@ -104,4 +117,6 @@ def build(name: str, spec: PresetSpec, source: str) -> Preset:
         max_images=spec.max_images,
         parsers=_parser_tuple(spec.parser),
         source=source,
+        pipeline=tuple(spec.pipeline or ()),
+        origin=spec.origin,
     )

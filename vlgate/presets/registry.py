@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from vlgate.presets.apply import resolve
+from vlgate.presets.apply import CHAT, Dialect, resolve
 from vlgate.presets.preset import Preset, build
 from vlgate.presets.run import PresetRun
 from vlgate.presets.settings import PresetSpec
@@ -113,6 +113,7 @@ class PresetRegistry:
             out.append(d)
         return out
 
-    def resolve(self, body: dict[str, Any], model_id: str | None, served_model: str) -> PresetRun | None:
+    def resolve(self, body: dict[str, Any], model_id: str | None, served_model: str,
+                dialect: Dialect = CHAT) -> PresetRun | None:
         """Select the preset asked for (body "preset" or model "<served>:<name>") and rewrite `body` in place."""
-        return resolve(self._presets, self.request_fields, body, model_id, served_model)
+        return resolve(self._presets, self.request_fields, body, model_id, served_model, dialect)

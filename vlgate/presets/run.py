@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vlgate.images.types import ImageInfo
@@ -32,6 +32,7 @@ from vlgate.presets.parsers import (
     parse_polygons,
 )
 from vlgate.presets.pose import parse_pose
+from vlgate.presets.settings import PipelineStep
 
 Parser = Callable[[str, ImageInfo | None], tuple[Any, list[str]]]
 PARSERS: dict[str, tuple[str, Parser]] = {
@@ -73,6 +74,14 @@ class PresetRun:
     parsers: tuple[str, ...]
     json_content: bool = False  # response_format json_object handled gateway-side
     prompt: str = ""  # the prompt text that was sent (for logs)
+    pipeline: tuple[PipelineStep, ...] = ()  # follow-up requests the gateway runs (gateway/pipelines.py)
+    overlay: bool = False  # add vlgate.overlay, a picture of the result
+    values: dict[str, Any] = field(default_factory=dict)  # the preset's parameters (step templates use them)
+
+    @property
+    def runs_itself(self) -> bool:
+        """The gateway answers this one itself (several requests, or a picture to draw) instead of one forward."""
+        return bool(self.pipeline) or self.overlay
 
     def _image(self, images: list[ImageInfo]) -> ImageInfo | None:
         # structured presets take exactly one image, in the last user message: the last one in the request

@@ -48,9 +48,9 @@ def blank(text: str, spans: list[Block]) -> str:
 
 
 def refs(text: str) -> list[tuple[int, str | None]]:
-    """(offset, label) of every `<ref>label</ref>`; an empty label reads as None."""
+    """(offset, label) of every `<ref>label</ref>` or `<label>label</label>` (vis.py reads both); empty → None."""
     out = []
-    for b in blocks(text, "ref"):
+    for b in blocks(text, "ref", "label"):
         if b.closed:
             out.append((b.end, b.inner.strip() or None))
     return out

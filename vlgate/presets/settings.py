@@ -36,12 +36,46 @@ class ParamSpec(_Strict):
     join: str = Field(default=", ", description="separator when a list is put into the prompt")
 
 
+class CropSpec(_Strict):
+    """Crop around an item's box, as demo.py `crop_and_resize` does (its numbers are the defaults)."""
+
+    padding: float = Field(default=1.2, ge=1.0, le=4.0, description="crop side = box side x padding, same centre")
+    short_side: int = Field(default=1280, ge=32, le=4096, description="the crop is resized (Lanczos) to this shorter side")
+    mark: bool = Field(default=True, description="draw the box on the crop before resizing (the model is told so)")
+    mark_width: int = Field(default=1, ge=1, le=16)
+    format: Literal["jpeg", "png"] = "jpeg"  # demo.py: cv2.imencode('.jpg'), quality 95
+    quality: int = Field(default=95, ge=1, le=100)
+
+
+class PipelineStep(_Strict):
+    """One follow-up request of a pipeline preset; step 0 is the preset's own prompt.
+
+    A step reads the previous step's result: `for_each` sends one request per item (boxes or polygons, in
+    parallel), each on a crop around the item's box; `labels` fills `{labels}` with the previous answer's class
+    list. A step with nothing to work on ends the pipeline: the result is what the earlier steps gave.
+    """
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    prompt: str = Field(description="template: {param} of the preset, {labels} (see `labels`)")
+    for_each: Literal["boxes", "polygons"] | None = Field(default=None, description="one request per item")
+    order: Literal["as_given", "area_desc"] = Field(default="as_given", description="item order (later ones paint over)")
+    limit: int = Field(default=30, ge=1, le=200, description="at most this many items (demo.py: 30 boxes)")
+    crop: CropSpec | None = Field(default=None, description="with for_each: the image is a crop around the item")
+    labels_exclude: list[str] = Field(default_factory=lambda: ["<OTHERS>"], description="dropped from {labels}")
+    labels_join: str = Field(default=",", description="separator of {labels} (demo.py: ',')")
+    parser: ParserName | list[ParserName] | Literal["core_target"] = Field(
+        default="none", description="core_target: the crop's <mask> is pasted back into the user's image")
+    label: str | None = Field(default=None, description="label of pasted masks: a template, else the item's label")
+
+
 class PromptVariant(_Strict):
     """A prompt template used when all params in `when` are set; `{param}` is replaced by its value."""
 
     when: list[str] = Field(default_factory=list)
     text: str
     parser: ParserName | list[ParserName] | None = Field(default=None, description="overrides the preset's parser")
+    pipeline: list[PipelineStep] | None = Field(default=None, description="overrides the preset's pipeline ([]: none)")
+    origin: str | None = Field(default=None, description="where this prompt comes from (official demo/README, or ours)")
 
 
 class Sampling(_Strict):
@@ -75,6 +109,8 @@ class PresetSpec(_Strict):
     image: ImagePolicy | None = None
     max_images: int | None = Field(default=None, ge=1)
     parser: ParserName | list[ParserName] | None = None
+    pipeline: list[PipelineStep] | None = Field(default=None, description="follow-up requests (see PipelineStep)")
+    origin: str | None = Field(default=None, description="where the prompt comes from (official demo/README, or ours)")
 
 
 PresetsSettings = dict[str, PresetSpec]

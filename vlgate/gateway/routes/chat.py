@@ -10,6 +10,7 @@ from vlgate.errors import APIError
 from vlgate.gateway import fidelity, schemas
 from vlgate.gateway.affinity import chat_affinity
 from vlgate.gateway.context import RequestContext
+from vlgate.gateway.pipelines import PresetResponder, source_image_url
 from vlgate.gateway.postprocess import attach_preset
 from vlgate.gateway.proxy import ProxyEndpoint
 from vlgate.gateway.routes.models import check_model
@@ -27,10 +28,14 @@ async def prepare_chat(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -
         if problem:
             raise APIError(503, f"Structured preset '{run.name}' is unavailable: {problem}",
                            code="preset_unavailable", headers={"Retry-After": "60"})
+    source = source_image_url(body) if run is not None and run.runs_itself else None
     images = await gw.images.normalize_body(body)
+    ctx.images = len(images)
     if images:
         ctx.body_changed = True
-    if run is not None:
+    if run is not None and run.runs_itself:  # pipelines and overlays: the gateway runs the steps itself
+        ctx.respond = PresetResponder(gw, ctx, run, body, images, source).respond
+    elif run is not None:
         attach_preset(ctx, run, images, body)
     ctx.affinity = chat_affinity(body["messages"], [i.sha256 for i in images])
 

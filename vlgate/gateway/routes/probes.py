@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from starlette.requests import Request
@@ -9,6 +10,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from vlgate.backends import Backend
+from vlgate.errors import APIError
+from vlgate.gateway.auth import bearer_matches
 from vlgate.gateway.metrics import CONTENT_TYPE
 from vlgate.gateway.state import Gateway, gateway_of
 
@@ -28,7 +31,11 @@ async def ready(request: Request) -> Response:
         "in_flight": b.in_flight(),
         "queued": b.queued,
         "backends": [_describe(gw, x) for x in gw.backends],
+        "config": gw.reloader.status.describe(),  # a refused reload says why here (gateway/reload.py)
+        "pid": os.getpid(),  # `vlgate reload` signals this process
     }
+    if gw.keys.enabled and gw.keys.identify(request.headers.get("authorization", "").encode("latin-1")) is None:
+        body = {"status": body["status"]}  # probes stay open; backend URLs and crash reasons need a key
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
@@ -41,7 +48,12 @@ def _describe(gw: Gateway, backend: Backend) -> dict[str, Any]:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(gateway_of(request).metrics.render(), media_type=CONTENT_TYPE)
+    gw = gateway_of(request)
+    token = gw.config.gateway.metrics_token or os.environ.get("VLGATE_METRICS_TOKEN")
+    if token and not bearer_matches(request.headers.get("authorization", "").encode("latin-1"), token):
+        raise APIError(401, "GET /metrics needs the scrape token: 'Authorization: Bearer <metrics_token>'.",
+                       code="invalid_api_key")
+    return Response(gw.metrics.render(), media_type=CONTENT_TYPE)
 
 
 def routes(gw: Gateway) -> list[BaseRoute]:

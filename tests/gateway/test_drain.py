@@ -1,0 +1,102 @@
+"""SIGTERM drains the way load balancers understand: `/ready` answers 503 (never "connection refused")
+while streams run and for at least drain_delay_s, new API requests get 503 `draining`, then exit 0."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from support.gateway_process import GatewayProcess
+from support.llama import free_port
+
+
+def probe(url: str) -> int | str:
+    try:
+        return httpx.get(url + "/ready", timeout=2).status_code
+    except httpx.ConnectError:
+        return "refused"
+
+
+def watch_until_exit(gw: GatewayProcess, timeout: float = 60) -> list[tuple[float, int | str]]:
+    """(time, /ready answer) every 20 ms until the process has exited."""
+    assert gw.proc is not None
+    seen = []
+    deadline = time.monotonic() + timeout
+    while gw.proc.poll() is None and time.monotonic() < deadline:
+        seen.append((time.monotonic(), probe(gw.url)))
+        time.sleep(0.02)
+    return seen
+
+
+@pytest.mark.parametrize(("sig", "delay_wanted"), [(signal.SIGTERM, True), (signal.SIGINT, False)])
+def test_idle_drain_keeps_answering_503_for_the_delay(tmp_path: Path, sig: int, delay_wanted: bool) -> None:
+    dead_backend = f"http://127.0.0.1:{free_port()}"  # nothing to serve: the drain is about the listener
+    gw = GatewayProcess({"backends": [{"url": dead_backend}], "gateway": {"drain_delay_s": 1.5}}, tmp_path).start()
+    try:
+        assert gw.proc is not None
+        t_sig = time.monotonic()
+        gw.proc.send_signal(sig)
+        if delay_wanted:
+            first = httpx.get(gw.url + "/ready", timeout=2)
+            assert first.status_code == 503 and first.json()["draining"] is True
+        seen = watch_until_exit(gw)
+        assert gw.proc.wait(10) == 0
+        answered = [t - t_sig for t, s in seen if s == 503]
+        assert [s for _, s in seen if s not in (503, "refused")] == []
+        if delay_wanted:  # SIGTERM: a balancer polling readiness has drain_delay_s to see the 503
+            assert max(answered) >= 1.4
+            print(f"\n[drain] idle SIGTERM: /ready 503 for {max(answered):.2f}s (drain_delay_s 1.5), then closed")
+        else:  # Ctrl-C: nobody's balancer is watching
+            assert max(answered, default=0) < 1.0
+    finally:
+        gw.stop()
+
+
+@pytest.mark.slow
+def test_sigterm_with_streams_in_flight(llama_server, tmp_path: Path) -> None:
+    server = llama_server(slots=1, ctx=2048)
+    gw = GatewayProcess({"backends": [{"url": server.url}], "gateway": {"drain_delay_s": 0.5, "drain_grace_s": 60}},
+                        tmp_path).start()
+    try:
+        gw.wait_ready()
+        ends: dict[int, tuple[float, bool]] = {}
+        body = {"model": "youtu-vl", "max_tokens": 2000, "stream": True,
+                "messages": [{"role": "user", "content": "a long story"}]}
+
+        def stream(i: int) -> None:
+            with httpx.stream("POST", gw.url + "/v1/chat/completions", json=body, timeout=120) as r:
+                text = "".join(r.iter_text())
+            ends[i] = (time.monotonic(), r.status_code == 200 and text.rstrip().endswith("data: [DONE]"))
+
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while not (gw.ready()["in_flight"] == 1 and gw.ready()["queued"] == 2):  # one slot: one runs, two wait
+            assert time.monotonic() < deadline, gw.ready()
+            time.sleep(0.01)
+        assert gw.proc is not None
+        t_term = time.monotonic()
+        gw.proc.send_signal(signal.SIGTERM)
+        late = httpx.post(gw.url + "/v1/chat/completions", json={**body, "stream": False}, timeout=10)
+        assert late.status_code == 503 and late.json()["error"]["code"] == "draining"
+        assert late.headers["retry-after"] == "1"
+        seen = watch_until_exit(gw)
+        t_exit = time.monotonic()
+        for t in threads:
+            t.join(60)
+        assert gw.proc.wait(10) == 0
+        assert sorted(ends) == [0, 1, 2] and all(ok for _, ok in ends.values())  # every stream finished whole
+        last_end = max(t for t, _ in ends.values())
+        assert last_end > t_term + 0.5  # they really ran during the drain
+        before_end = [s for t, s in seen if t < last_end]
+        assert before_end and set(before_end) == {503}  # answered, never refused, while streams ran
+        print(f"\n[drain] SIGTERM with 3 streams (1 running, 2 queued): streams ended {last_end - t_term:.2f}s after "
+              f"the signal; /ready 503 on all {len(before_end)} probes until then; listener closed and exit 0 "
+              f"{t_exit - last_end:.2f}s after the last stream")
+    finally:
+        gw.stop()

@@ -1,0 +1,103 @@
+"""The HTTP/1.1 front door: uvicorn's httptools protocol with the limits a proxy needs (as Envoy and NGINX have).
+
+- request headers: a count and a total size (431 past either, before more is buffered);
+- a header-read deadline: a client that trickles its headers (slowloris) is cut off;
+- open connections are capped by uvicorn's `limit_concurrency` (503 past it), set in `server.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+@dataclass(frozen=True, slots=True)
+class FrontDoorLimits:
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 100
+    header_timeout_s: float = 10.0
+
+
+class _HeadersTooLarge(Exception):
+    pass
+
+
+def _close_with(transport: asyncio.Transport, status: bytes, message: str) -> None:
+    body = ('{"error":{"message":"%s","type":"invalid_request_error","param":null,"code":"%s"}}'
+            % (message, status.split(b" ", 1)[1].decode().lower().replace(" ", "_"))).encode()
+    transport.write(b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
+                    + str(len(body)).encode() + b"\r\nconnection: close\r\nx-should-retry: false\r\n\r\n" + body)
+    transport.close()
+
+
+def guarded_protocol(limits: FrontDoorLimits) -> type[HttpToolsProtocol]:
+    """An HttpToolsProtocol class enforcing `limits` (uvicorn takes the class as `http=`)."""
+
+    class GuardedProtocol(HttpToolsProtocol):
+        _header_bytes = 0
+        _header_count = 0
+        _header_timer: asyncio.TimerHandle | None = None
+        _refusal = ""
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(limits.header_timeout_s, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _too_slow(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing():
+                _close_with(self.transport, b"408 Request Timeout",
+                            f"Request headers did not arrive within {limits.header_timeout_s:g}s.")
+
+        def send_400_response(self, msg: str) -> None:
+            # httptools turns our exception in a callback into a parser error, which uvicorn answers with 400
+            if self._refusal:
+                _close_with(self.transport, b"431 Request Header Fields Too Large", self._refusal)
+            else:
+                super().send_400_response(msg)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._header_bytes = 0
+            self._header_count = 0
+            self._arm()
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url), 0)
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4, 1)
+            super().on_header(name, value)
+
+        def _count(self, size: int, headers: int) -> None:
+            self._header_bytes += size
+            self._header_count += headers
+            if self._header_bytes > limits.max_header_bytes:
+                self._refusal = f"Request line and headers exceed {limits.max_header_bytes} bytes."
+            elif self._header_count > limits.max_headers:
+                self._refusal = f"More than {limits.max_headers} request headers."
+            if self._refusal:
+                raise _HeadersTooLarge(self._refusal)
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+    return GuardedProtocol
+

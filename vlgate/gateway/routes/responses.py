@@ -1,0 +1,87 @@
+"""`POST /v1/responses` (OpenAI Responses API): validated, presets and images applied, answers completed.
+
+Forwarded to llama-server's own `/v1/responses` (stateless there too); `text.format` is mapped to the
+`response_format` the backend honours, and every answer or stream event is completed so the openai SDK's
+strict validation and its `responses.stream()` / `responses.parse()` helpers accept it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.routing import BaseRoute, Route
+
+from vlgate.errors import APIError
+from vlgate.gateway.affinity import chat_affinity
+from vlgate.gateway.context import RequestContext
+from vlgate.gateway.fidelity_responses import Echo, Finisher, complete_response_bytes, output_text
+from vlgate.gateway.proxy import ProxyEndpoint
+from vlgate.gateway.responses_stream import ResponsesStreamRewriter
+from vlgate.gateway.routes.models import check_model
+from vlgate.gateway.schemas_responses import responses_format, validate_responses
+from vlgate.gateway.state import Gateway
+from vlgate.images.types import ImageInfo
+from vlgate.presets import PresetRun
+from vlgate.presets.apply import RESPONSES
+
+
+async def prepare_responses(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> None:
+    validate_responses(body)
+    check_model(gw, body)
+    if responses_format(body):
+        ctx.body_changed = True
+    run = gw.presets.resolve(body, body.get("model") or gw.config.gateway.model, gw.config.gateway.model,
+                             RESPONSES)
+    if run is not None:
+        ctx.body_changed = True
+        problem = gw.structure_tokens_problem() if run.parsers else None
+        if problem:
+            raise APIError(503, f"Structured preset '{run.name}' is unavailable: {problem}",
+                           code="preset_unavailable", headers={"Retry-After": "60"})
+    images = await gw.images.normalize_body(body)
+    if images:
+        ctx.body_changed = True
+    echo = Echo.of(body, _preset_finisher(run, images) if run is not None else None)
+    if body.get("stream") is True:
+        ctx.stream_tap = ResponsesStreamRewriter(echo)
+    else:
+        ctx.finish = lambda data: complete_response_bytes(data, echo)
+    ctx.affinity = chat_affinity(_as_messages(body), [i.sha256 for i in images])
+
+
+def _preset_finisher(run: PresetRun, images: list[ImageInfo]) -> Finisher:
+    """The parsed result goes in `vlgate` on the response object (and so on `response.completed`)."""
+
+    def finish(response: dict[str, Any], echo: Echo) -> None:
+        cap = echo.fields.get("max_output_tokens")
+        used = (response.get("usage") or {}).get("output_tokens", 0)
+        ext = run.stream_extension(output_text(response), images, "length" if cap and used >= cap else None)
+        response["vlgate"] = ext
+        if run.json_content:  # response_format json_object with a structured preset: the JSON is the result
+            for item in response.get("output") or ():
+                for part in item.get("content") or () if item.get("type") == "message" else ():
+                    if part.get("type") == "output_text":
+                        part["text"] = json.dumps(ext)
+
+    return finish
+
+
+def _as_messages(body: dict[str, Any]) -> list[Any]:
+    """The conversation as chat-like messages, for the KV-cache affinity key."""
+    items = body["input"]
+    messages: list[Any] = [{"role": "system", "content": body["instructions"]}] if body.get("instructions") else []
+    if isinstance(items, str):
+        return [*messages, {"role": "user", "content": items}]
+    for item in items:
+        if isinstance(item, dict) and "role" in item:
+            content = item.get("content")
+            if isinstance(content, list):  # the affinity key reads chat text parts
+                content = [{"type": "text", "text": p.get("text")} for p in content if isinstance(p, dict)]
+            messages.append({"role": item["role"], "content": content})
+    return messages
+
+
+def routes(gw: Gateway) -> list[BaseRoute]:
+    endpoint = ProxyEndpoint(gw, "responses", "/v1/responses", prepare_responses)
+    return [Route("/v1/responses", endpoint, methods=["POST"])]
