@@ -25,9 +25,15 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support.fakebackend import FakeBackend  # noqa: E402
-from support.gateway_process import GatewayProcess  # noqa: E402
-from support.pipeline_answers import RED_BOX, core_answer, image_of, picture, prompt_of, rle_text  # noqa: E402
+from support.pipeline_answers import (
+    RED_BOX,
+    core_answer,
+    image_of,
+    picture,
+    prompt_of,
+    rle_text,
+    scripted_gateway,
+)
 
 BOXES = [RED_BOX, (100, 80, 260, 200), (700, 500, 760, 560)]  # three objects for open-set
 
@@ -70,11 +76,22 @@ def data_url(im: Image.Image, fmt: str) -> str:
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def timed(client: httpx.Client, url: str, preset: dict[str, Any], runs: int) -> tuple[float, int]:
-    body = {"model": "youtu-vl", "preset": preset,
-            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]}
+def variants(size: tuple[int, int], fmt: str, runs: int) -> list[str]:
+    """One picture per run (a pixel differs): no request finds its image or crop in the gateway's cache."""
+    base = picture().resize(size, Image.Resampling.NEAREST)
+    out = []
+    for i in range(runs):
+        im = base.copy()
+        im.putpixel((i, 0), (i, i, i))
+        out.append(data_url(im, fmt))
+    return out
+
+
+def timed(client: httpx.Client, urls: list[str], preset: dict[str, Any]) -> tuple[float, int]:
     times, calls = [], 1
-    for _ in range(runs):
+    for url in urls:
+        body = {"model": "youtu-vl", "preset": preset,
+                "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]}
         t, s0 = time.perf_counter(), SCRIPT_S[0]
         r = client.post("/v1/chat/completions", json=body)
         times.append(time.perf_counter() - t - (SCRIPT_S[0] - s0))
@@ -89,29 +106,21 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=15)
     args = ap.parse_args()
-    images = {"1000x700 PNG": data_url(picture(), "PNG"),
-              "4000x2800 JPEG": data_url(picture().resize((4000, 2800), Image.Resampling.NEAREST), "JPEG")}
+    images = {"1000x700 PNG": ((1000, 700), "PNG"), "4000x2800 JPEG": ((4000, 2800), "JPEG")}
     cases = [("detect (baseline)", {"name": "detect"}), ("refer_segment", {"name": "refer_segment", "expression": "red"}),
              ("segment (open-set, 3 objects)", {"name": "segment"}),
              ("refer_segment + overlay", {"name": "refer_segment", "expression": "red", "overlay": True})]
-    with tempfile.TemporaryDirectory() as tmp:
-        fb = FakeBackend(script=script, slots=4).start()
-        gw = GatewayProcess({"backends": [{"url": fb.url}]}, Path(tmp)).start()
-        try:
-            gw.wait_ready()
-            with httpx.Client(base_url=gw.url, timeout=120) as client:
-                for name, url in images.items():
-                    timed(client, url, {"name": "detect"}, 2)  # warm up
-                    print(f"\n{name}: median of {args.runs}, the fake backend's own time taken out")
-                    print(f"{'preset':32} {'backend calls':>13} {'median ms':>10} {'added ms':>9}")
-                    base = None
-                    for label, preset in cases:
-                        ms, calls = timed(client, url, preset, args.runs)
-                        base = ms if base is None else base
-                        print(f"{label:32} {calls:>13} {ms:>10.1f} {ms - base:>9.1f}")
-        finally:
-            gw.stop()
-            fb.stop()
+    with (tempfile.TemporaryDirectory() as tmp, scripted_gateway(script, Path(tmp)) as gw,
+          httpx.Client(base_url=gw.url, timeout=120) as client):
+        for name, (size, fmt) in images.items():
+            timed(client, variants(size, fmt, 2), {"name": "detect"})  # warm up
+            print(f"\n{name}: median of {args.runs}, the fake backend's own time taken out")
+            print(f"{'preset':32} {'backend calls':>13} {'median ms':>10} {'added ms':>9}")
+            base = None
+            for label, preset in cases:
+                ms, calls = timed(client, variants(size, fmt, args.runs), preset)
+                base = ms if base is None else base
+                print(f"{label:32} {calls:>13} {ms:>10.1f} {ms - base:>9.1f}")
 
 
 if __name__ == "__main__":

@@ -81,6 +81,7 @@ def test_api_keys_from_env(tmp_path: Path) -> None:
         gw = GatewayProcess({"backends": [{"url": fb.url}]}, tmp_path).start()
     finally:
         del os.environ["VLGATE_API_KEYS"]
+    gw.auth = {"Authorization": "Bearer env-key-1"}  # /ready shows backends only to a key holder
     try:
         gw.wait_ready()
         body = {"messages": [{"role": "user", "content": "x"}]}

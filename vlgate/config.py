@@ -95,7 +95,7 @@ class LimitsConfig(_Strict):
     max_header_bytes: int = Field(default=16 * 1024, ge=1024, description="request line + headers; beyond: 431")
     max_headers: int = Field(default=100, ge=8, description="request header count; beyond: 431")
     header_timeout_s: float = Field(default=10.0, gt=0, description="headers must arrive within this (slowloris)")
-    max_connections: int = Field(default=4096, ge=1, description="open connections + tasks; beyond: 503")
+    max_connections: int = Field(default=4096, ge=1, description="open connections; beyond: 503 and close")
 
 
 class OutlierConfig(_Strict):

@@ -20,9 +20,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support.fakebackend import FakeBackend  # noqa: E402
-from support.gateway_process import GatewayProcess  # noqa: E402
-from support.pipeline_answers import image_of, prompt_of, rle_text  # noqa: E402
+from support.pipeline_answers import image_of, prompt_of, rle_text, scripted_gateway
 
 SIZE = (640, 400)
 CAR, SUN, HOUSE = (360, 250, 560, 330), (60, 40, 140, 120), (80, 180, 250, 330)
@@ -87,19 +85,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         scene().save(work / "scene.png")
-        fb = FakeBackend(script=Script(), slots=4).start()
-        gw = GatewayProcess({"backends": [{"url": fb.url}]}, work).start()
-        try:
-            gw.wait_ready()
+        with scripted_gateway(Script(), work) as gw:
             for preset, extra in [("detect", []), ("refer_segment", ["--expression", "the blue car"]),
                                   ("segment", []), ("pose", []), ("depth", [])]:
                 subprocess.run([sys.executable, "-m", "vlgate.cli", "ask", preset, str(work / "scene.png"),
                                 "--url", gw.url, "--out", str(out / f"{preset}.png"), *extra],
                                check=True, stdout=subprocess.DEVNULL)
-        finally:
-            gw.stop()
-            fb.stop()
-
 
 if __name__ == "__main__":
     main()

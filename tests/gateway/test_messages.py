@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 from collections.abc import Iterator
 
 import anthropic
@@ -14,7 +13,7 @@ import pytest
 from langchain_anthropic import ChatAnthropic
 from PIL import Image
 from support.gateway_process import GatewayProcess
-from support.llama import LlamaServer
+from support.stack import llama_behind_gateway
 
 pytestmark = pytest.mark.slow
 KEY = "sk-test-messages"
@@ -22,17 +21,9 @@ KEY = "sk-test-messages"
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, llama_server_bin, tiny_model) -> Iterator[GatewayProcess]:
-    tmp = tmp_path_factory.mktemp("messages")
-    server = LlamaServer(llama_server_bin, tiny_model.model, mmproj=tiny_model.mmproj, slots=2, ctx=2048,
-                         extra_args=["--jinja"], log_dir=tmp / "llama").start()
-    gateway = GatewayProcess({"backends": [{"url": server.url}], "gateway": {"api_keys": [KEY]}}, tmp).start()
-    deadline = time.monotonic() + 30  # with keys, /ready shows no backend details: its status says enough
-    while httpx.get(gateway.url + "/ready", timeout=2).status_code != 200:
-        assert time.monotonic() < deadline, gateway.log()
-        time.sleep(0.05)
-    yield gateway
-    gateway.stop()
-    server.stop()
+    with llama_behind_gateway(tmp_path_factory.mktemp("messages"), llama_server_bin, tiny_model, mmproj=True,
+                              gateway={"api_keys": [KEY]}) as (gateway, _):
+        yield gateway
 
 
 def client(gw: GatewayProcess, key: str = KEY) -> anthropic.Anthropic:
@@ -83,7 +74,7 @@ def test_keys(gw) -> None:
     r = httpx.post(gw.url + "/v1/messages", headers={"Authorization": f"Bearer {KEY}"}, timeout=30,
                    json={"model": "youtu-vl", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 200
-    assert [m.id for m in client(gw).models.list()][0] == "youtu-vl"  # x-api-key on the GET routes too
+    assert next(m.id for m in client(gw).models.list()) == "youtu-vl"  # x-api-key on the GET routes too
 
 
 def test_langchain_chat_anthropic(gw) -> None:

@@ -7,7 +7,6 @@ import base64
 import io
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -21,19 +20,24 @@ from support.listener import CountingListener
 pytestmark = pytest.mark.slow
 
 
-def start(tmp: Path, **fake: Any) -> tuple[GatewayProcess, FakeBackend]:
-    fb = FakeBackend(**fake).start()
-    gw = GatewayProcess({"backends": [{"url": fb.url}]}, tmp).start()
-    gw.wait_ready()
-    return gw, fb
-
-
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, FakeBackend]]:
-    gw, fb = start(tmp_path_factory.mktemp("messages-fwd"))
+    fb = FakeBackend().start()
+    gw = GatewayProcess({"backends": [{"url": fb.url}], "gateway": {"drain_delay_s": 0}},
+                        tmp_path_factory.mktemp("messages-fwd")).start()
+    gw.wait_ready()
     yield gw, fb
     gw.stop()
     fb.stop()
+
+
+@pytest.fixture
+def faulty(recorded) -> Iterator[tuple[GatewayProcess, FakeBackend]]:
+    """The recording backend, switched to a fault mode by the test; back to normal afterwards."""
+    gw, fb = recorded
+    yield gw, fb
+    fb.mode = "ok"
+    gw.wait_ready()  # a mid-stream failure marks the backend suspect until the next health check
 
 
 def b64png(size: tuple[int, int] = (1000, 700)) -> str:
@@ -79,7 +83,7 @@ def test_url_images_to_private_addresses_are_refused_without_a_connection(record
     host = CountingListener()
     before = len(fb.seen)
     try:
-        for url in (host.url, "http://[::1]:%d/x.png" % host.port, "http://10.0.0.1/x.png"):
+        for url in (host.url, f"http://[::1]:{host.port}/x.png", "http://10.0.0.1/x.png"):
             block = {"type": "image", "source": {"type": "url", "url": url}}
             for content in ([block], [{"type": "tool_result", "tool_use_id": "t", "content": [block]}]):
                 r = post(gw, {"messages": [{"role": "user", "content": content}]}, path)
@@ -122,34 +126,28 @@ def test_unknown_model_is_an_anthropic_404(recorded) -> None:
     assert "youtu-vl" in message
 
 
-def test_backend_errors_become_anthropic_errors(tmp_path: Path) -> None:
-    gw, fb = start(tmp_path, mode="status", status=400,
-                   status_body=b'{"error":{"code":400,"message":"bad thing","type":"invalid_request_error"}}')
-    try:
-        r = post(gw, {"messages": [{"role": "user", "content": "x"}]})
-        assert assert_anthropic_error(r, 400, "invalid_request_error") == "bad thing"
-        assert r.headers["request-id"] == r.headers["x-request-id"]
-    finally:
-        gw.stop()
-        fb.stop()
+def test_backend_errors_become_anthropic_errors(faulty) -> None:
+    gw, fb = faulty
+    fb.mode, fb.status = "status", 400
+    fb.status_body = b'{"error":{"code":400,"message":"bad thing","type":"invalid_request_error"}}'
+    r = post(gw, {"messages": [{"role": "user", "content": "x"}]})
+    assert assert_anthropic_error(r, 400, "invalid_request_error") == "bad thing"
+    assert r.headers["request-id"] == r.headers["x-request-id"]
 
 
-def test_mid_stream_failure_is_an_anthropic_error_event(tmp_path: Path) -> None:
-    gw, fb = start(tmp_path, mode="die_after", die_after=2)
-    try:
-        with httpx.stream("POST", gw.url + "/v1/messages", timeout=30, json={
-                "model": "youtu-vl", "max_tokens": 5, "stream": True,
-                "messages": [{"role": "user", "content": "x"}]}) as r:
-            text = r.read().decode()
-        last = text.strip().split("\n\n")[-1]
-        name, _, data = last.partition("\ndata: ")
-        assert name == "event: error"
-        assert json.loads(data)["type"] == "error" and json.loads(data)["error"]["type"] == "api_error"
-        client = anthropic.Anthropic(base_url=gw.url, api_key="x", max_retries=0)
-        with pytest.raises(anthropic.APIStatusError):
-            with client.messages.stream(model="youtu-vl", max_tokens=5, messages=[{"role": "user", "content": "x"}]) as s:
-                for _ in s:
-                    pass
-    finally:
-        gw.stop()
-        fb.stop()
+def test_mid_stream_failure_is_an_anthropic_error_event(faulty) -> None:
+    gw, fb = faulty
+    fb.mode, fb.die_after = "die_after", 2
+    with httpx.stream("POST", gw.url + "/v1/messages", timeout=30, json={
+            "model": "youtu-vl", "max_tokens": 5, "stream": True,
+            "messages": [{"role": "user", "content": "x"}]}) as r:
+        text = r.read().decode()
+    last = text.strip().split("\n\n")[-1]
+    name, _, data = last.partition("\ndata: ")
+    assert name == "event: error"
+    assert json.loads(data)["type"] == "error" and json.loads(data)["error"]["type"] == "api_error"
+    client = anthropic.Anthropic(base_url=gw.url, api_key="x", max_retries=0)
+    with pytest.raises(anthropic.APIStatusError), client.messages.stream(
+            model="youtu-vl", max_tokens=5, messages=[{"role": "user", "content": "x"}]) as s:
+        for _ in s:
+            pass

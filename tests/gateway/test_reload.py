@@ -32,7 +32,7 @@ def rewrite(gw: GatewayProcess, config: dict[str, Any]) -> None:
 
 def vlgate_reload(gw: GatewayProcess, key: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "vlgate.cli", "reload", "--url", gw.url, "--api-key", key],
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=30, check=False)
 
 
 def status(gw: GatewayProcess, key: str, model: str = "youtu-vl") -> int:

@@ -7,6 +7,7 @@ had to queue: no free slot) measures how far over they go.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from pathlib import Path
@@ -130,3 +131,33 @@ def test_a_node_gateway_reports_its_capacity_to_the_tier_above(llama_server, tmp
         if upper is not None:
             upper.stop()
         node.stop()
+
+
+def test_a_draining_node_is_tried_elsewhere_not_marked_failed(llama_server, tmp_path: Path) -> None:
+    server = llama_server(slots=2, ctx=2048)
+    nodes = [GatewayProcess({"backends": [{"url": server.url}], "gateway": {"drain_delay_s": 4}}, tmp_path).start()
+             for _ in range(2)]
+    upper = None
+    try:
+        for node in nodes:
+            node.wait_ready()
+        # no polls during the test: the upper learns of the drain only from the node's answers
+        upper = GatewayProcess({"backends": [{"url": n.url, "name": f"node{i}"} for i, n in enumerate(nodes)],
+                                "gateway": {"health": {"interval_s": 60}}}, tmp_path).start()
+        upper.wait_ready(backends=2)
+        assert nodes[0].proc is not None
+        nodes[0].proc.send_signal(signal.SIGTERM)
+        while httpx.get(nodes[0].url + "/ready").status_code != 503:
+            time.sleep(0.01)
+        body = {**LONG, "max_tokens": 4}
+        answers = [httpx.post(upper.url + "/v1/chat/completions", json=body, timeout=60) for _ in range(6)]
+        assert [r.status_code for r in answers] == [200] * 6
+        states = {b["name"]: (b["state"], b["served"]) for b in upper.ready()["backends"]}
+        assert states["node0"][0] == "ready"  # busy (draining) is not broken: no suspect, no ejection
+        assert states["node0"][1] >= 1  # it was tried, answered 503 draining, and the retry went to node1
+        assert states["node1"][1] == 6
+    finally:
+        if upper is not None:
+            upper.stop()
+        for node in nodes:
+            node.stop()

@@ -14,21 +14,16 @@ import pytest
 from langchain_openai import ChatOpenAI
 from PIL import Image
 from support.gateway_process import GatewayProcess
-from support.llama import LlamaServer
+from support.stack import llama_behind_gateway
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, llama_server_bin, tiny_model) -> Iterator[GatewayProcess]:
-    tmp = tmp_path_factory.mktemp("responses")
-    server = LlamaServer(llama_server_bin, tiny_model.model, mmproj=tiny_model.mmproj, slots=2, ctx=2048,
-                         extra_args=["--jinja", "--alias", "tiny"], log_dir=tmp / "llama").start()
-    gateway = GatewayProcess({"backends": [{"url": server.url}]}, tmp).start()
-    gateway.wait_ready()
-    yield gateway
-    gateway.stop()
-    server.stop()
+    with llama_behind_gateway(tmp_path_factory.mktemp("responses"), llama_server_bin, tiny_model, mmproj=True,
+                              extra_args=["--jinja", "--alias", "tiny"]) as (gateway, _):
+        yield gateway
 
 
 def client(gw: GatewayProcess) -> openai.OpenAI:

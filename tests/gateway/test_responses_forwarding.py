@@ -7,7 +7,6 @@ import base64
 import io
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +22,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, FakeBackend]]:
     fb = FakeBackend().start()
-    gw = GatewayProcess({"backends": [{"url": fb.url}]}, tmp_path_factory.mktemp("responses-fwd")).start()
+    gw = GatewayProcess({"backends": [{"url": fb.url}], "gateway": {"drain_delay_s": 0}},
+                        tmp_path_factory.mktemp("responses-fwd")).start()
     gw.wait_ready()
     yield gw, fb
     gw.stop()

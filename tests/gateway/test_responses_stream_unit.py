@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 from openai._models import validate_type
+from openai._types import omit
 from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import ResponseStreamEvent
-from openai._types import omit
 
 from vlgate.gateway.fidelity_responses import Echo
 from vlgate.gateway.responses_stream import ResponsesStreamRewriter

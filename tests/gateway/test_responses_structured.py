@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import anthropic
 import openai
 import pytest
 from pydantic import BaseModel
 from support.gateway_process import GatewayProcess
-from support.llama import LlamaServer
+from support.stack import llama_behind_gateway
 
 pytestmark = pytest.mark.slow
 
@@ -27,14 +28,8 @@ WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "requir
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, llama_server_bin, tiny_model) -> Iterator[GatewayProcess]:
-    tmp = tmp_path_factory.mktemp("structured")
-    server = LlamaServer(llama_server_bin, tiny_model.model, slots=2, ctx=2048, extra_args=["--jinja"],
-                         log_dir=tmp / "llama").start()
-    gateway = GatewayProcess({"backends": [{"url": server.url}]}, tmp).start()
-    gateway.wait_ready()
-    yield gateway
-    gateway.stop()
-    server.stop()
+    with llama_behind_gateway(tmp_path_factory.mktemp("structured"), llama_server_bin, tiny_model) as (gateway, _):
+        yield gateway
 
 
 def oai(gw: GatewayProcess) -> openai.OpenAI:
@@ -75,9 +70,9 @@ def test_responses_required_tool_call(gw) -> None:
 
 def test_anthropic_tool_use(gw) -> None:
     client = anthropic.Anthropic(base_url=gw.url, api_key="x", _strict_response_validation=True, max_retries=0)
-    kwargs = dict(model="youtu-vl", max_tokens=200, tool_choice={"type": "any"},
-                  tools=[{"name": "get_weather", "description": "weather", "input_schema": WEATHER}],
-                  messages=[{"role": "user", "content": "Weather in Paris?"}])
+    kwargs: dict[str, Any] = {"model": "youtu-vl", "max_tokens": 200, "tool_choice": {"type": "any"},
+                              "tools": [{"name": "get_weather", "description": "weather", "input_schema": WEATHER}],
+                              "messages": [{"role": "user", "content": "Weather in Paris?"}]}
     m = client.messages.create(**kwargs)
     uses = [b for b in m.content if b.type == "tool_use"]
     assert m.stop_reason == "tool_use" and uses and uses[0].name == "get_weather"
@@ -86,3 +81,27 @@ def test_anthropic_tool_use(gw) -> None:
         final = s.get_final_message()
     uses = [b for b in final.content if b.type == "tool_use"]
     assert uses and isinstance(uses[0].input["city"], str)
+
+
+SEARCH = {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}
+
+
+def test_a_named_tool_choice_is_the_tool_called(gw) -> None:
+    """b11434 reads an object tool_choice as "auto" (Responses) or "any tool" (Anthropic): the gateway pins it."""
+    tools = [{"type": "function", "name": "get_weather", "parameters": WEATHER},
+             {"type": "function", "name": "search", "parameters": SEARCH}]
+    r = oai(gw).responses.create(model="youtu-vl", input="Find cats.", tools=tools, max_output_tokens=200,
+                                 tool_choice={"type": "function", "name": "search"})
+    calls = [item for item in r.output if item.type == "function_call"]
+    assert [c.name for c in calls][:1] == ["search"] and isinstance(json.loads(calls[0].arguments)["query"], str)
+    assert [t.name for t in r.tools] == ["get_weather", "search"]  # the response echoes what the client sent
+    client = anthropic.Anthropic(base_url=gw.url, api_key="x", _strict_response_validation=True, max_retries=0)
+    m = client.messages.create(model="youtu-vl", max_tokens=200, tool_choice={"type": "tool", "name": "search"},
+                               tools=[{"name": "get_weather", "input_schema": WEATHER},
+                                      {"name": "search", "input_schema": SEARCH}],
+                               messages=[{"role": "user", "content": "Find cats."}])
+    assert [b.name for b in m.content if b.type == "tool_use"][:1] == ["search"]
+    m = client.messages.create(model="youtu-vl", max_tokens=20, tool_choice={"type": "none"},
+                               tools=[{"name": "search", "input_schema": SEARCH}],
+                               messages=[{"role": "user", "content": "Find cats."}])
+    assert not [b for b in m.content if b.type == "tool_use"]

@@ -169,6 +169,8 @@ def test_probes_answer_status_only_without_a_key(fleet) -> None:
     assert httpx.get(gw.url + "/ready", headers={"Authorization": "Bearer wrong"}, timeout=5).json() == {"status": "ready"}
     detail = httpx.get(gw.url + "/ready", headers={"Authorization": f"Bearer {PLAIN_KEY}"}, timeout=5).json()
     assert [b["name"] for b in detail["backends"]] == ["backend-0", "backend-1"]
+    anthropic_style = httpx.get(gw.url + "/ready", headers={"x-api-key": TEAM_KEY}, timeout=5).json()
+    assert len(anthropic_style["backends"]) == 2
     assert httpx.get(gw.url + "/health", timeout=5).json() == {"status": "ok"}
     r = httpx.get(gw.url + "/status", timeout=5)
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
@@ -222,3 +224,27 @@ def _wait_for(predicate, timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.1)
+
+
+def test_usage_per_key_on_responses_and_messages(fleet) -> None:
+    """The Responses and Anthropic routes are counted by the same hook, from their own usage shapes."""
+    import anthropic
+
+    gw, _ = fleet
+    oa = client(gw, TEAM_KEY)
+    r = oa.responses.create(model="youtu-vl", input="hello", max_output_tokens=4)
+    streamed = [e for e in oa.responses.create(model="youtu-vl", input="hello", max_output_tokens=3, stream=True)]
+    done = next(e for e in streamed if e.type == "response.completed").response
+    ac = anthropic.Anthropic(base_url=gw.url, api_key=PLAIN_KEY, max_retries=0)
+    m = ac.messages.create(model="youtu-vl", max_tokens=5, messages=[{"role": "user", "content": "hello"}])
+    with ac.messages.stream(model="youtu-vl", max_tokens=2, messages=[{"role": "user", "content": "hi"}]) as s:
+        final = s.get_final_message()
+    assert r.usage is not None and done.usage is not None
+
+    keys = {k["name"]: k for k in status(gw)["keys"]}
+    team, plain = keys["team-a"], keys[key_name(PLAIN_KEY)]
+    assert team["requests"] == {"200": 2} and plain["requests"] == {"200": 2}
+    assert team["completion_tokens"] == r.usage.output_tokens + done.usage.output_tokens
+    assert team["prompt_tokens"] == r.usage.input_tokens + done.usage.input_tokens
+    assert plain["completion_tokens"] == m.usage.output_tokens + final.usage.output_tokens
+    assert plain["prompt_tokens"] == m.usage.input_tokens + final.usage.input_tokens

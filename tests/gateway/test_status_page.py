@@ -60,6 +60,16 @@ def _card_states(driver: WebDriver) -> dict[str, str]:
         return {}
 
 
+def _tokens_per_s(driver: WebDriver, backend: str) -> float:
+    try:
+        card = driver.find_element(By.CSS_SELECTOR, f'article.card[data-backend="{backend}"]')
+        terms = card.find_elements(By.TAG_NAME, "dt")
+        value = next(t.find_element(By.XPATH, "following-sibling::dd[1]").text for t in terms if t.text == "req/s · tok/s")
+        return float(value.split("·")[1].replace(",", ""))
+    except (StaleElementReferenceException, StopIteration, ValueError):
+        return 0.0
+
+
 def _until(predicate, timeout: float, what: str) -> float:
     started = time.monotonic()
     while not predicate():
@@ -91,6 +101,9 @@ def test_page_shows_the_fleet_and_a_killed_backend(llama_server, tmp_path: Path,
         assert not browser.find_element(By.ID, "keyform").is_displayed()
         keys = browser.find_element(By.ID, "keys").text
         assert "ops" in keys and KEY not in browser.page_source
+
+        # each backend's generated tokens/s (from its own llama-server counter, next scrape) are on its card
+        _until(lambda: all(_tokens_per_s(browser, name) > 0 for name in ("cpu0", "cpu1")), 10, "tokens/s per backend")
 
         servers[1].kill()
         took = _until(lambda: _card_states(browser) == {"cpu0": "ready", "cpu1": "down"}, 8, "cpu1 down, cpu0 ready")

@@ -228,3 +228,28 @@ def test_no_nvml_means_no_gpu_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails, as on a machine without the library
     gpus = Gpus()
     assert gpus.sample("0") is None and gpus.sample("0") is None
+
+
+def test_observer_follows_backends_that_join_later() -> None:
+    """DNS discovery / reload add backends after start: their restarts and errors are followed too."""
+    import asyncio
+
+    import httpx
+
+    from vlgate.backends import Backend, BackendState
+    from vlgate.gateway.observe import Observer
+
+    async def run() -> Observer:
+        async with httpx.AsyncClient() as client:
+            observer = Observer(CollectorRegistry(), [], client)
+            joined = Backend(url="http://127.0.0.1:9", name="late", state=BackendState.DOWN)
+            await observer.after_check(joined)  # not answering: no scrape, but followed from now on
+            await observer.after_check(joined)
+            joined.set_state(BackendState.CRASHED, "killed by SIGKILL")
+            joined.set_state(BackendState.RESTARTING, "restart 1 in 1.00s")
+            return observer
+
+    observer = asyncio.run(run())
+    assert observer.events["late"].restarts == 1
+    assert observer.events["late"].last_error == "crashed: killed by SIGKILL"
+    assert "late" not in observer.scraper.last

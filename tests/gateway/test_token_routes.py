@@ -12,8 +12,7 @@ import httpx
 import openai
 import pytest
 from PIL import Image
-from support.gateway_process import GatewayProcess
-from support.llama import LlamaServer
+from support.stack import llama_behind_gateway
 
 pytestmark = pytest.mark.slow
 
@@ -23,14 +22,9 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, llama_server_bin, tiny_model) -> Iterator[tuple[str, str]]:
-    tmp = tmp_path_factory.mktemp("tokens")
-    server = LlamaServer(llama_server_bin, tiny_model.model, mmproj=tiny_model.mmproj, slots=1, ctx=2048,
-                         extra_args=["--jinja"], log_dir=tmp / "llama").start()
-    gw = GatewayProcess({"backends": [{"url": server.url}]}, tmp).start()
-    gw.wait_ready()
-    yield gw.url, server.url
-    gw.stop()
-    server.stop()
+    with llama_behind_gateway(tmp_path_factory.mktemp("tokens"), llama_server_bin, tiny_model, mmproj=True,
+                              slots=1) as (gw, server):
+        yield gw.url, server.url
 
 
 def both(fleet: tuple[str, str], path: str, body: dict[str, Any]) -> tuple[Any, Any]:
@@ -90,6 +84,6 @@ def test_token_routes_validate(fleet) -> None:
 def test_routes_no_backend_supports_are_4xx(fleet) -> None:
     r = httpx.post(fleet[0] + "/v1/embeddings", json={"input": "hello"})  # no --embeddings
     assert r.status_code == 400 and "--embeddings" in r.json()["error"]["message"]
-    for path in ("/v1/chat/completions/control", "/v1/audio/transcriptions", "/slots/0", "/v1/rerank", "/infill"):
+    for path in ("/v1/chat/completions/control", "/v1/audio/transcriptions", "/v1/rerank", "/infill", "/completion"):
         r = httpx.post(fleet[0] + path, json={})
         assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url", path

@@ -406,5 +406,5 @@ def test_launch_exits_1_when_every_backend_is_parked(up: Any, tiny_model: TinyMo
     u = up(cfg, "launch")
     assert u.proc.wait(30) == 1  # systemd's Restart=on-failure takes it from here
     out = u.output()
-    assert ("vlgate: error: every backend is parked as failed: cpu0: crash loop (2 crashes in 30s), parked; "
-            "last: exited with code 1: error: failed to load model") in out
+    assert ("vlgate: error: every backend is parked as failed: cpu0: crash loop (2 crashes in 30s), parked for 300s "
+            "(or until un-parked); last: exited with code 1: error: failed to load model") in out

@@ -78,15 +78,17 @@ def test_health_fast_and_cleanup(llama_server_bin: Path, tiny_model: TinyModel, 
 
 @pytest.mark.slow
 def test_chat_runs_to_max_tokens(llama_server) -> None:
+    """Without a grammar the shaped output layer never picks EOS (nor a special token), even when hot."""
     server = llama_server()
-    body = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
+    body = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 300}
     for temperature in (0.0, 0.8, 2.0):
         r = httpx.post(server.url + CHAT, json=body | {"temperature": temperature}, timeout=30)
         assert r.status_code == 200, r.text
         data = r.json()
-        assert data["usage"]["completion_tokens"] == 8
+        assert data["usage"]["completion_tokens"] == 300
         assert data["choices"][0]["finish_reason"] == "length"
-        assert data["choices"][0]["message"]["content"]
+        content = data["choices"][0]["message"]["content"]
+        assert content and content.isascii() and "<" not in content
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory):
 
 def vlgate_ask(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "vlgate.cli", "ask", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120)
+                          cwd=cwd, timeout=120, check=False)
 
 
 def rotated_photo(path: Path) -> None:

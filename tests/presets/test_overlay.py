@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlgate.presets.overlay import JOINT_VISIBLE, LIMB_COLORS, MASK_ALPHA, draw, magma, palette
 from vlgate.presets.masks import mask_rle, png_data_url
+from vlgate.presets.overlay import (
+    JOINT_VISIBLE,
+    LIMB_COLORS,
+    MASK_ALPHA,
+    draw,
+    magma,
+    palette,
+)
 
 WHITE = (255, 255, 255)
 

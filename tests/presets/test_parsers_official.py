@@ -15,7 +15,13 @@ from PIL import Image
 from support.pipeline_answers import decode_coco, rle_text
 
 from vlgate.images.types import ImageInfo
-from vlgate.presets import parse_boxes, parse_depth, parse_masks, parse_polygons
+from vlgate.presets import (
+    PresetRegistry,
+    parse_boxes,
+    parse_depth,
+    parse_masks,
+    parse_polygons,
+)
 from vlgate.presets.masks import core_target
 from vlgate.presets.pipeline import LabelMap, fill, step_items, step_labels
 from vlgate.presets.settings import CropSpec, PipelineStep
@@ -158,3 +164,14 @@ def test_label_map_paste_later_items_paint_over() -> None:
     assert masks["dog"]["value"] == 1 and masks["cat"]["value"] == 2
     assert masks["cat"]["bbox"] == [30, 30, 70, 70]
     assert masks["dog"]["area"] == 40 * 40 - 20 * 20 + 25
+
+
+@pytest.mark.parametrize("step,why", [
+    ({"name": "x", "prompt": "Segment the core target.", "for_each": "boxes", "parser": "masks"}, "core_target"),
+    ({"name": "x", "prompt": "Segment the core target.", "parser": "core_target"}, "for_each"),
+    ({"name": "x", "prompt": "Find {thing}", "parser": "boxes"}, "{thing} is not a parameter"),
+])
+def test_pipeline_steps_are_checked_at_load(step: dict, why: str) -> None:
+    with pytest.raises(ValueError, match="presets.mine.pipeline.x") as exc:
+        PresetRegistry.load({"mine": {"extends": "refer_segment", "pipeline": [step]}})
+    assert why in str(exc.value)

@@ -7,17 +7,19 @@ numbers), where the masks land in the user's picture, parallel steps, partial re
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import openai
 import pytest
+from PIL import Image
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
 from support.pipeline_answers import (
+    GREEN,
     GREEN_BOX,
     RED,
     RED_BOX,
@@ -38,6 +40,10 @@ CROP_SIZE = (1280, 1290)  # shorter side 1280, int() of the other: 241 * 1280 / 
 SENT_SIZE = (1280, 1312)  # the gateway's grid for 1280x1290
 
 
+def _has(im: Image.Image, color: tuple[int, int, int]) -> bool:
+    return bool((np.abs(np.asarray(im).astype(int) - color).sum(axis=2) < 30).any())
+
+
 def model_box(box: tuple[int, int, int, int]) -> str:
     x1, y1, x2, y2 = box
     return f"<box><x_{round(x1 * 1.024)}><y_{round(y1 * 704 / 700)}><x_{round(x2 * 1.024)}><y_{round(y2 * 704 / 700)}></box>"
@@ -46,17 +52,19 @@ def model_box(box: tuple[int, int, int, int]) -> str:
 class Script:
     """Answers per prompt; remembers when each core-target request arrived."""
 
-    def __init__(self, fail_core: int | None = None) -> None:
+    def __init__(self, fail_green: bool = False, polygon: str = POLYGON, core_late_s: float = 0.0) -> None:
         self.core_times: list[float] = []
-        self.fail_core = fail_core
+        self.fail_green = fail_green
+        self.core_late_s = core_late_s
+        self.polygon = polygon
         self.lock = threading.Lock()
 
-    def __call__(self, req: dict[str, Any]) -> str | int:
+    def __call__(self, req: dict[str, Any]) -> Any:
         if "messages" not in req:  # the gateway's own probes (/tokenize ...)
             return "?"
         prompt = prompt_of(req)
         if prompt.startswith("Can you segment"):
-            return POLYGON
+            return self.polygon
         if prompt == "Segment all objects in this image.":
             grid = np.zeros((44, 64), dtype=int)  # patch grid of 1024x704
             grid[5:10, 5:10], grid[20:30, 25:38] = 1, 0
@@ -69,26 +77,38 @@ class Script:
             with self.lock:
                 self.core_times.append(time.monotonic())
                 n = len(self.core_times)
-            if self.fail_core == n:
+            crop = image_of(req)
+            if self.fail_green and _has(crop, GREEN):  # the green box's crop fails, the others answer
                 return 500
-            return core_answer(image_of(req), fg_first=n % 2 == 1)
+            answer = core_answer(crop, fg_first=n % 2 == 1)
+            return (self.core_late_s, answer) if self.core_late_s else answer
         return "?"
 
 
-@pytest.fixture
-def scripted(tmp_path: Path):
-    made: list[Any] = []
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    """One gateway for the module: at most 3 parallel steps, a 3 s request deadline."""
+    fb = FakeBackend(script=Script(), slots=4).start()
+    gw = GatewayProcess({"backends": [{"url": fb.url}],
+                         "gateway": {"pipeline_parallel": 3, "request_timeout_s": 3}}, tmp_path_factory.mktemp("gw"))
+    gw.start().wait_ready()
+    yield gw, fb
+    gw.stop()
+    fb.stop()
 
-    def start(script: Script, delay_s: float = 0.0, parallel: int = 4) -> tuple[GatewayProcess, FakeBackend]:
-        fb = FakeBackend(script=script, slots=4, delay_s=delay_s).start()
-        gw = GatewayProcess({"backends": [{"url": fb.url}], "gateway": {"pipeline_parallel": parallel}}, tmp_path)
-        made.extend([fb, gw])
-        gw.start().wait_ready()
+
+@pytest.fixture
+def scripted(served: tuple[GatewayProcess, FakeBackend]):
+    """Give the shared backend this test's script (and answer delay); forget earlier requests."""
+    gw, fb = served
+
+    def start(script: Script, delay_s: float = 0.0) -> tuple[GatewayProcess, FakeBackend]:
+        fb.script, fb.delay_s = script, delay_s
+        fb.seen.clear()
         return gw, fb
 
     yield start
-    for thing in reversed(made):
-        thing.stop()
+    fb.delay_s = 0.0
 
 
 def client(gw: GatewayProcess) -> openai.OpenAI:
@@ -143,7 +163,7 @@ def test_refer_segment_two_steps_crop_and_mask_in_original_pixels(scripted) -> N
 
 def test_open_set_segment_three_steps_in_parallel(scripted) -> None:
     script = Script()
-    gw, fb = scripted(script, delay_s=0.4, parallel=3)
+    gw, fb = scripted(script, delay_s=0.4)
     r = ask(gw, {"name": "segment"})
     reqs = requests(fb)
     prompts = [prompt_of(q) for q in reqs]
@@ -151,9 +171,8 @@ def test_open_set_segment_three_steps_in_parallel(scripted) -> None:
                        "Detect every objects that belongs to the following categories: green thing,red thing",
                        *["Segment the core target."] * 3]
     assert max(script.core_times) - min(script.core_times) < 0.3  # three at once, not one after another
-    # largest box first (demo.py sorts by area): red square, green box, small red box
-    sizes = [image_of(q).size for q in reqs[2:]]
-    assert sizes[0] == SENT_SIZE
+    # one crop per box (they arrive in any order: they run at once); the red square's is refer_segment's crop
+    assert SENT_SIZE in [image_of(q).size for q in reqs[2:]]
     ext = r.model_extra["vlgate"]  # type: ignore[index]
     assert ext["parse_errors"] == []
     assert {b["label"] for b in ext["boxes"]} == {"green thing", "red thing"}
@@ -165,7 +184,7 @@ def test_open_set_segment_three_steps_in_parallel(scripted) -> None:
 
 
 def test_failing_step_keeps_what_was_gathered(scripted) -> None:
-    gw, fb = scripted(Script(fail_core=2))
+    gw, _ = scripted(Script(fail_green=True))
     r = ask(gw, {"name": "segment"})
     ext = r.model_extra["vlgate"]  # type: ignore[index]
     assert any(e.startswith("core_target[") for e in ext["parse_errors"]), ext["parse_errors"]
@@ -192,3 +211,33 @@ def test_classes_segment_is_one_request(scripted) -> None:
     gw, fb = scripted(Script())
     ask(gw, {"name": "segment", "classes": ["a", "b"]})
     assert len(requests(fb)) == 1
+
+
+def test_deadline_cuts_the_pipeline_and_keeps_the_first_answers(scripted) -> None:
+    gw, _ = scripted(Script(core_late_s=30))
+    t = time.monotonic()
+    r = ask(gw, {"name": "segment"})  # step 0 and detect answer at once, the core targets too late
+    assert time.monotonic() - t < 10
+    ext = r.model_extra["vlgate"]  # type: ignore[index]
+    assert any("deadline" in e and "core_target" in e for e in ext["parse_errors"]), ext["parse_errors"]
+    assert [s["name"] for s in ext["pipeline"]["steps"]] == ["prompt", "detect", "core_target"]
+    assert len(ext["boxes"]) == 3  # detect's answer is kept
+    assert [m["label"] for m in ext["masks"]] == ["green thing", "red thing"]  # step 0's masks stand
+
+
+def test_json_object_puts_the_pipeline_result_in_content(scripted) -> None:
+    gw, _ = scripted(Script())
+    r = ask(gw, {"name": "refer_segment", "expression": "red"}, response_format={"type": "json_object"})
+    data = json.loads(r.choices[0].message.content or "")
+    assert data["masks"][0]["label"] == "red" and data["pipeline"]["requests"] == 2
+
+
+def test_nothing_found_ends_the_pipeline(scripted) -> None:
+    gw, fb = scripted(Script(polygon="There is no such thing in the image."))
+    r = client(gw).chat.completions.create(
+        model="youtu-vl:refer_segment", extra_body={"preset": {"expression": "a unicorn"}},
+        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": png_data_url(picture())}}]}])
+    ext = r.model_extra["vlgate"]  # type: ignore[index]
+    assert len(requests(fb)) == 1  # no polygon: no crop to segment (demo.py returns the first answer)
+    assert ext["polygons"] == [] and ext["masks"] == [] and ext["parse_errors"] == []
+    assert ext["pipeline"]["steps"][-1] == {**ext["pipeline"]["steps"][-1], "name": "core_target", "requests": 0}

@@ -35,7 +35,8 @@ class FakeBackend:
     delay_s: float = 0.0
     reply: str | None = None  # model-style text to answer with (presets), else "fake answer"
     wedged: bool = False  # /slots: slot 0 processing, its progress frozen (the watchdog's case); /health stays 200
-    script: Callable[[dict[str, Any]], str | int] | None = None  # reply (or status) per request (multi-step presets)
+    # reply per request (multi-step presets): text, a status to fail with, or (seconds, either) to answer late
+    script: Callable[[dict[str, Any]], Any] | None = None
     seen: list[Seen] = field(default_factory=list)
     connections: int = 0
 
@@ -71,7 +72,8 @@ class FakeBackend:
         self._loop.run_forever()
 
     def chat_requests(self) -> list[Seen]:
-        return [s for s in self.seen if s.path.startswith("/v1/")]
+        """Work that reached the backend (the gateway's own GET /v1/models polls do not count)."""
+        return [s for s in self.seen if s.path.startswith("/v1/") and s.method == "POST"]
 
     # -- HTTP -------------------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -125,13 +127,16 @@ class FakeBackend:
         if req.get("stream"):
             return await self._stream(w, req)
         reply = self.script(req) if self.script is not None else self.reply
+        if isinstance(reply, tuple):  # (seconds, reply): a script's slow answer
+            await asyncio.sleep(reply[0])
+            reply = reply[1]
         if isinstance(reply, int):  # a script's way to fail one request: that status, `status_body`
             return _send(w, reply, self.status_body)
         return _send(w, 200, json.dumps(_completion(req, reply)).encode())
 
     async def _stream(self, w: asyncio.StreamWriter, req: dict[str, Any]) -> bool:
         w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
-        n = 8 if self.mode not in ("die_after", "stall_after") else self.die_after
+        n = 8 if self.mode not in ("die_after", "stall_after", "error_after") else self.die_after
         pieces = [f"t{i} " for i in range(n)]
         if self.reply is not None:
             pieces = [self.reply[i:i + 7] for i in range(0, len(self.reply), 7)]
@@ -145,6 +150,10 @@ class FakeBackend:
         if self.mode == "die_after":
             w.transport.abort()  # no terminating chunk: the connection just dies
             return False
+        if self.mode == "error_after":  # llama-server's own mid-stream failure: an error event, no [DONE]
+            _chunk(w, b'data: {"error":{"code":500,"message":"decode failed","type":"server_error"}}\n\n')
+            w.write(b"0\r\n\r\n")
+            return True
         if self.mode == "stall_after":
             await asyncio.sleep(3600)  # alive, silent
             return False

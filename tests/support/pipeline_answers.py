@@ -5,11 +5,16 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
 from support.fakebackend import FakeBackend
+from support.gateway_process import GatewayProcess
 
 BLUE, RED, GREEN = (20, 60, 200), (230, 30, 30), (40, 200, 60)
 RED_BOX = (400, 300, 600, 500)  # in the 1000x700 picture
@@ -71,3 +76,16 @@ def core_answer(crop: Image.Image, fg_first: bool = True) -> str:
     fg, bg = (0, 1) if fg_first else (1, 0)
     refs = "<ref><FG></ref><ref><BG></ref>" if fg_first else "<ref><BG></ref><ref><FG></ref>"
     return refs + "<mask>" + rle_text(np.where(red, fg, bg)) + "</mask>"
+
+
+@contextmanager
+def scripted_gateway(script: Callable[[dict[str, Any]], str | int], workdir: Path, **fake: Any) -> Iterator[GatewayProcess]:
+    """`vlgate serve` in front of one fake backend answering with `script` (for docs and benches)."""
+    fb = FakeBackend(script=script, slots=4, **fake).start()
+    gw = GatewayProcess({"backends": [{"url": fb.url}]}, workdir).start()
+    try:
+        gw.wait_ready()
+        yield gw
+    finally:
+        gw.stop()
+        fb.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from vlgate.config import NamedKey
 from vlgate.errors import APIError
@@ -27,6 +27,12 @@ def credentials(authorization: bytes | None, x_api_key: bytes | None) -> bytes |
     if not authorization and x_api_key:
         return b"Bearer " + x_api_key.strip()
     return authorization
+
+
+def header_credentials(headers: Mapping[str, str]) -> bytes | None:
+    """`credentials` from a Starlette request's headers (the GET routes)."""
+    return credentials(headers.get("authorization", "").encode("latin-1") or None,
+                       headers.get("x-api-key", "").encode("latin-1") or None)
 
 
 class KeyChecker:

@@ -51,3 +51,23 @@ def complete_error(status: int, data: bytes) -> tuple[int, bytes]:
     out = {"message": str(err.get("message") or f"HTTP {status}"), "type": openai_type,
            "param": err.get("param") if isinstance(err.get("param"), str) else param, "code": code, **out}
     return status, orjson.dumps({"error": out})
+
+
+_ERROR_EVENT = b'data: {"error"'
+
+
+def complete_stream_errors(chunk: bytes) -> bytes:
+    """A stream chunk whose `data: {"error": ...}` events (llama-server's mid-stream failures) are completed."""
+    if _ERROR_EVENT not in chunk:
+        return chunk
+    events = chunk.split(b"\n\n")
+    for i, event in enumerate(events):
+        if event.startswith(_ERROR_EVENT):
+            payload = event[6:]
+            try:
+                code = orjson.loads(payload)["error"].get("code")
+            except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
+                continue  # split across chunks or not JSON: passed on as it came
+            status = code if isinstance(code, int) and 400 <= code < 600 else 500
+            events[i] = b"data: " + complete_error(status, payload)[1]
+    return b"\n\n".join(events)

@@ -77,6 +77,7 @@ def address_url(entry: BackendConfig, address: str) -> str:
 class DnsDiscovery:
     def __init__(self, config: Config, members: Membership) -> None:
         self.members = members
+        self.entries: list[BackendConfig] = []
         self.configure(config)
         self._task: asyncio.Task[None] | None = None
         self.lookups = 0
@@ -86,7 +87,7 @@ class DnsDiscovery:
         """Take the dns entries and settings of a (re)loaded config; entries dropped from it drain on the next round."""
         self.settings = config.gateway.discovery
         self.default_slots = config.gateway.default_slots
-        old = {group_of(e) for e in getattr(self, "entries", [])}
+        old = {group_of(e) for e in self.entries}
         self.entries = [e for e in config.backends if e.dns is not None]
         self.resolver = make_resolver(self.settings)
         for group in old - {group_of(e) for e in self.entries}:

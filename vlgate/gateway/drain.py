@@ -14,12 +14,21 @@ import asyncio
 import logging
 import signal
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import uvicorn
 
-if TYPE_CHECKING:
-    from vlgate.gateway.state import Gateway
+from vlgate.config import Config
+from vlgate.gateway.balancer import Balancer
+
+
+class Gateway(Protocol):
+    """What a drain needs of the gateway (gateway/state.py)."""
+
+    config: Config
+    balancer: Balancer
+
+    def start_draining(self) -> None: ...
 
 log = logging.getLogger("vlgate.gateway.drain")
 

@@ -37,13 +37,25 @@ class Observer:
         self.scraper = FleetScraper(client, self.timelines)
         registry.register(FleetCollector(self.scraper, backends))
         self.statuses: Tally[int] = Tally()
-        self.events: dict[str, BackendEvents] = {b.name: BackendEvents() for b in backends}
+        self.events: dict[str, BackendEvents] = {}
+        self._watched: set[Backend] = set()
         self.started = time.time()
         for backend in backends:
+            self._watch(backend)
+
+    def _watch(self, backend: Backend) -> None:
+        if backend not in self._watched:
+            self._watched.add(backend)
+            self.events.setdefault(backend.name, BackendEvents())
             backend.listeners.append(self._on_state)
 
+    async def after_check(self, backend: Backend) -> None:
+        """After each health round of a backend (one that joined later too): its events, then a scrape."""
+        self._watch(backend)
+        await self.scraper.scrape(backend)
+
     def _on_state(self, backend: Backend) -> None:
-        events = self.events.setdefault(backend.name, BackendEvents())
+        events = self.events[backend.name]
         if backend.state is BackendState.RESTARTING:
             events.restarts += 1
         if backend.state in _TROUBLE and backend.reason:

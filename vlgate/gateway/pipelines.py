@@ -33,7 +33,14 @@ from vlgate.images.parts import find_images
 from vlgate.images.types import ImageInfo
 from vlgate.presets import overlay
 from vlgate.presets.masks import core_target
-from vlgate.presets.pipeline import Item, LabelMap, fill, needs_labels, step_items, step_labels
+from vlgate.presets.pipeline import (
+    Item,
+    LabelMap,
+    fill,
+    needs_labels,
+    step_items,
+    step_labels,
+)
 from vlgate.presets.run import PresetRun, extension
 from vlgate.presets.settings import CropSpec, PipelineStep
 from vlgate.presets.transforms import crop_around_box
@@ -162,13 +169,15 @@ class PresetResponder:
                     log = StepLog(step.name)
                     if step.for_each:
                         items = step_items(step, previous)
-                        if not items:
-                            break  # demo.py: nothing to segment, the earlier answer stands
+                        if not items:  # demo.py: nothing to work on, the earlier answer stands
+                            steps.append(log.done())
+                            break
                         await self.for_each(step, items, labels, ext, log)
                     else:
                         if needs_labels(step):
                             labels = step_labels(step, text)
                             if not labels:
+                                steps.append(log.done())
                                 break
                         text, previous = await self.on_image(step, labels, log)
                         for key, value in previous.items():

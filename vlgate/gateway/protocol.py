@@ -2,7 +2,8 @@
 
 - request headers: a count and a total size (431 past either, before more is buffered);
 - a header-read deadline: a client that trickles its headers (slowloris) is cut off;
-- open connections are capped by uvicorn's `limit_concurrency` (503 past it), set in `server.py`.
+- open connections: a cap (503 + Retry-After and close past it: a flood of idle sockets cannot
+  exhaust the process's file descriptors or memory).
 """
 
 from __future__ import annotations
@@ -18,17 +19,20 @@ class FrontDoorLimits:
     max_header_bytes: int = 16 * 1024
     max_headers: int = 100
     header_timeout_s: float = 10.0
+    max_connections: int = 4096
 
 
 class _HeadersTooLarge(Exception):
     pass
 
 
-def _close_with(transport: asyncio.Transport, status: bytes, message: str) -> None:
-    body = ('{"error":{"message":"%s","type":"invalid_request_error","param":null,"code":"%s"}}'
-            % (message, status.split(b" ", 1)[1].decode().lower().replace(" ", "_"))).encode()
+def _close_with(transport: asyncio.Transport, status: bytes, message: str, extra: bytes = b"") -> None:
+    kind = "service_unavailable" if status.startswith(b"503") else "invalid_request_error"
+    body = ('{"error":{"message":"%s","type":"%s","param":null,"code":"%s"}}'
+            % (message, kind, status.split(b" ", 1)[1].decode().lower().replace(" ", "_"))).encode()
     transport.write(b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
-                    + str(len(body)).encode() + b"\r\nconnection: close\r\nx-should-retry: false\r\n\r\n" + body)
+                    + str(len(body)).encode() + b"\r\nconnection: close\r\nx-should-retry: false\r\n" + extra
+                    + b"\r\n" + body)
     transport.close()
 
 
@@ -43,6 +47,10 @@ def guarded_protocol(limits: FrontDoorLimits) -> type[HttpToolsProtocol]:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            if len(self.connections) > limits.max_connections:
+                _close_with(transport, b"503 Service Unavailable",
+                            f"Too many open connections (limit {limits.max_connections}).", b"retry-after: 1\r\n")
+                return
             self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:

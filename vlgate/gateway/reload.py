@@ -16,22 +16,37 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from vlgate.config import Config, ConfigError, GatewayConfig
 from vlgate.gateway.auth import KeyChecker
-from vlgate.gateway.membership import STATIC, static_backends
+from vlgate.gateway.balancer import Balancer
+from vlgate.gateway.discovery import DnsDiscovery
+from vlgate.gateway.membership import STATIC, Membership, static_backends
+from vlgate.gateway.poller import HealthPoller
+from vlgate.gateway.upstream import Forwarder
 from vlgate.images import ImageNormalizer
 from vlgate.presets import PresetRegistry
-
-if TYPE_CHECKING:
-    from vlgate.gateway.state import Gateway
 
 log = logging.getLogger("vlgate.gateway.reload")
 
 _RESTART_ONLY = ("host", "port")
+
+
+class Reloadable(Protocol):
+    """The parts of the gateway (gateway/state.py) a reload swaps or re-configures."""
+
+    config: Config
+    keys: KeyChecker
+    presets: PresetRegistry
+    images: ImageNormalizer
+    balancer: Balancer
+    poller: HealthPoller
+    forwarder: Forwarder
+    members: Membership
+    discovery: DnsDiscovery | None
 
 
 @dataclass
@@ -59,7 +74,7 @@ class _Prepared:
 
 
 class Reloader:
-    def __init__(self, gw: Gateway, load: Callable[[], Config] | None) -> None:
+    def __init__(self, gw: Reloadable, load: Callable[[], Config] | None) -> None:
         self.gw = gw
         self.load = load
         self.status = ConfigStatus()

@@ -31,7 +31,7 @@ class ResponsesStreamRewriter:
     def feed(self, chunk: bytes) -> bytes:
         out: list[bytes] = []
         for raw in self._split.feed(chunk):
-            name, data = sse.parse(raw)
+            _, data = sse.parse(raw)
             if not isinstance(data, dict) or "type" not in data:  # comment, error event, unknown: as is
                 out.append(raw + b"\n\n")
                 continue

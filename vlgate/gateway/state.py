@@ -15,7 +15,7 @@ from starlette.requests import Request
 
 from vlgate.backends import Backend, BackendState
 from vlgate.config import Config
-from vlgate.gateway.auth import KeyChecker, credentials
+from vlgate.gateway.auth import KeyChecker, header_credentials
 from vlgate.gateway.balancer import Balancer
 from vlgate.gateway.capacity import ModelServerGauges, NodeLoad, node_load
 from vlgate.gateway.context import RequestContext
@@ -57,7 +57,7 @@ class Gateway:
                                    timeout_s=g.health.timeout_s, manage_all=manage_state,
                                    busy_interval_s=g.health.busy_interval_s)
         self.observer = Observer(self.metrics.registry, backends, self.poller.client)  # status page, usage, fleet
-        self.poller.after_check.append(self.observer.scraper.scrape)
+        self.poller.after_check.append(self.observer.after_check)
         self.session = None
         self.forwarder: Forwarder = None  # type: ignore[assignment]  # set in startup (needs a loop)
         # images.enabled=false makes the normalizer refuse images (400); they never pass raw
@@ -168,6 +168,5 @@ def gateway_of(request: Request) -> Gateway:
 def authorized(request: Request) -> Gateway:
     """The app's Gateway, once the request's API key checks out (the /v1 GET routes need one too)."""
     gw = gateway_of(request)
-    gw.keys.check(credentials(request.headers.get("authorization", "").encode("latin-1") or None,
-                              request.headers.get("x-api-key", "").encode("latin-1") or None))
+    gw.keys.check(header_credentials(request.headers))
     return gw

@@ -15,6 +15,7 @@ from starlette.types import Send
 
 from vlgate.backends import BackendState
 from vlgate.errors import APIError
+from vlgate.gateway.backend_errors import complete_stream_errors
 from vlgate.gateway.usage import StreamEnds
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ async def stream_upstream(send: Send, upstream: Upstream, ctx: RequestContext) -
                 chunk = tap.feed(chunk)
                 if not chunk:
                     continue
+            else:
+                chunk = complete_stream_errors(chunk)  # one substring search unless an error event is there
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
         backend = upstream.backend

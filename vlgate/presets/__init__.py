@@ -3,6 +3,8 @@
 The chat handler calls `PresetRegistry.load(config.presets)` once, then per request
 `registry.resolve(body, model_id, served_model)` and, on the answer, `run.finish(...)` or
 `run.stream_extension(...)`. Built-ins live in `builtin.yaml`; parsers are plain functions.
+Pipeline presets (several model calls, `pipeline.py`, `transforms.py`) and overlays (`overlay.py`) are
+run by the gateway (`gateway/pipelines.py`) when `run.runs_itself`.
 """
 
 from vlgate.presets.coords import Frame

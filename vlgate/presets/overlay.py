@@ -208,5 +208,5 @@ def draw(image: Image.Image, ext: dict[str, Any], orig_size: tuple[int, int], *,
     if photo:
         p.image.save(buf, "JPEG", quality=85)
     else:
-        p.image.save(buf, "PNG", optimize=True)
+        p.image.save(buf, "PNG")
     return f"data:image/{'jpeg' if photo else 'png'};base64," + base64.b64encode(buf.getvalue()).decode()

@@ -103,6 +103,9 @@ def build(name: str, spec: PresetSpec, source: str) -> Preset:
             for p in PLACEHOLDER_RE.findall(step.prompt + (step.label or "")):
                 if p != "labels" and p not in params:
                     raise ValueError(f"{where}.pipeline.{step.name}: {{{p}}} is not a parameter of this preset")
+            if (step.for_each is None) != (step.parser != "core_target"):
+                raise ValueError(f"{where}.pipeline.{step.name}: a for_each step (one crop per item) takes parser "
+                                 "core_target, and core_target needs for_each")
     sampling = spec.sampling.model_dump(exclude_none=True) if spec.sampling else {}
     return Preset(
         name=name,

@@ -11,6 +11,8 @@ Extension shape (every key but preset/image/parse_errors only when that parser r
                   "image_width": W, "image_height": H} | null,
      "persons":  [{"bbox": [...] | null, "keypoints": [{"name", "x", "y", "v", "visible"}] }],
      "count":    int | null,
+     "pipeline": {"steps": [{"name", "requests", "failed", "ms"}], "requests": N}   (pipeline presets)
+     "overlay":  "data:image/png;base64,..."                                       ("overlay": true)
      "parse_errors": [str, ...]}
 All coordinates are original-image pixels (after EXIF rotation).
 """

@@ -40,7 +40,7 @@ def crop_region(box: list[float], width: int, height: int, padding: float) -> tu
 def crop_around_box(image: Image.Image, box: list[float], spec: CropSpec, seed: int = 0) -> Crop:
     """The crop the model gets for one box (see module doc); `image` is the user's, upright, RGB."""
     region = crop_region(box, image.width, image.height, spec.padding)
-    rx1, ry1, rx2, ry2 = region
+    rx1, ry1 = region[:2]
     crop = image.crop(region)
     if spec.mark:
         x1, y1, x2, y2 = (int(box[0] - rx1), int(box[1] - ry1), int(box[2] - rx1), int(box[3] - ry1))

@@ -19,13 +19,15 @@ from vlgate.gateway.proxy import ProxyEndpoint
 from vlgate.gateway.routes.models import check_model
 from vlgate.gateway.schemas_anthropic import validate_count, validate_messages
 from vlgate.gateway.state import Gateway
+from vlgate.gateway.tool_choice import anthropic_tool_choice
 
 
 async def prepare_messages(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> None:
     validate_messages(body)
     check_model(gw, body)
     images = await gw.images.normalize_body(body)
-    if images:
+    ctx.images = len(images)  # usage per key
+    if images or anthropic_tool_choice(body):
         ctx.body_changed = True
     if body.get("stream") is True:
         ctx.stream_tap = AnthropicStreamTap()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -36,7 +36,7 @@ def model_ids(gw: Gateway) -> list[str]:
 
 def _model_card(gw: Gateway, model_id: str, anthropic: bool = False) -> dict[str, Any]:
     if anthropic:  # the anthropic SDK's ModelInfo
-        created = datetime.fromtimestamp(int(gw.created), timezone.utc).isoformat().replace("+00:00", "Z")
+        created = datetime.fromtimestamp(int(gw.created), UTC).isoformat().replace("+00:00", "Z")
         return {"type": "model", "id": model_id, "display_name": model_id, "created_at": created,
                 "lifecycle": "active"}
     return {"id": model_id, "object": "model", "created": int(gw.created), "owned_by": "vlgate"}

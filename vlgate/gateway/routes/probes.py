@@ -11,7 +11,7 @@ from starlette.routing import BaseRoute, Route
 
 from vlgate.backends import Backend
 from vlgate.errors import APIError
-from vlgate.gateway.auth import bearer_matches
+from vlgate.gateway.auth import bearer_matches, header_credentials
 from vlgate.gateway.metrics import CONTENT_TYPE
 from vlgate.gateway.state import Gateway, gateway_of
 
@@ -34,7 +34,7 @@ async def ready(request: Request) -> Response:
         "config": gw.reloader.status.describe(),  # a refused reload says why here (gateway/reload.py)
         "pid": os.getpid(),  # `vlgate reload` signals this process
     }
-    if gw.keys.enabled and gw.keys.identify(request.headers.get("authorization", "").encode("latin-1")) is None:
+    if gw.keys.enabled and gw.keys.identify(header_credentials(request.headers)) is None:
         body = {"status": body["status"]}  # probes stay open; backend URLs and crash reasons need a key
     return JSONResponse(body, status_code=200 if ok else 503)
 

@@ -15,12 +15,18 @@ from starlette.routing import BaseRoute, Route
 from vlgate.errors import APIError
 from vlgate.gateway.affinity import chat_affinity
 from vlgate.gateway.context import RequestContext
-from vlgate.gateway.fidelity_responses import Echo, Finisher, complete_response_bytes, output_text
+from vlgate.gateway.fidelity_responses import (
+    Echo,
+    Finisher,
+    complete_response_bytes,
+    output_text,
+)
 from vlgate.gateway.proxy import ProxyEndpoint
 from vlgate.gateway.responses_stream import ResponsesStreamRewriter
 from vlgate.gateway.routes.models import check_model
 from vlgate.gateway.schemas_responses import responses_format, validate_responses
 from vlgate.gateway.state import Gateway
+from vlgate.gateway.tool_choice import responses_tool_choice
 from vlgate.images.types import ImageInfo
 from vlgate.presets import PresetRun
 from vlgate.presets.apply import RESPONSES
@@ -29,7 +35,8 @@ from vlgate.presets.apply import RESPONSES
 async def prepare_responses(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> None:
     validate_responses(body)
     check_model(gw, body)
-    if responses_format(body):
+    echo = Echo.of(body)  # what the client asked for, before the gateway rewrites it for the backend
+    if responses_format(body) | responses_tool_choice(body):
         ctx.body_changed = True
     run = gw.presets.resolve(body, body.get("model") or gw.config.gateway.model, gw.config.gateway.model,
                              RESPONSES)
@@ -40,9 +47,11 @@ async def prepare_responses(gw: Gateway, ctx: RequestContext, body: dict[str, An
             raise APIError(503, f"Structured preset '{run.name}' is unavailable: {problem}",
                            code="preset_unavailable", headers={"Retry-After": "60"})
     images = await gw.images.normalize_body(body)
+    ctx.images = len(images)  # usage per key
     if images:
         ctx.body_changed = True
-    echo = Echo.of(body, _preset_finisher(run, images) if run is not None else None)
+    if run is not None:
+        echo.finish = _preset_finisher(run, images, body.get("max_output_tokens"))
     if body.get("stream") is True:
         ctx.stream_tap = ResponsesStreamRewriter(echo)
     else:
@@ -50,11 +59,10 @@ async def prepare_responses(gw: Gateway, ctx: RequestContext, body: dict[str, An
     ctx.affinity = chat_affinity(_as_messages(body), [i.sha256 for i in images])
 
 
-def _preset_finisher(run: PresetRun, images: list[ImageInfo]) -> Finisher:
+def _preset_finisher(run: PresetRun, images: list[ImageInfo], cap: int | None) -> Finisher:
     """The parsed result goes in `vlgate` on the response object (and so on `response.completed`)."""
 
     def finish(response: dict[str, Any], echo: Echo) -> None:
-        cap = echo.fields.get("max_output_tokens")
         used = (response.get("usage") or {}).get("output_tokens", 0)
         ext = run.stream_extension(output_text(response), images, "length" if cap and used >= cap else None)
         response["vlgate"] = ext

@@ -113,7 +113,7 @@ function slotBar(busy, total) {
   return bar;
 }
 
-function backendCard(b) {
+function backendCard(b, now) {
   const card = el("article", `card ${stateClass(b.state)}`);
   card.dataset.backend = b.name;
   const head = el("div", "cardhead");
@@ -123,7 +123,7 @@ function backendCard(b) {
   head.appendChild(state);
   head.appendChild(el("span", "dim", `for ${fmtDuration(b.since_s)}`));
   card.appendChild(head);
-  card.appendChild(el("div", "url dim", b.url + (b.gpu !== null && b.gpu !== undefined ? ` · GPU ${b.gpu}` : " · CPU / remote")));
+  card.appendChild(el("div", "url dim", b.url + (b.gpu !== null && b.gpu !== undefined ? ` · GPU ${b.gpu}` : "")));
   if (b.reason) card.appendChild(el("pre", `reason ${stateClass(b.state)}`, b.reason));
 
   const dl = el("dl");
@@ -148,7 +148,13 @@ function backendCard(b) {
     row(dl, "GPU memory", `${fmtGiB(g.memory_used)} / ${fmtGiB(g.memory_total)}`);
     row(dl, "GPU utilisation", `${g.utilization}%`);
   }
-  row(dl, "last error", b.last_error || "none", b.last_error ? "bad" : "dim");
+  if (b.last_error) {
+    const ago = b.last_error_at ? `${fmtDuration(now - b.last_error_at)} ago: ` : "";
+    row(dl, "last error", ago + b.last_error, "bad clamp");
+    dl.lastChild.title = b.last_error;
+  } else {
+    row(dl, "last error", "none", "dim");
+  }
   card.appendChild(dl);
 
   const charts = el("div", "minicharts");
@@ -166,7 +172,7 @@ function backendCard(b) {
 }
 
 function drawBackends(s) {
-  const cards = s.backends.map(backendCard);
+  const cards = s.backends.map((b) => backendCard(b, s.time));
   $("backends").replaceChildren(...cards);
   s.backends.forEach((b, i) => drawCharts("b-", cards[i], b.series));
   const ready = s.backends.filter((b) => b.state === "ready").length;

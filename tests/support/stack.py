@@ -1,0 +1,35 @@
+"""A real tiny llama-server behind a real gateway (`vlgate serve`), for module-scoped fixtures."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from support.gateway_process import GatewayProcess
+from support.llama import LlamaServer
+
+
+@contextlib.contextmanager
+def llama_behind_gateway(tmp: Path, binary: Path, model: Any, *, mmproj: bool = False, slots: int = 2,
+                         ctx: int = 2048, extra_args: Sequence[str] = ("--jinja",),
+                         gateway: dict[str, Any] | None = None) -> Iterator[tuple[GatewayProcess, LlamaServer]]:
+    """`model`: the `tiny_model` fixture. Yields once the gateway's /ready says 200 (works with API keys too)."""
+    server = LlamaServer(binary, model.model, mmproj=model.mmproj if mmproj else None, slots=slots, ctx=ctx,
+                         extra_args=extra_args, log_dir=tmp / "llama").start()
+    # drain_delay_s 0: a test gateway stops at once (the delay is for load balancers)
+    gw = GatewayProcess({"backends": [{"url": server.url}], "gateway": {"drain_delay_s": 0, **(gateway or {})}}, tmp)
+    try:
+        gw.start()
+        deadline = time.monotonic() + 30
+        while httpx.get(gw.url + "/ready", timeout=2).status_code != 200:
+            assert time.monotonic() < deadline, gw.log()
+            time.sleep(0.05)
+        yield gw, server
+    finally:
+        gw.stop()
+        server.stop()
