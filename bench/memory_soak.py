@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -21,33 +22,9 @@ from pathlib import Path
 
 import httpx
 import yaml
+from common import free_port, rss_mb, wait_http
 
 FAKE = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "fake_upstream.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{url} did not answer")
 
 
 async def soak(url: str, seconds: float, pid: int) -> list[tuple[float, float]]:
@@ -155,7 +132,7 @@ def main() -> int:
             print(f"per in-flight stream: {per_stream:.1f} KB ({args.streams} streams)")
         finally:
             for p in procs:
-                with __import__("contextlib").suppress(ProcessLookupError):
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGTERM)
                 try:
                     p.wait(10)

@@ -132,6 +132,36 @@ def measure(base: str, requests: int) -> dict[tuple[str, bool], list[float]]:
     return times
 
 
+def rewrite_cost(tokens: int, n: int = 2000) -> list[tuple[str, float]]:
+    """CPU per answer of what the Responses and Anthropic routes add (in this process: no network noise)."""
+    from vlgate.gateway.anthropic_stream import AnthropicStreamTap
+    from vlgate.gateway.fidelity_responses import Echo, complete_response_bytes
+    from vlgate.gateway.responses_stream import ResponsesStreamRewriter
+    from vlgate.gateway.schemas import ChatCompletionRequest, validate
+    from vlgate.gateway.schemas_anthropic import validate_messages
+    from vlgate.gateway.schemas_responses import validate_responses
+
+    body = {"model": "fake", "input": "hello", "max_output_tokens": 32}
+    answer, stream, anthropic_stream = (responses_answer(tokens, False), responses_answer(tokens, True),
+                                        messages_answer(tokens, True))
+    jobs: list[tuple[str, Any]] = [
+        ("chat: validate request", lambda: validate(ChatCompletionRequest, {"messages": ROUTES["chat"][2]["messages"]})),
+        ("responses: validate request", lambda: validate_responses(dict(body))),
+        ("messages: validate request", lambda: validate_messages({"model": "fake", **ROUTES["messages"][2]})),
+        ("responses: complete non-stream answer",
+         lambda: complete_response_bytes(answer, Echo.of(body))),
+        ("responses: rewrite stream", lambda: ResponsesStreamRewriter(Echo.of(body)).feed(stream)),
+        ("messages: pass stream through the tap", lambda: AnthropicStreamTap().feed(anthropic_stream)),
+    ]
+    out = []
+    for name, job in jobs:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            job()
+        out.append((name, (time.perf_counter() - t0) / n))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=400, help="per route and mode")
@@ -162,6 +192,9 @@ def main() -> None:
             print(f"| {route} | {'stream' if stream else 'non-stream'} | {statistics.median(d) * 1e3:.2f} | "
                   f"{statistics.median(g) * 1e3:.2f} | {statistics.mean(g) * 1e3:.2f} | {share * 1e3:.2f} | "
                   f"{(share - chat) * 1e3:+.2f} |")
+    print(f"\nCPU per request, in-process ({args.tokens}-token answers, whole answer in one chunk):")
+    for name, seconds in rewrite_cost(args.tokens):
+        print(f"- {name}: {seconds * 1e6:.0f} µs")
 
 
 if __name__ == "__main__":

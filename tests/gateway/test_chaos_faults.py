@@ -11,6 +11,7 @@ from collections import Counter
 
 import httpx
 import pytest
+from support.chaos import post_chat, proper_error, stream_outcome
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
 
@@ -24,35 +25,23 @@ async def one(client: httpx.AsyncClient, url: str, i: int, counts: Counter[str],
     body = {"model": "youtu-vl", "max_tokens": 8, "stream": stream, "messages": [{"role": "user", "content": f"q{i}"}]}
     kind = "stream" if stream else "plain"
     started = time.monotonic()
-    try:
-        async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
-            raw = (await r.aread()).decode(errors="replace")
-    except httpx.HTTPError as exc:
-        counts[f"{kind} lost"] += 1
-        bad.append(f"{kind} {i}: {type(exc).__name__}")
-        return
+    r, raw = await post_chat(client, url, body)
     if time.monotonic() - started > 8:
         bad.append(f"{kind} {i}: took {time.monotonic() - started:.1f}s")
-    if r.status_code != 200:
-        err = json.loads(raw).get("error", {})
-        complete = set(err) >= {"message", "type", "param", "code"}
-        final = r.headers.get("x-should-retry") == "false"
-        retry_after = r.status_code not in (429, 503) or "retry-after" in r.headers
+    if r is None:
+        counts[f"{kind} lost"] += 1
+        bad.append(f"{kind} {i}: {raw}")
+    elif r.status_code != 200:
         counts[f"{kind} {r.status_code}"] += 1
-        if not (complete and final and retry_after) or "Internal gateway error" in raw:
+        if not proper_error(r, raw):
             bad.append(f"{kind} {i}: {r.status_code} {dict(r.headers)} {raw[:200]}")
-        return
-    if not stream:
+    elif not stream:
         counts["plain ok" if json.loads(raw)["choices"] else "plain incomplete"] += 1
-        return
-    events = [ln[6:] for ln in raw.split("\n") if ln.startswith("data: ")]
-    if events and events[-1] == "[DONE]":
-        counts["stream ok"] += 1
-    elif events and "error" in json.loads(events[-1]):
-        counts["stream error event"] += 1
     else:
-        counts["stream truncated"] += 1
-        bad.append(f"stream {i}: {raw[-200:]!r}")
+        outcome = stream_outcome(raw)
+        counts[f"stream {outcome}"] += 1
+        if outcome == "truncated":
+            bad.append(f"stream {i}: {raw[-200:]!r}")
 
 
 def test_every_fault_ends_in_a_defined_way(tmp_path) -> None:

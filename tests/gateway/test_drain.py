@@ -14,6 +14,9 @@ from support.gateway_process import GatewayProcess
 from support.llama import free_port
 
 
+LAG_S = 0.3
+
+
 def probe(url: str) -> int | str:
     try:
         return httpx.get(url + "/ready", timeout=2).status_code
@@ -69,8 +72,9 @@ def test_sigterm_with_streams_in_flight(llama_server, tmp_path: Path) -> None:
 
         def stream(i: int) -> None:
             with httpx.stream("POST", gw.url + "/v1/chat/completions", json=body, timeout=120) as r:
-                text = "".join(r.iter_text())
-            ends[i] = (time.monotonic(), r.status_code == 200 and text.rstrip().endswith("data: [DONE]"))
+                lines = list(r.iter_lines())
+                done_at = time.monotonic()  # the [DONE] line was the last one read
+            ends[i] = (done_at, r.status_code == 200 and [x for x in lines if x][-1] == "data: [DONE]")
 
         threads = [threading.Thread(target=stream, args=(i,)) for i in range(3)]
         for t in threads:
@@ -93,8 +97,12 @@ def test_sigterm_with_streams_in_flight(llama_server, tmp_path: Path) -> None:
         assert sorted(ends) == [0, 1, 2] and all(ok for _, ok in ends.values())  # every stream finished whole
         last_end = max(t for t, _ in ends.values())
         assert last_end > t_term + 0.5  # they really ran during the drain
-        before_end = [s for t, s in seen if t < last_end]
-        assert before_end and set(before_end) == {503}  # answered, never refused, while streams ran
+        # answered, never refused, while the streams ran (the client reads [DONE] a moment after it was sent,
+        # and the listener may close right then: allow the client that much lag, far less than the drain)
+        before_end = [s for t, s in seen if t < last_end - LAG_S]
+        assert before_end and set(before_end) == {503}
+        answers = [s for _, s in seen]
+        assert "refused" not in answers or 503 not in answers[answers.index("refused"):]  # closed once, for good
         print(f"\n[drain] SIGTERM with 3 streams (1 running, 2 queued): streams ended {last_end - t_term:.2f}s after "
               f"the signal; /ready 503 on all {len(before_end)} probes until then; listener closed and exit 0 "
               f"{t_exit - last_end:.2f}s after the last stream")

@@ -8,20 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from support.clock import FakeClock
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
 
 from vlgate.config import KeyLimitConfig
 from vlgate.errors import APIError
 from vlgate.gateway.keylimits import KeyLimiter
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_concurrency_waits_in_order_and_is_bounded() -> None:
@@ -74,7 +67,7 @@ def test_a_cancelled_waiter_passes_its_place_on() -> None:
 
 def test_requests_and_tokens_per_minute() -> None:
     async def scenario() -> None:
-        clock = Clock()
+        clock = FakeClock()
         lim = KeyLimiter({"*": KeyLimitConfig(requests_per_minute=2, tokens_per_minute=100)}, queue_size=5,
                          queue_timeout_s=5, clock=clock)
         for _ in range(2):

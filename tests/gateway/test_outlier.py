@@ -7,6 +7,7 @@ import time
 
 import httpx
 import pytest
+from support.clock import FakeClock
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
 
@@ -27,17 +28,10 @@ def ready(name: str, slots: int = 2) -> Backend:
     return b
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 def test_consecutive_failures_eject_for_growing_periods() -> None:
     a, b = ready("a"), ready("b")
-    clock = Clock()
+    clock = FakeClock()
     det = OutlierDetector(lambda: [a, b], OutlierConfig(consecutive_failures=3, base_ejection_s=5, max_ejection_s=12),
                           clock)
     det.failure(a, BackendState.SUSPECT, "reset")

@@ -5,6 +5,7 @@ config keeps running."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,6 +74,8 @@ def test_reload_under_steady_load(llama_server, tmp_path: Path) -> None:
             took = time.monotonic() - started
             assert done.returncode == 0 and done.stdout.startswith("reloaded: generation 2"), done.stdout + done.stderr
             assert "backend b joins" in done.stdout and "backend a drains" in done.stdout
+            for change in ("gateway.api_keys", "gateway.queue", "gateway.request_timeout_s", "presets"):
+                assert f"{change} applied" in done.stdout
             assert status(gw, K2) == 200  # the new key, on a new request
             assert status(gw, K1, "youtu-vl:haiku") == 200  # the new preset
             joined = wait_until(lambda: any(x["name"] == "b" and x["served"] > 0 for x in config_state(gw)["backends"]),
@@ -87,7 +90,8 @@ def test_reload_under_steady_load(llama_server, tmp_path: Path) -> None:
             ok_before = load.ok
             wait_until(lambda: load.ok >= ok_before + 4, 30, "answers after the reloads")
         assert load.failed == [] and load.ok > 8
-        print(f"\n[reload] `vlgate reload` round trip {took:.2f}s; new backend serving {joined:.2f}s later, the removed "
+        applied = re.findall(r"config reloaded in (\d+) ms", gw.log())
+        print(f"\n[reload] applied in {', '.join(applied)} ms (gateway log); `vlgate reload` round trip {took:.2f}s; new backend serving {joined:.2f}s later, the removed "
               f"one drained and gone after {gone:.2f}s more; SIGHUP to new generation {hup:.2f}s; "
               f"{load.ok} requests under load, 0 failed")
     finally:

@@ -13,7 +13,7 @@ from vlgate.config import ConfigError, NamedKey, parse_config
 from vlgate.errors import APIError
 from vlgate.gateway.auth import KeyChecker, bearer_matches, key_name
 from vlgate.gateway.timeline import Timeline
-from vlgate.gateway.usage import KeyUsage, StreamEnds, Tokens, answer_tokens, tokens_of
+from vlgate.gateway.usage import KeyUsage, StreamEnds, Tokens, answer_tokens
 from vlgate.statusview import render, watch
 
 
@@ -21,32 +21,47 @@ def sse(*events: dict) -> bytes:
     return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
 
 
-def test_stream_ends_keep_head_and_tail_only() -> None:
+def ends_of(body: bytes, chunk: int = 700) -> StreamEnds:
     ends = StreamEnds()
+    for i in range(0, len(body), chunk):  # chunk boundaries cut events anywhere
+        ends.feed(body[i:i + chunk])
+    return ends
+
+
+def test_stream_ends_keep_head_and_tail_only() -> None:
     first = {"type": "message_start", "message": {"usage": {"input_tokens": 11, "output_tokens": 1}}}
     body = sse(first, *({"choices": [{"delta": {"content": "x" * 50}}]} for _ in range(2000)),
-               {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 2000}})
-    for i in range(0, len(body), 700):  # chunk boundaries cut events anywhere
-        ends.feed(body[i:i + 700])
+               {"type": "message_delta", "usage": {"output_tokens": 2000}})
+    ends = ends_of(body)
     assert len(ends.head) == 4096 and ends.tail_size < 16384 + 700
-    assert tokens_of(ends.events()) == Tokens(prompt=11, completion=2000)
+    assert answer_tokens(None, ends) == Tokens(prompt=11, completion=2000)
 
 
-@pytest.mark.parametrize(("objects", "expected"), [
-    ([{"usage": {"prompt_tokens": 7, "completion_tokens": 3}}], Tokens(7, 3)),  # chat / completions
-    ([{"type": "response.completed", "response": {"usage": {"input_tokens": 9, "output_tokens": 4}}}], Tokens(9, 4)),
+@pytest.mark.parametrize(("events", "expected"), [
+    ([{"choices": [{"delta": {"content": "hi"}}]}, {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}],
+     Tokens(7, 3)),  # chat stream with include_usage
+    # Responses: the completed event carries the whole answer, longer than the tail: only its usage is read
+    ([{"type": "response.completed", "response": {"output": [{"text": "y" * 40000}],
+                                                  "usage": {"input_tokens": 9, "output_tokens": 4}}}], Tokens(9, 4)),
     ([{"type": "message_start", "message": {"usage": {"input_tokens": 5, "output_tokens": 1}}},
       {"type": "message_delta", "usage": {"output_tokens": 6}}], Tokens(5, 6)),  # Anthropic stream
-    ([{"choices": [], "timings": {"prompt_n": 2, "cache_n": 20, "predicted_n": 8}}], Tokens(22, 8)),
-    ([{"choices": [{"delta": {}}]}], None),
+    ([{"choices": [], "timings": {"prompt_n": 2, "cache_n": 20, "predicted_n": 8}}], Tokens(22, 8)),  # no usage
+    # the model writing the word "usage" in its text is not a usage object
+    ([{"choices": [{"delta": {"content": '{"usage": {"prompt_tokens": 999}}'}}]}], None),
+    ([{"choices": [{"delta": {}}], "usage": None}], None),
 ])
-def test_tokens_from_every_api_shape(objects: list[dict], expected: Tokens | None) -> None:
-    assert tokens_of(objects) == expected
+def test_stream_tokens_in_every_api_shape(events: list[dict], expected: Tokens | None) -> None:
+    assert answer_tokens(None, ends_of(sse(*events))) == expected
 
 
 def test_answer_tokens_of_a_non_stream_answer_and_of_garbage() -> None:
-    assert answer_tokens(b'{"usage": {"prompt_tokens": 4, "completion_tokens": 2}}', None) == Tokens(4, 2)
+    answer = orjson.dumps({"choices": [{"message": {"content": '"usage": {"prompt_tokens": 1}'}}],
+                           "usage": {"prompt_tokens": 4, "completion_tokens": 2,
+                                     "prompt_tokens_details": {"cached_tokens": 1}}, "timings": {"predicted_n": 2}})
+    assert answer_tokens(answer, None) == Tokens(4, 2)
+    assert answer_tokens(b'{"usage": {"input_tokens": 3, "output_tokens": 5}, "type": "message"}', None) == Tokens(3, 5)
     assert answer_tokens(b"not json", None) is None
+    assert answer_tokens(b'{"usage": {"prompt_tokens": 4', None) is None  # cut off
     assert answer_tokens(None, None) is None
 
 

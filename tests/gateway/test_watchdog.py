@@ -6,20 +6,13 @@ import time
 
 import httpx
 from prometheus_client import CollectorRegistry
+from support.clock import FakeClock
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
 
-from vlgate.backends import Backend, BackendState
+from vlgate.backends import Backend
 from vlgate.config import WatchdogConfig
 from vlgate.gateway.watchdog import SlotWatchdog
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def slot(task: int, decoded: int, processed: int = 10, processing: bool = True) -> dict:
@@ -28,7 +21,7 @@ def slot(task: int, decoded: int, processed: int = 10, processing: bool = True) 
 
 
 def test_a_slot_without_progress_for_stall_s_is_wedged() -> None:
-    clock = Clock()
+    clock = FakeClock()
     wd = SlotWatchdog(lambda: [], WatchdogConfig(stall_s=10), CollectorRegistry(), clock)
     b = Backend(url="http://x", name="x")
     assert wd.observe(b, [slot(1, 5)]) is None

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support.chaos import post_chat, proper_error, stream_outcome
 from test_launcher_up import config, up  # noqa: F401  (the `up` fixture)
 
 from vlgate.launcher.tinymodel import TinyModel
@@ -35,39 +36,26 @@ async def one_request(client: httpx.AsyncClient, url: str, i: int, counts: Count
     if stream:
         body["stream_options"] = {"include_usage": True}
     kind = "stream" if stream else "plain"
-    try:
-        async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
-            raw = (await r.aread()).decode(errors="replace")
-    except httpx.HTTPError as exc:
+    r, raw = await post_chat(client, url, body)
+    if r is None:
         counts[f"{kind} lost"] += 1
-        bad.append(f"{kind} {i}: {type(exc).__name__}: {exc}")
-        return
-    if r.status_code in (429, 503):
-        ok = "retry-after" in r.headers and r.headers.get("x-should-retry") == "false"
-        counts[f"{kind} refused {r.status_code}" if ok else f"{kind} refused without Retry-After"] += 1
-        if not ok:
-            bad.append(f"{kind} {i}: {r.status_code} {dict(r.headers)}")
-        return
-    if r.status_code != 200:
+        bad.append(f"{kind} {i}: {raw}")
+    elif r.status_code in (429, 503) and proper_error(r, raw):
+        counts[f"{kind} refused {r.status_code}"] += 1
+    elif r.status_code != 200:
         counts[f"{kind} status {r.status_code}"] += 1
-        bad.append(f"{kind} {i}: {r.status_code} {raw[:300]}")
-        return
-    if not stream:
+        bad.append(f"{kind} {i}: {r.status_code} {dict(r.headers)} {raw[:300]}")
+    elif not stream:
         answer = json.loads(raw)
-        if answer["choices"][0]["message"]["content"] is None or "usage" not in answer:
-            counts["plain incomplete"] += 1
+        complete = answer["choices"][0]["message"]["content"] is not None and "usage" in answer
+        counts["plain ok" if complete else "plain incomplete"] += 1
+        if not complete:
             bad.append(f"plain {i}: {raw[:300]}")
-        else:
-            counts["plain ok"] += 1
-        return
-    events = [ln[6:] for ln in raw.split("\n") if ln.startswith("data: ")]
-    if events and events[-1] == "[DONE]":
-        counts["stream ok"] += 1
-    elif events and json.loads(events[-1]).get("error"):
-        counts["stream error event"] += 1  # signalled: the SDK raises, the client knows
     else:
-        counts["stream truncated"] += 1
-        bad.append(f"stream {i}: {raw[-300:]!r}")
+        outcome = stream_outcome(raw)
+        counts[f"stream {outcome}"] += 1
+        if outcome == "truncated":
+            bad.append(f"stream {i}: {raw[-300:]!r}")
 
 
 async def load(url: str, until: float, counts: Counter[str], bad: list[str]) -> None:

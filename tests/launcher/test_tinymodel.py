@@ -88,7 +88,7 @@ def test_chat_runs_to_max_tokens(llama_server) -> None:
         assert data["usage"]["completion_tokens"] == 300
         assert data["choices"][0]["finish_reason"] == "length"
         content = data["choices"][0]["message"]["content"]
-        assert content and content.isascii() and "<" not in content
+        assert content and content.isascii()
 
 
 @pytest.mark.slow

@@ -161,6 +161,8 @@ def test_label_map_paste_later_items_paint_over() -> None:
     lm.paste((30, 30, 70, 70), np.ones((2, 2), dtype=bool), lm.class_id("cat", ["dog", "cat"]))
     lm.paste((0, 0, 5, 5), np.ones((1, 1), dtype=bool), lm.class_id("bird", ["dog", "cat"]))  # unknown: id 1
     masks = {m["label"]: m for m in lm.masks()}
+    for m in masks.values():  # the RLE is exactly the label map's pixels of that class
+        assert np.array_equal(decode_coco(m["rle"]), lm.ids == m["value"])
     assert masks["dog"]["value"] == 1 and masks["cat"]["value"] == 2
     assert masks["cat"]["bbox"] == [30, 30, 70, 70]
     assert masks["dog"]["area"] == 40 * 40 - 20 * 20 + 25
@@ -175,3 +177,13 @@ def test_pipeline_steps_are_checked_at_load(step: dict, why: str) -> None:
     with pytest.raises(ValueError, match="presets.mine.pipeline.x") as exc:
         PresetRegistry.load({"mine": {"extends": "refer_segment", "pipeline": [step]}})
     assert why in str(exc.value)
+
+
+@pytest.mark.parametrize("region", [(0, 0, 7, 5), (3, 2, 10, 8), (5, 0, 10, 8), (0, 3, 4, 8)])
+def test_rle_of_a_pasted_area_matches_the_whole_image(region: tuple[int, int, int, int]) -> None:
+    rng = np.random.default_rng(sum(region))
+    lm = LabelMap(10, 8)
+    x1, y1, x2, y2 = region
+    lm.paste(region, rng.random((y2 - y1, x2 - x1)) > 0.4, lm.class_id("a", []))
+    (m,) = lm.masks()
+    assert np.array_equal(decode_coco(m["rle"]), lm.ids == 1)

@@ -241,3 +241,24 @@ def test_nothing_found_ends_the_pipeline(scripted) -> None:
     assert len(requests(fb)) == 1  # no polygon: no crop to segment (demo.py returns the first answer)
     assert ext["polygons"] == [] and ext["masks"] == [] and ext["parse_errors"] == []
     assert ext["pipeline"]["steps"][-1] == {**ext["pipeline"]["steps"][-1], "name": "core_target", "requests": 0}
+
+
+@pytest.mark.slow
+def test_gateway_run_presets_against_a_real_llama_server(llama_server, tmp_path) -> None:
+    """The self-run path (pipeline, overlay) speaks to a real llama-server; its random answers are no polygon."""
+    srv = llama_server(slots=2, ctx=2048, mmproj=True)
+    gw = GatewayProcess({"backends": [{"url": srv.url}]}, tmp_path).start()
+    try:
+        gw.wait_ready()
+        messages = [{"role": "user", "content": [{"type": "image_url",
+                                                  "image_url": {"url": png_data_url(picture((96, 64)))}}]}]
+        r = client(gw).chat.completions.create(model="youtu-vl", messages=messages, max_tokens=8, extra_body={
+            "preset": {"name": "refer_segment", "expression": "the red square", "overlay": True}})
+        ext = r.model_extra["vlgate"]  # type: ignore[index]
+        assert ext["pipeline"]["steps"][0]["name"] == "prompt" and ext["overlay"].startswith("data:image/")
+        assert r.usage is not None and r.usage.completion_tokens > 0
+        chunks = list(client(gw).chat.completions.create(model="youtu-vl:detect", messages=messages, max_tokens=8,
+                                                         stream=True, extra_body={"preset": {"overlay": True}}))
+        assert chunks[-1].model_extra["vlgate"]["overlay"].startswith("data:image/")  # type: ignore[index]
+    finally:
+        gw.stop()

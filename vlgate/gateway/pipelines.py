@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from starlette.types import Send
 
+from vlgate.backends import BackendState
 from vlgate.errors import APIError
 from vlgate.gateway import fidelity
 from vlgate.gateway.backend_errors import complete_error
@@ -114,9 +115,14 @@ class PresetResponder:
             upstream.close()  # a no-op after a clean read; drops the connection (and the slot) otherwise
         if upstream.status != 200:
             status, data = complete_error(upstream.status if upstream.status >= 400 else 502, data)
+            if status >= 500:  # as the proxy does: counts towards the backend's ejection
+                upstream.failed(BackendState.SUSPECT, f"answered {status}")
+            else:
+                upstream.succeeded()
             err = orjson.loads(data)["error"]
             raise APIError(status, str(err["message"]), type=err.get("type"), param=err.get("param"),
                            code=err.get("code"))
+        upstream.succeeded()
         response = orjson.loads(data)
         for key in self.usage:
             self.usage[key] += int((response.get("usage") or {}).get(key) or 0)

@@ -160,6 +160,8 @@ class ProxyEndpoint:
                     if status >= 500:  # final: our retries already ran, the SDK's must not multiply them
                         headers.append((b"x-should-retry", b"false"))
                         upstream.failed(BackendState.SUSPECT, f"answered {status}")
+                if status < 500:
+                    upstream.succeeded()
                 disconnect.remove_done_callback(on_gone)
                 await send_json_bytes(send, status, data, headers)
                 return status

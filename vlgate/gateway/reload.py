@@ -96,6 +96,7 @@ class Reloader:
     async def reload(self) -> bool:
         """Re-read and apply the config; False (old config kept) when it is refused."""
         async with self._lock:
+            started = time.perf_counter()
             if self.load is None:  # SIGHUP still must not kill the process (its default action)
                 log.warning("config reload asked for, but this gateway was started without a config to re-read")
                 return False
@@ -112,8 +113,8 @@ class Reloader:
             self.status.generation += 1
             self.status.loaded_at = time.time()
             self.status.error, self.status.refused_at = "", None
-            log.info("config reloaded (generation %d): %s", self.status.generation,
-                     "; ".join(self.status.changes) or "no changes")
+            log.info("config reloaded in %.0f ms (generation %d): %s", (time.perf_counter() - started) * 1000,
+                     self.status.generation, "; ".join(self.status.changes) or "no changes")
             return True
 
     def _prepare(self, config: Config) -> _Prepared:

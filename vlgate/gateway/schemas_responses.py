@@ -74,6 +74,7 @@ class ReasoningItem(_Open):
 
 
 def _item_kind(item: Any) -> str:
+    """An input item's kind (an easy input message has a `role` and no `type`)."""
     if isinstance(item, dict):
         kind = item.get("type")
         if kind in (None, "message") and "role" in item:

@@ -18,11 +18,7 @@ class EventSplitter:
         self._buf = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        self._buf += chunk
-        events: list[bytes] = []
-        while (end := self._buf.find(b"\n\n")) >= 0:
-            events.append(self._buf[:end])
-            self._buf = self._buf[end + 2:]
+        *events, self._buf = (self._buf + chunk).split(b"\n\n")
         return events
 
     def rest(self) -> bytes:

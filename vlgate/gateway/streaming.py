@@ -84,4 +84,5 @@ async def stream_upstream(send: Send, upstream: Upstream, ctx: RequestContext) -
                 await send({"type": "http.response.body", "body": rest, "more_body": True})
         upstream.response.release()
         upstream.release()
+        upstream.succeeded()
     await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -55,6 +55,10 @@ class Upstream:
         """The backend failed after its headers (mid-answer): counts towards its ejection."""
         self.outliers.failure(self.backend, state, reason)
 
+    def succeeded(self) -> None:
+        """The whole answer arrived: the backend's failures in a row start over."""
+        self.outliers.success(self.backend)
+
     @property
     def status(self) -> int:
         return self.response.status
@@ -95,6 +99,7 @@ class Forwarder:
     def configure(self, cfg: GatewayConfig) -> None:
         """Timeouts and retry policy for requests that start from now on (also after a config reload)."""
         self.cfg = cfg
+        self.outliers.cfg = cfg.outlier
         # a stream that stalls this long ends with an error event (the read raises TimeoutError)
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=cfg.stream_idle_timeout_s)
         self.outliers.cfg = cfg.outlier
@@ -151,8 +156,6 @@ class Forwarder:
             else:
                 self.outliers.failure(backend, BackendState.SUSPECT, f"503 from backend: {text}")
             raise Retryable(f"{backend.name}: 503 {text}", backend)
-        if resp.status < 500:
-            self.outliers.success(backend)
         return Upstream(backend, resp, release, attempt, self.outliers)
 
     def _retry_allowed(self) -> bool:

@@ -1,8 +1,10 @@
 """Usage per API key name: requests by status, prompt/completion tokens, images. Never the key itself.
 
-Tokens come from what the backend reported: the `usage` of a non-stream answer, and for streams the
-usage (or llama-server's `timings`) in the stream's first and last events, kept by `StreamEnds` as
-the bytes pass through — no event is parsed on the hot path, only the ends at finish.
+Tokens come from what the backend reported: the `usage` object of a non-stream answer, and for streams
+the `usage` (or llama-server's `timings`) in the stream's first and last bytes, kept by `StreamEnds` as
+the bytes pass through. Nothing is parsed on the hot path, and at finish only those small objects are:
+found by `bytes.rfind` near the end and cut out by brace matching, so neither a long answer nor a
+Responses `response.completed` event carrying the whole text is parsed (or needs to fit the tail).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter
 ANONYMOUS = "anonymous"  # requests without a valid key (no keys configured, or refused with 401)
 _HEAD_BYTES = 4096  # Anthropic streams report input tokens in their first event
 _TAIL_BYTES = 16384  # usage/timings come in the last events (before [DONE])
+_OBJECT_BYTES = 2048  # a usage/timings object is a few hundred bytes
+_USAGE, _TIMINGS = b'"usage"', b'"timings"'
 
 
 class StreamEnds:
@@ -37,19 +41,39 @@ class StreamEnds:
         while self.tail_size - len(self.tail[0]) >= _TAIL_BYTES:
             self.tail_size -= len(self.tail.popleft())
 
-    def events(self) -> list[dict[str, Any]]:
-        """The JSON `data:` events found in the head and the tail (a cut-off event is skipped)."""
-        out = []
-        for part in (self.head, b"".join(self.tail)):
-            for line in part.split(b"\n"):
-                if line.startswith(b"data:") and line[5:].strip()[:1] == b"{":
-                    try:
-                        event = orjson.loads(line[5:])
-                    except orjson.JSONDecodeError:
-                        continue
-                    if isinstance(event, dict):
-                        out.append(event)
-        return out
+
+def _object_at(data: bytes, pos: int) -> dict[str, Any] | None:
+    """The JSON object that is the value of the key ending at `pos` (`"usage": {...}`), else None."""
+    while pos < len(data) and data[pos] in b" \t\r\n:":
+        pos += 1
+    if pos >= len(data) or data[pos] != ord("{"):
+        return None  # "usage": null, or cut off
+    depth = 0
+    for i in range(pos, min(len(data), pos + _OBJECT_BYTES)):  # numbers and nested objects: no strings with braces
+        c = data[i]
+        if c == ord("{"):
+            depth += 1
+        elif c == ord("}"):
+            depth -= 1
+            if depth == 0:
+                try:
+                    obj = orjson.loads(data[pos:i + 1])
+                except orjson.JSONDecodeError:
+                    return None
+                return obj if isinstance(obj, dict) else None
+    return None
+
+
+def find_object(data: bytes, key: bytes, *, first: bool = False) -> dict[str, Any] | None:
+    """The last (or first) `key: {...}` object in `data`; a key inside a string (`\\"usage\\"`) is skipped."""
+    pos = data.find(key) if first else data.rfind(key)
+    while pos != -1:
+        if pos == 0 or data[pos - 1] != ord("\\"):
+            obj = _object_at(data, pos + len(key))
+            if obj is not None:
+                return obj
+        pos = data.find(key, pos + 1) if first else data.rfind(key, 0, pos)
+    return None
 
 
 @dataclass(slots=True)
@@ -58,45 +82,40 @@ class Tokens:
     completion: int = 0
 
 
-def _usage_dict(obj: dict[str, Any]) -> dict[str, Any] | None:
-    """`usage` of OpenAI chat/completions, Responses (`response.usage`) and Anthropic (`message.usage`)."""
-    for holder in (obj, obj.get("response"), obj.get("message")):
-        if isinstance(holder, dict) and isinstance(holder.get("usage"), dict):
-            return holder["usage"]
-    return None
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def tokens_of(objects: list[dict[str, Any]]) -> Tokens | None:
-    """Prompt and completion tokens from the answer's objects: `usage` first, llama-server `timings` else."""
+def tokens_of(usages: list[dict[str, Any]], timings: dict[str, Any] | None) -> Tokens | None:
+    """Prompt and completion tokens: from `usage` objects (OpenAI, Responses and Anthropic spellings; the
+    later one wins, an Anthropic stream splits them over its first and last events), else from `timings`."""
     found = Tokens()
     seen = False
-    for obj in objects:
-        usage = _usage_dict(obj)
-        if usage is not None:
-            prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
-            completion = usage.get("completion_tokens", usage.get("output_tokens"))
-        elif isinstance(obj.get("timings"), dict):  # a stream without include_usage
-            timings = obj["timings"]  # prompt_n leaves out the cached prefix: usage counts it
-            prompt = (timings.get("prompt_n") or 0) + (timings.get("cache_n") or 0)
-            completion = timings.get("predicted_n")
-        else:
-            continue
-        if isinstance(prompt, int) and prompt > 0:
+    for usage in usages:
+        prompt = _count(usage.get("prompt_tokens", usage.get("input_tokens")))
+        completion = _count(usage.get("completion_tokens", usage.get("output_tokens")))
+        if prompt:
             found.prompt, seen = prompt, True
-        if isinstance(completion, int) and completion >= 0:
+        if completion is not None:
             found.completion, seen = max(found.completion, completion), True
-    return found if seen else None
+    if seen or timings is None:
+        return found if seen else None
+    completion = _count(timings.get("predicted_n"))
+    if completion is None:
+        return None
+    # prompt_n leaves out the cached prefix: usage counts it
+    return Tokens((_count(timings.get("prompt_n")) or 0) + (_count(timings.get("cache_n")) or 0), completion)
 
 
 def answer_tokens(answer: bytes | None, ends: StreamEnds | None) -> Tokens | None:
+    """Tokens of a non-stream answer (`answer`) or of a stream (`ends`)."""
     if ends is not None:
-        return tokens_of(ends.events())
+        tail = b"".join(ends.tail)
+        usages = [u for u in (find_object(ends.head, _USAGE, first=True), find_object(tail, _USAGE)) if u]
+        return tokens_of(usages, find_object(tail, _TIMINGS))
     if answer:
-        try:
-            obj = orjson.loads(answer)
-        except orjson.JSONDecodeError:
-            return None
-        return tokens_of([obj]) if isinstance(obj, dict) else None
+        usage = find_object(answer, _USAGE)
+        return tokens_of([usage] if usage else [], find_object(answer, _TIMINGS))
     return None
 
 

@@ -36,7 +36,7 @@ from vlgate.launcher.tinyvocab import BOS, EOS, GROUNDING_TOKENS, Vocab, tiny_vo
 
 __all__ = ["CHAT_TEMPLATE", "GROUNDING_TOKENS", "TinyModel", "Vocab", "tiny_vocab", "write_tiny_model"]
 
-VERSION = 2  # bump when the generated content changes: the file names carry it
+VERSION = 3  # bump when the generated content changes (any tiny*.py): the file names carry it
 SEED = 1234
 
 N_EMBD, N_LAYER, N_HEAD, N_FF, N_CTX_TRAIN = 64, 2, 4, 128, 2048

@@ -85,7 +85,8 @@ def _as_messages(body: dict[str, Any]) -> list[Any]:
         if isinstance(item, dict) and "role" in item:
             content = item.get("content")
             if isinstance(content, list):  # the affinity key reads chat text parts
-                content = [{"type": "text", "text": p.get("text")} for p in content if isinstance(p, dict)]
+                content = [{"type": "text", "text": p.get("text")} for p in content
+                           if isinstance(p, dict) and p.get("type") in ("input_text", "output_text")]
             messages.append({"role": item["role"], "content": content})
     return messages
 
