@@ -7,8 +7,8 @@ what users would otherwise run?
 Fake llama-servers with N slots each: prefill time proportional to the prompt tokens NOT in that
 backend's prefix cache (an LRU of recent prefixes, image hashes included), decode at a fixed rate per
 slot, log-normal answer lengths, multi-turn conversations sharing system prompts, repeated images.
-The `vlgate` policies run the gateway's real `Balancer._pick` (most free slots, affinity among
-near-equals); the others are what users run instead (nginx round robin, random, least connections),
+The `vlgate` policies run the gateway's real `Balancer._pick` (the prefix holder within bounded load,
+waited for a while when busy, else most free slots); the others are what users run instead (nginx round robin, random, least connections),
 which send at once and let llama-server queue (defer) on its own.
 """
 
@@ -44,7 +44,7 @@ class Request:
     arrival: float
     prefixes: list[tuple[object, int]]  # (prefix id, cumulative tokens), shortest first
     answer_tokens: int
-    affinity: object
+    affinity: tuple[object, ...]
     image: object | None
     start: float = 0.0
     first_token: float = 0.0
@@ -146,7 +146,8 @@ def make_requests(w: Workload, rate_conv: float, seconds: float) -> list[Request
             tokens = chain[-1][1] + user
             chain = chain + [(("conv", conv, turn, "q"), tokens)]
             answer = w.answer()
-            affinity = hash((system, image, conv))  # gateway/affinity.py: system + first user turn + images
+            # gateway/affinity.py: the conversation (system + first user turn + images), then system + image
+            affinity = (hash((system, image, conv)),) + ((hash((system, image)),) if image is not None else ())
             out.append(Request(conv, turn, arrival, list(chain), answer, affinity, image))
             chain = chain + [(("conv", conv, turn, "a"), tokens + answer)]
             # the next turn comes after this answer (estimated) plus think time
@@ -169,17 +170,17 @@ class Sim:
         self.backends = [Backend(url=f"http://sim{i}", name=f"sim{i}", slots=slots) for i in range(nodes)]
         for b in self.backends:
             b.set_state(BackendState.READY)
-        self.balancer = Balancer(self.backends, affinity_slack=1)
+        self.balancer = Balancer(self.backends)
 
     def push(self, t: float, kind: str, obj: object) -> None:
         heapq.heappush(self.events, (t, next(self.seq), kind, obj))
 
     # -- policies ------------------------------------------------------------------------------
-    def choose(self, req: Request) -> Node | None:
+    def choose(self, req: Request, now: float) -> Node | None:
         """None: wait in the gateway's queue (vlgate policies only)."""
         if self.policy.startswith("vlgate"):
             affinity = req.affinity if self.policy == "vlgate" else None
-            b = self.balancer._pick(affinity, frozenset())
+            b = self.balancer._pick(affinity, frozenset(), now - req.arrival)
             if b is None:
                 return None
             self.balancer._take(b, affinity)
@@ -212,9 +213,10 @@ class Sim:
         self.push(req.first_token + req.answer_tokens / DECODE_TOK_S, "finish", (node, req))
 
     def arrive(self, req: Request, now: float) -> None:
-        node = self.choose(req)
+        node = self.choose(req, now)
         if node is None:
             self.gateway_queue.append(req)
+            self.push(now + self.balancer.affinity_wait_s + 0.01, "wake", None)  # Balancer.acquire's call_later
         elif node.busy < node.slots:
             self.start(node, req, now)
         else:
@@ -226,15 +228,19 @@ class Sim:
         self.done.append(req)
         if self.policy.startswith("vlgate"):
             self.backends[node.index].in_flight -= 1
-            while self.gateway_queue:  # FIFO, as Balancer._dispatch
-                head = self.gateway_queue[0]
-                target = self.choose(head)
-                if target is None:
-                    break
-                self.gateway_queue.popleft()
-                self.start(target, head, now)
+            self.dispatch(now)
         elif node.queue:
             self.start(node, node.queue.popleft(), now)
+
+    def dispatch(self, now: float) -> None:
+        """Balancer._dispatch: waiters in FIFO order, skipping one that waits for its busy prefix holder."""
+        for waiter in list(self.gateway_queue):
+            if not any(b.free_slots > 0 for b in self.backends):
+                return
+            target = self.choose(waiter, now)
+            if target is not None:
+                self.gateway_queue.remove(waiter)
+                self.start(target, waiter, now)
 
     def run(self, requests: list[Request]) -> None:
         for r in requests:
@@ -243,6 +249,8 @@ class Sim:
             now, _, kind, obj = heapq.heappop(self.events)
             if kind == "arrive":
                 self.arrive(obj, now)  # type: ignore[arg-type]
+            elif kind == "wake":
+                self.dispatch(now)
             else:
                 node, req = obj  # type: ignore[misc]
                 self.finish(node, req, now)

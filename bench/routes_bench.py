@@ -171,9 +171,10 @@ def main() -> None:
     threading.Thread(target=fake_backend, args=(fake_port, args.tokens), daemon=True).start()
     wait_http(f"http://127.0.0.1:{fake_port}/health")
     log = Path(tempfile.mkdtemp(prefix="routes-bench-")) / "gateway.log"
-    gw = subprocess.Popen([sys.executable, "-m", "vlgate.cli", "serve", "--backend", f"http://127.0.0.1:{fake_port}",
-                           "--slots", "64", "--port", str(gw_port), "--model", "fake", "--log-level", "warning"],
-                          stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log, "wb") as out:
+        gw = subprocess.Popen([sys.executable, "-m", "vlgate.cli", "serve", "--backend", f"http://127.0.0.1:{fake_port}",
+                               "--slots", "64", "--port", str(gw_port), "--model", "fake", "--log-level", "warning"],
+                              stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{gw_port}/ready")
         direct = measure(f"http://127.0.0.1:{fake_port}", args.requests)

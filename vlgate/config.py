@@ -109,6 +109,13 @@ class OutlierConfig(_Strict):
     min_retry_concurrency: int = Field(default=3, ge=0, description="retries always allowed at once")
 
 
+class AffinityConfig(_Strict):
+    """Sending a request to the backend that holds its prefix (gateway/balancer.py, bench/fleet_sim.py)."""
+
+    load: float = Field(default=1.5, ge=1.0, description="the holder is preferred while its load <= this x the mean")
+    wait_s: float = Field(default=5.0, ge=0, description="a busy holder is waited for this long (0: never)")
+
+
 class WatchdogConfig(_Strict):
     """Wedged generations: a slot busy without progress, or /slots hanging (gateway/watchdog.py)."""
 
@@ -160,6 +167,7 @@ class GatewayConfig(_Strict):
     retry: RetryConfig = RetryConfig()
     health: HealthConfig = HealthConfig()
     limits: LimitsConfig = LimitsConfig()
+    affinity: AffinityConfig = AffinityConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
     key_limits: dict[str, KeyLimitConfig] = Field(
         default_factory=dict, description="per API key name; '*' applies to every key without its own entry")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -27,17 +28,45 @@ def test_request_failure_never_overwrites_a_launcher_state() -> None:
     assert b.state is BackendState.DOWN
 
 
-def test_most_free_slots_then_affinity_among_near_equals() -> None:
+def test_most_free_slots_then_the_prefix_holder_within_bounded_load() -> None:
     async def scenario() -> None:
         a, b = ready("a", 4), ready("b", 4)
-        bal = Balancer([a, b], affinity_slack=1)
-        first = await bal.acquire(affinity="prefix")
-        # the other backend has one more free slot: within the slack, affinity wins
-        assert await bal.acquire(affinity="prefix") is first
-        # now the sticky one has 2 free vs 4: most free slots wins
-        other = await bal.acquire(affinity="prefix")
-        assert other is not first
-        assert (a.in_flight, b.in_flight) in ((2, 1), (1, 2))
+        bal = Balancer([a, b], affinity_load=1.5)
+        first = await bal.acquire(affinity=("conversation",))
+        other = b if first is a else a
+        # the holder keeps its conversation while its load stays within 1.5x the mean (+1)
+        assert await bal.acquire(affinity=("conversation",)) is first
+        assert await bal.acquire(affinity=("conversation",)) is first  # 3 <= 1.5 x (1.5 + 1)
+        assert await bal.acquire(affinity=("conversation",)) is other  # 4 > 1.5 x (2 + 1): most free slots
+        assert (first.in_flight, other.in_flight) == (3, 1)
+        assert bal.affinity_hits == 2
+        # a new conversation about an image the holder already has: its image key finds it
+        assert await bal.acquire(affinity=("new conversation", "image")) is not None
+        bal._affinity["image"] = other
+        assert bal._holder(("unknown", "image"), frozenset()) is other
+        assert bal._holder(("unknown",), frozenset()) is None
+        assert bal._holder(None, frozenset()) is None
+
+    asyncio.run(scenario())
+
+
+def test_a_busy_holder_is_waited_for_a_while_then_not() -> None:
+    async def scenario() -> None:
+        a, b = ready("a", 1), ready("b", 2)
+        bal = Balancer([a, b], affinity_wait_s=0.3)
+        bal._affinity["conv"] = a
+        held = await bal.acquire(affinity=("conv",))
+        assert held is a
+        waiting = asyncio.create_task(bal.acquire(affinity=("conv",)))
+        await asyncio.sleep(0.1)
+        assert bal.queued == 1 and b.in_flight == 0  # b has free slots, but a holds the prefix
+        bal.release(a)  # the holder frees up within the wait: it gets its request
+        assert await waiting is a and bal.queued == 0
+        # the holder stays busy: after affinity_wait_s the request goes where there is room
+        started = time.monotonic()
+        late = await asyncio.wait_for(bal.acquire(affinity=("conv",)), 2)
+        assert late is b and 0.3 <= time.monotonic() - started < 1.0
+        assert bal._affinity["conv"] is b  # the conversation's prefix now lives there
 
     asyncio.run(scenario())
 

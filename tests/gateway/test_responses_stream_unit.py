@@ -122,6 +122,17 @@ def test_lifecycle_events_carry_the_whole_response_object() -> None:
     check_with_sdk(events)
 
 
+def test_an_answer_cut_by_max_output_tokens_ends_incomplete() -> None:
+    _, final = final_events("Hi", [], False)  # 9 output tokens
+    rw = ResponsesStreamRewriter(Echo.of({"input": "x", "max_output_tokens": 9}))
+    out = rw.feed(b"".join(lifecycle() + text_events(["Hi"]) + final)).split(b"\n\n")
+    last = json.loads(out[-2].partition(b"\ndata: ")[2])
+    assert out[-2].startswith(b"event: response.incomplete\n") and last["type"] == "response.incomplete"
+    assert last["response"]["status"] == "incomplete"
+    assert last["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    validate_type(type_=ResponseStreamEvent, value=last)  # type: ignore[arg-type]
+
+
 def test_comments_and_error_events_pass_unchanged() -> None:
     rw = ResponsesStreamRewriter(Echo.of({"input": "x"}))
     error = b'data: {"error":{"code":500,"message":"boom","type":"server_error"}}\n\n'

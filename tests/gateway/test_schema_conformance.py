@@ -1,4 +1,6 @@
-"""schemathesis with the official OpenAI spec: POST /chat/completions, /completions, /responses and\n/responses/input_tokens, gateway + real llama-server.
+"""schemathesis with the official OpenAI spec, every operation the gateway serves: POST /chat/completions,
+/completions, /responses, /responses/input_tokens, /embeddings, GET /models, /models/{model}; gateway + real
+llama-server.
 
 Checks: no 5xx from the gateway, the declared content type, and the response schema. Status-code
 conformance is left out: the spec lists only 200 (and 429), while 400/404/413 are right here.
@@ -73,6 +75,19 @@ def test_responses_conform(case, gateway_url: str) -> None:
                                       checks=[not_a_server_error, content_type_conformance,
                                               response_schema_conformance])
     RESPONSES_STATUSES.append(response.status_code)
+
+
+others_schema = (schemathesis.openapi.from_path(SPEC)
+                 .include(path_regex=r"^/models(/\{model\})?$", method="GET")
+                 .include(path_regex="^/embeddings$", method="POST"))
+
+
+@others_schema.parametrize()
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+def test_models_and_embeddings_conform(case, gateway_url: str) -> None:
+    """The rest the gateway serves: GET /models, /models/{model}, POST /embeddings (a 400 here: no --embeddings)."""
+    case.call_and_validate(base_url=gateway_url, headers={"Authorization": "Bearer x"},
+                           checks=[not_a_server_error, content_type_conformance, response_schema_conformance])
 
 
 def test_some_generated_responses_requests_were_answered() -> None:

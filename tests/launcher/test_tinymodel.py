@@ -20,6 +20,7 @@ from vlgate.launcher.tinymodel import (
     tiny_vocab,
     write_tiny_model,
 )
+from vlgate.launcher.tinyshape import Group, Kind, classify
 from vlgate.launcher.tinyvocab import byte_symbols, train_merges
 
 CHAT = "/v1/chat/completions"
@@ -63,6 +64,17 @@ def test_vocab_is_byte_level_bpe(tiny_model: TinyModel) -> None:
     assert field("tokenizer.ggml.add_bos_token") is False
 
 
+def test_token_kinds_and_groups() -> None:
+    """What the shaped output layer keys on (launcher/tinyshape.py), for a few telling tokens."""
+    vocab = tiny_vocab()
+    expect = {'"': (Kind.QUOTE, Group.QUOTE), '"}': (Kind.CLOSE, Group.QUOTE_CLOSE), "}": (Kind.CLOSE, Group.CLOSE),
+              '":': (Kind.COLON, Group.MIXED), "Ġcat": (Kind.WORD, Group.FREE), "Ċ": (Kind.SPACE, Group.NEWLINE),
+              "`": (Kind.SPECIAL, Group.BANNED), "<tool_call>": (Kind.TOOL_OPEN, Group.TOOL_CALL),
+              "</tool_call>": (Kind.END_CALL, Group.END_CALL), "<|im_end|>": (Kind.SPECIAL, Group.EOS),
+              "<box>": (Kind.SPECIAL, Group.GROUNDING), "<|im_start|>": (Kind.SPECIAL, Group.BANNED)}
+    assert {tok: classify(vocab, vocab.id(tok)) for tok in expect} == expect
+
+
 # ---------------------------------------------------------------- real llama-server
 
 @pytest.mark.slow
@@ -80,12 +92,12 @@ def test_health_fast_and_cleanup(llama_server_bin: Path, tiny_model: TinyModel, 
 def test_chat_runs_to_max_tokens(llama_server) -> None:
     """Without a grammar the shaped output layer never picks EOS (nor a special token), even when hot."""
     server = llama_server()
-    body = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 300}
+    body = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 200}  # the slot holds 256
     for temperature in (0.0, 0.8, 2.0):
         r = httpx.post(server.url + CHAT, json=body | {"temperature": temperature}, timeout=30)
         assert r.status_code == 200, r.text
         data = r.json()
-        assert data["usage"]["completion_tokens"] == 300
+        assert data["usage"]["completion_tokens"] == 200
         assert data["choices"][0]["finish_reason"] == "length"
         content = data["choices"][0]["message"]["content"]
         assert content and content.isascii()

@@ -1,12 +1,20 @@
-"""Affinity keys: requests that share a prompt prefix should meet the llama-server that has it cached."""
+"""Affinity keys: requests that share a prompt prefix should meet the llama-server that has it cached.
+
+A request's keys go from the most specific prefix to the least: its conversation (system prompt +
+first user turn + images: every later turn starts with it), then each image with the system prompt
+(a new conversation about an image another one already sent). The balancer sends the request to
+the backend that last served the first key it knows (gateway/balancer.py).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+Affinity = tuple[object, ...]
 
-def chat_affinity(messages: list[Any], image_hashes: list[str]) -> object | None:
-    """Requests sharing system prompt + first user turn + images share llama-server's KV cache prefix."""
+
+def chat_affinity(messages: list[Any], image_hashes: list[str]) -> Affinity | None:
+    """Keys of a chat-shaped request: the conversation, then system prompt + each image."""
     key: list[object] = []
     for message in messages:
         if not isinstance(message, dict):
@@ -17,9 +25,12 @@ def chat_affinity(messages: list[Any], image_hashes: list[str]) -> object | None
         key.append((message.get("role"), content))
         if message.get("role") == "user":
             break
-    return hash((tuple(key), tuple(image_hashes))) if key else None
+    if not key:
+        return None
+    system = key[0] if key[0][0] in ("system", "developer") else None
+    return (hash((tuple(key), tuple(image_hashes))), *(hash((system, h)) for h in dict.fromkeys(image_hashes)))
 
 
-def prompt_affinity(prompt: object) -> object | None:
+def prompt_affinity(prompt: object) -> Affinity | None:
     """A raw completion prompt: its first 256 characters stand for the prefix."""
-    return hash(prompt[:256]) if isinstance(prompt, str) else None
+    return (hash(prompt[:256]),) if isinstance(prompt, str) else None

@@ -1,8 +1,14 @@
-"""Pick a backend for each request: most free slots, affinity among near-equals, a bounded FIFO queue.
+"""Pick a backend for each request: the one holding its prefix (bounded load), else most free slots; a FIFO queue.
 
 The gateway is the only client of its backends, so `Backend.in_flight` is exact; a request only
 goes to a backend with a free slot, so llama-server never holds more than it has slots. When no
 slot is free the request waits in a FIFO queue (size + deadline) instead of piling on.
+
+Affinity (bench/fleet_sim.py measured it): a request's keys (its conversation, then each image) name
+the backend that last served them, whose KV cache holds that prefix. The holder gets the request
+while its load stays within `affinity_load` x the mean (bounded-load consistent hashing's rule); a
+holder with no free slot is waited for up to `affinity_wait_s`, since a cached prefix saves more
+prefill than a short wait costs; past either bound, the backend with the most free slots wins.
 """
 
 from __future__ import annotations
@@ -38,13 +44,15 @@ class Balancer:
         *,
         queue_size: int = 256,
         queue_timeout_s: float = 30.0,
-        affinity_slack: int = 1,
-        affinity_entries: int = 4096,
+        affinity_load: float = 1.5,
+        affinity_wait_s: float = 5.0,
+        affinity_entries: int = 16384,
     ) -> None:
         self.backends = backends
         self.queue_size = queue_size
         self.queue_timeout_s = queue_timeout_s
-        self.affinity_slack = affinity_slack
+        self.affinity_load = affinity_load
+        self.affinity_wait_s = affinity_wait_s
         self.draining = False
         self._waiters: deque[_Waiter] = deque()
         self._affinity: OrderedDict[object, Backend] = OrderedDict()
@@ -77,42 +85,53 @@ class Balancer:
         return "; ".join(f"{b.name}: {b.state.value}{' (' + b.reason + ')' if b.reason else ''}" for b in self.backends)
 
     # -- choosing ------------------------------------------------------------------------------
-    def _pick(self, affinity: object | None, exclude: frozenset[Backend]) -> Backend | None:
+    def _pick(self, affinity: object | None, exclude: frozenset[Backend], waited_s: float = 0.0) -> Backend | None:
+        """The backend for a request, or None: wait (no free slot, or its prefix holder is worth waiting for)."""
         best: Backend | None = None
         best_free = 0
         candidates = self.backends
         n = len(candidates)
         start = next(self._rr) % n if n > 1 else 0
+        load = 0
+        ready = 0
         for i in range(n):
             b = candidates[(start + i) % n]
             if b.state is not BackendState.READY or b in exclude:
                 continue
             free = b.free_slots  # other replicas' work on it counts too
+            load += b.slots - free
+            ready += 1
             if free > best_free:
                 best, best_free = b, free
-        if best is None:
-            return None
-        if affinity is not None:
-            sticky = self._affinity.get(affinity)
-            if (
-                sticky is not None
-                and sticky is not best
-                and sticky.state is BackendState.READY
-                and sticky not in exclude
-                and sticky.free_slots > 0
-                and sticky.free_slots >= best_free - self.affinity_slack
-            ):
-                self.affinity_hits += 1
-                return sticky
+        holder = self._holder(affinity, exclude)
+        if holder is not None and holder is not best:
+            # bounded load: the holder may run ahead of the mean, but not by more than affinity_load x
+            if holder.slots - holder.free_slots + 1 <= self.affinity_load * (load / ready + 1):
+                if holder.free_slots > 0:
+                    self.affinity_hits += 1
+                    return holder
+                if waited_s < self.affinity_wait_s:
+                    return None
         return best
+
+    def _holder(self, affinity: object | None, exclude: frozenset[Backend]) -> Backend | None:
+        """The ready backend that last served one of the request's keys (most specific key first)."""
+        if affinity is None:
+            return None
+        for key in affinity if isinstance(affinity, tuple) else (affinity,):
+            b = self._affinity.get(key)
+            if b is not None and b.state is BackendState.READY and b not in exclude:
+                return b
+        return None
 
     def _take(self, backend: Backend, affinity: object | None) -> Backend:
         backend.in_flight += 1
         backend.served += 1
         if affinity is not None:
-            self._affinity[affinity] = backend
-            self._affinity.move_to_end(affinity)
-            if len(self._affinity) > self._affinity_entries:
+            for key in affinity if isinstance(affinity, tuple) else (affinity,):
+                self._affinity[key] = backend
+                self._affinity.move_to_end(key)
+            while len(self._affinity) > self._affinity_entries:
                 self._affinity.popitem(last=False)
         return backend
 
@@ -134,8 +153,11 @@ class Balancer:
             raise APIError(429, f"All {sum(b.slots for b in self.ready_backends())} slots are busy and the queue "
                            f"({self.queue_size}) is full; retry later.",
                            code="queue_full", headers={"Retry-After": self._retry_after()})
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), affinity, exclude)
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future(), affinity, exclude)
         self._waiters.append(waiter)
+        if affinity is not None:  # it may be waiting for its prefix holder: look again once that wait is over
+            loop.call_later(self.affinity_wait_s + 0.01, self.wake)
         try:
             async with asyncio.timeout(self.queue_timeout_s):
                 return await waiter.future
@@ -178,7 +200,7 @@ class Balancer:
             if waiter.future.done():
                 self._waiters.remove(waiter)
                 continue
-            backend = self._pick(waiter.affinity, waiter.exclude)
+            backend = self._pick(waiter.affinity, waiter.exclude, time.monotonic() - waiter.enqueued)
             if backend is None:
                 if not any(b.state is BackendState.READY and b.free_slots > 0 for b in self.backends):
                     return

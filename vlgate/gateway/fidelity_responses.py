@@ -30,6 +30,7 @@ class Echo:
 
     fields: dict[str, Any]
     finish: Finisher | None = None  # e.g. a preset's parsed result
+    cap: int | None = None  # the max_output_tokens sent upstream (a preset may have set it)
     created_at: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -44,7 +45,7 @@ class Echo:
         fields["text"] = {**text, "format": text.get("format") or {"type": "text"}}
         if isinstance(body.get("metadata"), dict):
             fields["metadata"] = body["metadata"]
-        return cls(fields, finish)
+        return cls(fields, finish, body.get("max_output_tokens"))
 
     def skeleton(self, response: dict[str, Any], status: str) -> dict[str, Any]:
         """A lifecycle event's response object (created / in_progress): nothing generated yet."""
@@ -73,6 +74,10 @@ def complete_response(response: dict[str, Any], echo: Echo) -> dict[str, Any]:
             details.setdefault("cache_write_tokens", 0)  # required by openai 3.x; llama-server has no such count
         usage.setdefault("output_tokens_details", {"reasoning_tokens": 0})
         usage.setdefault("total_tokens", usage.get("input_tokens", 0) + usage.get("output_tokens", 0))
+        # b11434 says "completed" even when max_output_tokens cut the answer; OpenAI says "incomplete"
+        if echo.cap and response["status"] == "completed" and usage.get("output_tokens", 0) >= echo.cap:
+            response["status"] = "incomplete"
+            response["incomplete_details"] = {"reason": "max_output_tokens"}
     if echo.finish is not None:
         echo.finish(response, echo)
     return response

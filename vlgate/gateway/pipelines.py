@@ -107,6 +107,7 @@ class PresetResponder:
         """One non-stream backend request; an APIError carries the backend's complaint."""
         self.requests += 1
         upstream = await self.gw.forwarder.send(CHAT_PATH, orjson.dumps(body), affinity, False)
+        self.ctx.backend, self.ctx.attempts = upstream.backend.name, self.ctx.attempts + upstream.attempts  # log line
         try:
             data = await read_answer(upstream)
             upstream.response.release()
@@ -122,8 +123,14 @@ class PresetResponder:
             err = orjson.loads(data)["error"]
             raise APIError(status, str(err["message"]), type=err.get("type"), param=err.get("param"),
                            code=err.get("code"))
+        try:
+            response = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            upstream.failed(BackendState.SUSPECT, "answered 200 with no JSON")
+            raise APIError(502, "The backend's answer is not JSON.", code="backend_error") from None
+        if not isinstance(response, dict) or not isinstance(response.get("choices"), list):
+            raise APIError(502, "The backend's answer has no choices.", code="backend_error")
         upstream.succeeded()
-        response = orjson.loads(data)
         for key in self.usage:
             self.usage[key] += int((response.get("usage") or {}).get(key) or 0)
         return response
@@ -159,6 +166,7 @@ class PresetResponder:
             message["content"] = orjson.dumps(ext).decode()
         fidelity.fill_chat(response)
         headers = [(b"x-request-id", self.ctx.id.encode())]
+        self.ctx.ttfb = time.perf_counter() - self.ctx.started  # the client's first byte comes now
         if self.body.get("stream") is True:
             await self.send_stream(send, response, headers)
         else:

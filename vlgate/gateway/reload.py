@@ -1,10 +1,10 @@
 """Hot reload: SIGHUP (or `vlgate reload`) re-reads the config file; new requests see the new one.
 
-Added backends join, removed ones drain; keys, limits, presets, timeouts and the queue apply to
-requests that start after the reload, in-flight requests keep what they started with. A file
-that does not load (bad YAML, a failed check, an unreadable keys file) is refused: the reason goes
-to the log and to `/ready` (`config`), and the running config stays. The listen address and the
-launcher's settings need a restart; a reload says so in the log.
+Added backends join, removed ones drain; keys, per-key limits, presets, timeouts, retries and the
+queue apply to requests that start after the reload, in-flight requests keep what they started
+with. A file that does not load (bad YAML, a failed check, an unreadable keys file) is refused: the
+reason goes to the log and to `/ready` (`config`), and the running config stays. The listen
+address, its front-door limits and the launcher's settings need a restart; a reload says so.
 """
 
 from __future__ import annotations
@@ -24,15 +24,17 @@ from vlgate.config import Config, ConfigError, GatewayConfig
 from vlgate.gateway.auth import KeyChecker
 from vlgate.gateway.balancer import Balancer
 from vlgate.gateway.discovery import DnsDiscovery
+from vlgate.gateway.keylimits import KeyLimiter
 from vlgate.gateway.membership import STATIC, Membership, static_backends
 from vlgate.gateway.poller import HealthPoller
 from vlgate.gateway.upstream import Forwarder
+from vlgate.gateway.watchdog import SlotWatchdog
 from vlgate.images import ImageNormalizer
 from vlgate.presets import PresetRegistry
 
 log = logging.getLogger("vlgate.gateway.reload")
 
-_RESTART_ONLY = ("host", "port")
+_RESTART_ONLY = ("host", "port", "limits")  # the listener and its front door are set up once
 
 
 class Reloadable(Protocol):
@@ -40,6 +42,7 @@ class Reloadable(Protocol):
 
     config: Config
     keys: KeyChecker
+    key_limits: KeyLimiter
     presets: PresetRegistry
     images: ImageNormalizer
     balancer: Balancer
@@ -47,6 +50,7 @@ class Reloadable(Protocol):
     forwarder: Forwarder
     members: Membership
     discovery: DnsDiscovery | None
+    watchdog: SlotWatchdog | None
 
 
 @dataclass
@@ -137,9 +141,16 @@ class Reloader:
             gw.images = ImageNormalizer(new.images)
         g = new.gateway
         gw.balancer.queue_size, gw.balancer.queue_timeout_s = g.queue.size, g.queue.timeout_s
+        gw.balancer.affinity_load, gw.balancer.affinity_wait_s = g.affinity.load, g.affinity.wait_s
+        gw.key_limits.configure(g.key_limits, queue_size=g.queue.size, queue_timeout_s=g.queue.timeout_s)
+        if gw.watchdog is not None:
+            gw.watchdog.cfg = g.watchdog
+        gw.key_limits.configure(g.key_limits, queue_size=g.queue.size, queue_timeout_s=g.queue.timeout_s)
         gw.poller.interval_s, gw.poller.busy_interval_s = g.health.interval_s, g.health.busy_interval_s
         if gw.forwarder is not None:
             gw.forwarder.configure(g)
+        if gw.watchdog is not None:
+            gw.watchdog.cfg = g.watchdog
         gw.config = new
         if gw.discovery is not None:  # `vlgate serve`: the backend list is the config's
             added, removed = gw.members.sync(STATIC, static_backends(new.backends, g.default_slots))

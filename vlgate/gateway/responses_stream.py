@@ -55,6 +55,8 @@ class ResponsesStreamRewriter:
             data["response"] = self.echo.skeleton({**self._response, **response}, response.get("status", "in_progress"))
         elif kind == "response.completed" and isinstance(response, dict):
             complete_response(response, self.echo)
+            if response["status"] == "incomplete":  # OpenAI ends a cut-off answer with response.incomplete
+                kind = data["type"] = "response.incomplete"
             if "vlgate" in response:  # a preset's parsed result: on the event too, as on chat's last chunk
                 data["vlgate"] = response["vlgate"]
         elif kind == "response.output_item.added":

@@ -49,7 +49,8 @@ class Gateway:
         self.backends = backends
         self.keys = KeyChecker(config.resolved_api_keys())
         self.key_limits = KeyLimiter(g.key_limits, queue_size=g.queue.size, queue_timeout_s=g.queue.timeout_s)
-        self.balancer = Balancer(backends, queue_size=g.queue.size, queue_timeout_s=g.queue.timeout_s)
+        self.balancer = Balancer(backends, queue_size=g.queue.size, queue_timeout_s=g.queue.timeout_s,
+                                 affinity_load=g.affinity.load, affinity_wait_s=g.affinity.wait_s)
         self.metrics = Metrics(self.balancer)
         self.watchdog = (SlotWatchdog(lambda: self.backends, g.watchdog, self.metrics.registry)
                          if g.watchdog.enabled else None)

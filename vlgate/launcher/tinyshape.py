@@ -5,11 +5,12 @@ picks at random, opens strings it never closes and runs to `max_tokens` with the
 A few reserved residual dimensions fix that without any training:
 
 - dim 0 is a constant 1 (embedding 1.0; random layers neither read nor write dims < RESERVED), so after
-  the final RMSNorm it is large and positive: `output.weight[:, 0]` is each token's prior. Plain words get
-  0 (plus the random part, which varies with context), JSON punctuation -6, whitespace -12, the EOS
-  -8, grounding tokens -9 and every other special or odd-byte token -14 (logits near -34 / -68 / -45 /
-  -51 / -79 against a few units for words; the largest boosted logit in plain text is about +37): without a grammar the model never stops early and writes ASCII words and quotes
-  (backticks are banned too: b11434's json_schema grammar allows a ```json fence).
+  the final RMSNorm it is large and positive (~5.7): `output.weight[:, 0]` is each token's prior. Plain
+  words get 0 (plus the random part, which varies with context), JSON punctuation -6, whitespace -12,
+  the EOS -8, grounding tokens -9 and every other special or odd-byte token -14 (logits near -34 / -68
+  / -45 / -51 / -79; the largest boosted logit in plain text is about +37, so a request's logit_bias
+  of +100 still forces a grounding token). Without a grammar the model never stops early and writes
+  ASCII words and quotes (backticks are banned too: b11434's json_schema grammar allows a ```json fence).
 - one dim per *kind* of the current token (a one-hot in the embedding): after `{`, `[`, `,` or `:` the
   next token prefers a plain `"`; after an open quote, a word; after a word (or number, `}`, `]`,
   whitespace) a token starting with `"`, then `}` / `]`, then `,`: strings are one or two words, values
@@ -30,9 +31,17 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+import gguf
 import numpy as np
 
-from vlgate.launcher.tinyvocab import EOS, GROUNDING_TOKENS, RESPONSE_TOKENS, TOOL_TOKENS, Vocab, decode_symbols
+from vlgate.launcher.tinyvocab import (
+    EOS,
+    GROUNDING_TOKENS,
+    RESPONSE_TOKENS,
+    TOOL_TOKENS,
+    Vocab,
+    decode_symbols,
+)
 
 N_KINDS = 9
 DIM_ONE, DIM_KIND0 = 0, 1
@@ -78,7 +87,7 @@ class Group(IntEnum):
     EOS = 10
     TOOL_CALL = 11
     END_CALL = 12
-    GROUNDING = 13  # `<box>`, `<x_N>` ...: low, but a request's logit_bias of +100 still forces one
+    GROUNDING = 13  # `<box>`, `<x_N>` ...
     BANNED = 14  # other special tokens, backslash, backtick, control and non-ASCII bytes
 
 
@@ -116,7 +125,7 @@ def classify(vocab: Vocab, token_id: int) -> tuple[Kind, Group]:
         return Kind.END_CALL, Group.END_CALL
     if token in GROUNDING_TOKENS:
         return Kind.SPECIAL, Group.GROUNDING
-    if vocab.types[token_id] != 1:  # not NORMAL
+    if vocab.types[token_id] != gguf.TokenType.NORMAL:
         return Kind.SPECIAL, Group.BANNED
     raw = decode_symbols(token)
     if any(b < 0x20 and b not in b"\t\n" or b >= 0x7F or b in b"\\`" for b in raw):

@@ -50,8 +50,9 @@ async def prepare_responses(gw: Gateway, ctx: RequestContext, body: dict[str, An
     ctx.images = len(images)  # usage per key
     if images:
         ctx.body_changed = True
+    echo.cap = body.get("max_output_tokens")  # after the preset's defaults: what the backend was given
     if run is not None:
-        echo.finish = _preset_finisher(run, images, body.get("max_output_tokens"))
+        echo.finish = _preset_finisher(run, images)
     if body.get("stream") is True:
         ctx.stream_tap = ResponsesStreamRewriter(echo)
     else:
@@ -59,12 +60,12 @@ async def prepare_responses(gw: Gateway, ctx: RequestContext, body: dict[str, An
     ctx.affinity = chat_affinity(_as_messages(body), [i.sha256 for i in images])
 
 
-def _preset_finisher(run: PresetRun, images: list[ImageInfo], cap: int | None) -> Finisher:
-    """The parsed result goes in `vlgate` on the response object (and so on `response.completed`)."""
+def _preset_finisher(run: PresetRun, images: list[ImageInfo]) -> Finisher:
+    """The parsed result goes in `vlgate` on the response object (and so on the final event)."""
 
     def finish(response: dict[str, Any], echo: Echo) -> None:
-        used = (response.get("usage") or {}).get("output_tokens", 0)
-        ext = run.stream_extension(output_text(response), images, "length" if cap and used >= cap else None)
+        truncated = response.get("status") == "incomplete"
+        ext = run.stream_extension(output_text(response), images, "length" if truncated else None)
         response["vlgate"] = ext
         if run.json_content:  # response_format json_object with a structured preset: the JSON is the result
             for item in response.get("output") or ():

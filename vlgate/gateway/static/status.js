@@ -210,6 +210,7 @@ function draw(s) {
   drawBackends(s);
   drawKeys(s);
   $("main").hidden = false;
+  $("meta").hidden = false;
 }
 
 // ---- polling and the API key
@@ -228,7 +229,7 @@ async function poll() {
       if (key) { sessionStorage.removeItem(KEY); $("keyerror").textContent = "that key was not accepted"; }
       $("keyform").hidden = false;
       $("main").hidden = true;
-      $("forget").hidden = true;
+      $("meta").hidden = true;
       banner("");
       $("overall").textContent = "API key needed";
       $("overall").className = "pill warn";
