@@ -51,15 +51,18 @@ def test_most_free_slots_then_the_prefix_holder_within_bounded_load() -> None:
 
 
 def test_a_busy_holder_is_waited_for_a_while_then_not() -> None:
+    """Only while the fleet is busy: with half its slots free elsewhere, a request does not wait."""
+
     async def scenario() -> None:
         a, b = ready("a", 1), ready("b", 2)
         bal = Balancer([a, b], affinity_wait_s=0.3)
         bal._affinity["conv"] = a
         held = await bal.acquire(affinity=("conv",))
         assert held is a
+        assert await bal.acquire() is b  # now no backend has half its slots free: the fleet is busy
         waiting = asyncio.create_task(bal.acquire(affinity=("conv",)))
         await asyncio.sleep(0.1)
-        assert bal.queued == 1 and b.in_flight == 0  # b has free slots, but a holds the prefix
+        assert bal.queued == 1 and b.in_flight == 1  # b has a free slot, but a holds the prefix
         bal.release(a)  # the holder frees up within the wait: it gets its request
         assert await waiting is a and bal.queued == 0
         # the holder stays busy: after affinity_wait_s the request goes where there is room
@@ -67,6 +70,12 @@ def test_a_busy_holder_is_waited_for_a_while_then_not() -> None:
         late = await asyncio.wait_for(bal.acquire(affinity=("conv",)), 2)
         assert late is b and 0.3 <= time.monotonic() - started < 1.0
         assert bal._affinity["conv"] is b  # the conversation's prefix now lives there
+        idle_a, idle_b = ready("a2", 4), ready("b2", 4)
+        calm = Balancer([idle_a, idle_b], affinity_wait_s=5)
+        for _ in range(4):
+            await calm.acquire(affinity=("c",))
+        # three stay with the holder, the fourth is beyond its bound and goes (at once) to the other
+        assert sorted([idle_a.in_flight, idle_b.in_flight]) == [1, 3] and calm.queued == 0
 
     asyncio.run(scenario())
 

@@ -64,7 +64,7 @@ RESPONSES_STATUSES: list[int] = []
 
 
 @responses_schema.parametrize()
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_responses_conform(case, gateway_url: str) -> None:
     """POST /responses and /responses/input_tokens (issue 10): the same checks as chat."""
     if isinstance(case.body, dict) and isinstance(case.body.get("model"), str):

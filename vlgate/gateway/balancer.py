@@ -6,9 +6,10 @@ slot is free the request waits in a FIFO queue (size + deadline) instead of pili
 
 Affinity (bench/fleet_sim.py measured it): a request's keys (its conversation, then each image) name
 the backend that last served them, whose KV cache holds that prefix. The holder gets the request
-while its load stays within `affinity_load` x the mean (bounded-load consistent hashing's rule); a
-holder with no free slot is waited for up to `affinity_wait_s`, since a cached prefix saves more
-prefill than a short wait costs; past either bound, the backend with the most free slots wins.
+while its load stays within `affinity_load` x the mean (bounded-load consistent hashing's rule); when
+the fleet is busy (no backend has half its slots free), a full holder is waited for up to
+`affinity_wait_s`, since a cached prefix saves more prefill than a short wait costs; otherwise the
+backend with the most free slots wins.
 """
 
 from __future__ import annotations
@@ -106,12 +107,16 @@ class Balancer:
         holder = self._holder(affinity, exclude)
         if holder is not None and holder is not best:
             # bounded load: the holder may run ahead of the mean, but not by more than affinity_load x
-            if holder.slots - holder.free_slots + 1 <= self.affinity_load * (load / ready + 1):
-                if holder.free_slots > 0:
-                    self.affinity_hits += 1
-                    return holder
-                if waited_s < self.affinity_wait_s:
-                    return None
+            bound = self.affinity_load * (load / ready + 1)
+            busy = holder.slots - holder.free_slots
+            if holder.free_slots > 0 and busy + 1 <= bound:
+                self.affinity_hits += 1
+                return holder
+            # worth waiting for when the fleet is busy anyway (no backend has half its slots free: elsewhere
+            # the prompt would be prefilled again behind others' work); with room elsewhere, go there
+            if waited_s < self.affinity_wait_s and best is not None and 2 * best_free <= best.slots \
+                    and busy + 1 <= bound:
+                return None
         return best
 
     def _holder(self, affinity: object | None, exclude: frozenset[Backend]) -> Backend | None:

@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from vlgate.gateway.schemas import _Open, validate
+from vlgate.gateway.schemas import _Open
+from vlgate.gateway.schemas_tagged import validate_tagged
 
 
 class TextBlock(_Open):
@@ -107,9 +108,12 @@ class MessagesRequest(_Common):
     metadata: dict[str, Any] | None = None
 
 
+_TAGS = ("text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking")
+
+
 def validate_messages(body: Any) -> None:
-    validate(MessagesRequest, body)
+    validate_tagged(MessagesRequest, body, _TAGS)
 
 
 def validate_count(body: Any) -> None:
-    validate(CountTokensRequest, body)
+    validate_tagged(CountTokensRequest, body, _TAGS)

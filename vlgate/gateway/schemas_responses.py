@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from vlgate.errors import APIError
 from vlgate.gateway.schemas import _Open, validate
+from vlgate.gateway.schemas_tagged import validate_tagged
 
 
 class InputText(_Open):
@@ -152,7 +153,7 @@ def validate_responses(body: Any) -> None:
                 raise APIError(400, f"Invalid value for 'input[{i}]': unsupported input item type {kind!r} "
                                f"(supported: {', '.join(_ITEMS)}).", param=f"input[{i}]", code="invalid_value")
             try:
-                validate(model, item)
+                validate_tagged(model, item, ("input_text", "output_text", "input_image", "refusal"))
             except APIError as exc:
                 param = f"input[{i}]" + (f".{exc.param}" if exc.param else "")
                 raise APIError(400, exc.message.replace(f"'{exc.param}'", f"'{param}'"), param=param,

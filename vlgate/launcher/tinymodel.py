@@ -14,8 +14,8 @@ Design points (see llama.cpp src/llama-vocab.cpp, common/chat.cpp, tools/mtmd/cl
 - A shaped output layer (tinyshape.py): without a grammar the model never stops early
   (completion_tokens == max_tokens, even at high temperature) and writes ASCII; under a grammar it
   closes strings and objects, so `response_format` answers are valid JSON and tool calls well formed;
-  with tools in the prompt it answers with a tool call. A request `logit_bias` of +100 can still force
-  a grounding token.
+  with tools in the prompt it answers with a tool call, after a tool result in text. A request
+  `logit_bias` of +100 can still force a grounding token.
 """
 
 from __future__ import annotations

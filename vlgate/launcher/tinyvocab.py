@@ -13,6 +13,7 @@ and USER_DEFINED `<tool_call>`, `<tool_response>` (and their ends) and the Youtu
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import Counter
@@ -38,7 +39,7 @@ _PRETOKEN = re.compile(
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\nA-Za-z0-9]?[A-Za-z]+|[0-9]| ?[^\sA-Za-z0-9]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_WORDS = (
+_WORD_TEXT = (
     "the a an is are was of and or to in on at for with from by it this that what which who how "
     "hello world cat dog image picture box red blue green small large left right top bottom person "
     "car tree house sky water city weather today time date name value type object string number "
@@ -46,7 +47,8 @@ _WORDS = (
     "set add call tool function arguments parameters properties required location unit celsius "
     "fahrenheit temperature Paris London Tokyo Berlin yes no true false null one two three count "
     "text label score color size age email user message content reply please thanks good new old"
-).split()
+)
+_WORDS = _WORD_TEXT.split()
 
 
 @dataclass(frozen=True)
@@ -109,19 +111,21 @@ def train_merges(n_merges: int = N_MERGES) -> list[tuple[str, str]]:
     freq = list(corpus.values())
     pairs: Counter[tuple[str, str]] = Counter()
     where: dict[tuple[str, str], set[int]] = {}
-    for i, word in enumerate(words):
-        for pair in zip(word, word[1:]):
-            pairs[pair] += freq[i]
+
+    def count(i: int, sign: int) -> None:
+        for pair in itertools.pairwise(words[i]):
+            pairs[pair] += sign * freq[i]
             where.setdefault(pair, set()).add(i)
+
+    for i in range(len(words)):
+        count(i, 1)
     merges: list[tuple[str, str]] = []
     while len(merges) < n_merges and +pairs:
         best = min(+pairs, key=lambda p: (-pairs[p], p))
         merges.append(best)
         for i in sorted(where.pop(best, ())):
-            old = words[i]
-            for pair in zip(old, old[1:]):
-                pairs[pair] -= freq[i]
-            new: list[str] = []
+            count(i, -1)
+            old, new = words[i], []
             k = 0
             while k < len(old):
                 if k + 1 < len(old) and (old[k], old[k + 1]) == best:
@@ -131,9 +135,7 @@ def train_merges(n_merges: int = N_MERGES) -> list[tuple[str, str]]:
                     new.append(old[k])
                     k += 1
             words[i] = new
-            for pair in zip(new, new[1:]):
-                pairs[pair] += freq[i]
-                where.setdefault(pair, set()).add(i)
+            count(i, 1)
     return merges
 
 
