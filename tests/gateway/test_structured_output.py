@@ -111,6 +111,24 @@ def test_tool_calls_are_well_formed(gw, tool_choice: str) -> None:
         check_calls(r.choices[0].message.tool_calls)
 
 
+def test_a_named_tool_choice_holds(gw) -> None:
+    """b11434 reads only string tool_choice (a named one acts as "auto"): the gateway pins the named tool."""
+    client = oai(gw)
+    for name in PARAMS:
+        for seed, temperature in SAMPLING[::3]:
+            r = client.chat.completions.create(
+                model="youtu-vl", messages=[{"role": "user", "content": "Weather?"}], tools=TOOLS,
+                tool_choice={"type": "function", "function": {"name": name}}, seed=seed, temperature=temperature,
+                max_tokens=300)
+            calls = r.choices[0].message.tool_calls
+            check_calls(calls)
+            assert calls and {c.function.name for c in calls} == {name}
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model="youtu-vl", messages=[{"role": "user", "content": "x"}], tools=TOOLS,
+                                       tool_choice={"type": "function", "function": {"name": "nope"}})
+    assert exc.value.body["param"] == "tool_choice"  # type: ignore[index]
+
+
 def test_streamed_tool_call_assembles(gw) -> None:
     for seed in range(3):
         chunks = list(oai(gw).chat.completions.create(

@@ -15,12 +15,15 @@ from vlgate.gateway.postprocess import attach_preset
 from vlgate.gateway.proxy import ProxyEndpoint
 from vlgate.gateway.routes.models import check_model
 from vlgate.gateway.state import Gateway
+from vlgate.gateway.toolchoice import pin_named_tool
 
 
 async def prepare_chat(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> None:
     schemas.validate(schemas.ChatCompletionRequest, body)
     check_model(gw, body)
     ctx.finish = fidelity.complete_chat
+    if pin_named_tool(body):
+        ctx.body_changed = True
     run = gw.presets.resolve(body, body.get("model") or gw.config.gateway.model, gw.config.gateway.model)
     if run is not None:
         ctx.body_changed = True
