@@ -17,6 +17,7 @@ from support.dnsserver import dns_server
 from support.gateway_process import GatewayProcess
 from support.llama import LlamaServer
 from support.load import Load
+from support.wait import wait_until
 
 from vlgate.config import ConfigError, DiscoveryConfig, parse_config
 from vlgate.gateway.discovery import make_resolver, nameserver, resolve
@@ -115,15 +116,6 @@ def by_url(gw: GatewayProcess) -> dict[str, dict]:
     return {b["url"]: b for b in gw.ready()["backends"]}
 
 
-def wait_until(pred, timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if pred():
-            return time.monotonic() - started
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def prompt_tokens(url: str) -> float:
     for line in httpx.get(url + "/metrics").text.splitlines():
         if line.startswith("llamacpp:prompt_tokens_total"):
@@ -147,13 +139,11 @@ def test_addresses_join_and_drain_while_requests_run(pods, tmp_path: Path) -> No
                 zone.set("nodes.test", [a.host, b.host])  # a pod becomes ready
                 joined = wait_until(lambda: by_url(gw).get(b.url, {}).get("state") == "ready", 10, "b ready")
                 wait_until(lambda: by_url(gw)[b.url]["served"] > 0, 10, "b serving")
-                zone.set("nodes.test", [b.host])  # a's pod goes away
-                draining_seen = {}
+                wait_until(lambda: by_url(gw)[a.url]["in_flight"] > 0, 10, "requests running on a")
+                zone.set("nodes.test", [b.host])  # a's pod goes away while it serves requests
 
                 def a_leaving() -> bool:
                     info = by_url(gw).get(a.url)
-                    if info is not None and info["state"] == "draining":
-                        draining_seen.setdefault("in_flight", info["in_flight"])
                     return info is None or info["state"] == "draining"
 
                 left = wait_until(a_leaving, 10, "a draining")
@@ -164,7 +154,7 @@ def test_addresses_join_and_drain_while_requests_run(pods, tmp_path: Path) -> No
                 assert prompt_tokens(a.url) == before  # nothing new reached the drained node
             assert load.failed == [] and load.ok > 8
             print(f"\n[discovery] join: {joined:.2f}s from the DNS change to the new node ready; leave: {left:.2f}s "
-                  f"to draining (in flight then: {draining_seen.get('in_flight', 0)}); interval_s 0.5; "
+                  f"to draining (its requests then running finished there); interval_s 0.5; "
                   f"{load.ok} requests, 0 failed")
         finally:
             gw.stop()

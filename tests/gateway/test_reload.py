@@ -18,6 +18,7 @@ import pytest
 import yaml
 from support.gateway_process import GatewayProcess
 from support.load import Load
+from support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -44,15 +45,6 @@ def status(gw: GatewayProcess, key: str, model: str = "youtu-vl") -> int:
 
 def config_state(gw: GatewayProcess, key: str = K1) -> dict[str, Any]:
     return httpx.get(gw.url + "/ready", headers={"Authorization": f"Bearer {key}"}, timeout=5).json()
-
-
-def wait_until(pred, timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if pred():
-            return time.monotonic() - started
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_reload_under_steady_load(llama_server, tmp_path: Path) -> None:

@@ -15,19 +15,15 @@ from PIL import Image
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
 from support.listener import CountingListener
+from support.stack import fake_behind_gateway
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, FakeBackend]]:
-    fb = FakeBackend().start()
-    gw = GatewayProcess({"backends": [{"url": fb.url}], "gateway": {"drain_delay_s": 0}},
-                        tmp_path_factory.mktemp("responses-fwd")).start()
-    gw.wait_ready()
-    yield gw, fb
-    gw.stop()
-    fb.stop()
+    with fake_behind_gateway(tmp_path_factory.mktemp("responses-fwd")) as started:
+        yield started
 
 
 def png(size: tuple[int, int] = (1000, 700)) -> str:

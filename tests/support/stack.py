@@ -1,4 +1,5 @@
-"""A real tiny llama-server behind a real gateway (`vlgate serve`), for module-scoped fixtures."""
+"""A real tiny llama-server, or the recording fake backend, behind a real gateway (`vlgate serve`), for
+module-scoped fixtures."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
 from support.llama import LlamaServer
 
@@ -33,3 +35,18 @@ def llama_behind_gateway(tmp: Path, binary: Path, model: Any, *, mmproj: bool = 
     finally:
         gw.stop()
         server.stop()
+
+
+@contextlib.contextmanager
+def fake_behind_gateway(tmp: Path, gateway: dict[str, Any] | None = None,
+                        **fake: Any) -> Iterator[tuple[GatewayProcess, FakeBackend]]:
+    """A recording FakeBackend (`fake`: its fields) behind a gateway, ready."""
+    fb = FakeBackend(**fake).start()
+    gw = GatewayProcess({"backends": [{"url": fb.url}], "gateway": {"drain_delay_s": 0, **(gateway or {})}}, tmp)
+    try:
+        gw.start()
+        gw.wait_ready()
+        yield gw, fb
+    finally:
+        gw.stop()
+        fb.stop()

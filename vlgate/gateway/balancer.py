@@ -143,9 +143,12 @@ class Balancer:
     def _retry_after(self) -> str:
         return str(max(1, math.ceil(min(self.queue_timeout_s, 5.0))))
 
-    async def acquire(self, affinity: object | None = None, exclude: frozenset[Backend] = frozenset()) -> Backend:
-        """A backend with a slot reserved for this request; release() it when done."""
-        if self.draining:
+    async def acquire(self, affinity: object | None = None, exclude: frozenset[Backend] = frozenset(),
+                      *, retry: bool = False) -> Backend:
+        """A backend with a slot reserved for this request; release() it when done.
+
+        Draining refuses new requests only: a retry belongs to a request admitted before the drain."""
+        if self.draining and not retry:
             raise APIError(503, "The gateway is shutting down; retry on another instance.",
                            code="draining", headers={"Retry-After": "1"})
         if not self._waiters:

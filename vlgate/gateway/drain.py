@@ -68,7 +68,9 @@ class DrainingServer(uvicorn.Server):
             self.gateway.start_draining()  # /ready 503 from this moment
             self._loop.call_soon_threadsafe(self._start_drain, sig)
             return
-        self._close(sig)  # a second signal (or one before serving started): close now
+        # a second signal (or one before serving started): close now, in-flight work gets a second
+        self.config.timeout_graceful_shutdown = 1
+        self._close(sig)
 
     def _close(self, sig: int) -> None:
         super().handle_exit(sig, None)

@@ -7,6 +7,7 @@ Answers that already carry both pass through as the same bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -43,6 +44,15 @@ def fill_chat(body: Any) -> bool:
             message["refusal"] = None
             changed = True
     return changed
+
+
+def rewrite_object(data: bytes, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> bytes:
+    """`fn` applied to a JSON object body, re-serialized; anything else passes unchanged."""
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return data
+    return orjson.dumps(fn(body)) if isinstance(body, dict) else data
 
 
 def complete_text(data: bytes) -> bytes:

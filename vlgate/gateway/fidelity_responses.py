@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
+from vlgate.gateway.fidelity import rewrite_object
 
 # request fields OpenAI echoes on the response object, with OpenAI's defaults
 _ECHOED: dict[str, Any] = {
@@ -97,13 +97,7 @@ def complete_item(item: Any) -> None:
 
 def complete_response_bytes(data: bytes, echo: Echo) -> bytes:
     """A non-stream 200 body."""
-    try:
-        response = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return data
-    if not isinstance(response, dict):
-        return data
-    return orjson.dumps(complete_response(response, echo))
+    return rewrite_object(data, lambda response: complete_response(response, echo))
 
 
 def output_text(response: dict[str, Any]) -> str:

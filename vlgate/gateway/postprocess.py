@@ -6,14 +6,19 @@ one event behind, so that the last chunk before `data: [DONE]` can carry the `vl
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from vlgate.errors import APIError
 from vlgate.gateway import fidelity
 from vlgate.gateway.context import RequestContext
 from vlgate.images.types import ImageInfo
 from vlgate.presets import PresetRun
+from vlgate.presets.apply import CHAT, Dialect
+
+if TYPE_CHECKING:
+    from vlgate.gateway.state import Gateway
 
 _DONE = b"data: [DONE]"
 
@@ -81,19 +86,24 @@ class PresetStreamTap:
         return rest
 
 
+def resolve_preset(gw: Gateway, body: dict[str, Any], dialect: Dialect = CHAT) -> PresetRun | None:
+    """The preset a request asks for (`body` rewritten in place, in the API's `dialect`); a 503 when the
+    preset parses structure tokens that no backend's output keeps."""
+    served = gw.config.gateway.model
+    run = gw.presets.resolve(body, body.get("model") or served, served, dialect)
+    if run is not None and run.parsers and (problem := gw.structure_tokens_problem()):
+        raise APIError(503, f"Structured preset '{run.name}' is unavailable: {problem}",
+                       code="preset_unavailable", headers={"Retry-After": "60"})
+    return run
+
+
 def attach_preset(ctx: RequestContext, run: PresetRun, images: list[ImageInfo], body: dict[str, Any]) -> None:
     if body.get("stream") is True:
         ctx.stream_tap = PresetStreamTap(run, images)
         return
 
-    def finish(data: bytes) -> bytes:
-        try:
-            response = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return data
-        if not isinstance(response, dict):
-            return data
+    def finish(response: dict[str, Any]) -> dict[str, Any]:
         fidelity.fill_chat(response)
-        return orjson.dumps(run.finish(response, images))
+        return run.finish(response, images)
 
-    ctx.finish = finish
+    ctx.finish = lambda data: fidelity.rewrite_object(data, finish)

@@ -20,9 +20,9 @@ from starlette.types import Receive, Scope, Send
 
 from vlgate.backends import BackendState
 from vlgate.errors import APIError
-from vlgate.gateway.context import RequestContext
 from vlgate.gateway.auth import credentials
 from vlgate.gateway.backend_errors import complete_error
+from vlgate.gateway.context import RequestContext
 from vlgate.gateway.state import Gateway
 from vlgate.gateway.streaming import send_error, send_json_bytes, stream_upstream
 from vlgate.gateway.upstream import Upstream

@@ -6,12 +6,11 @@ from typing import Any
 
 from starlette.routing import BaseRoute, Route
 
-from vlgate.errors import APIError
 from vlgate.gateway import fidelity, schemas
 from vlgate.gateway.affinity import chat_affinity
 from vlgate.gateway.context import RequestContext
 from vlgate.gateway.pipelines import PresetResponder, source_image_url
-from vlgate.gateway.postprocess import attach_preset
+from vlgate.gateway.postprocess import attach_preset, resolve_preset
 from vlgate.gateway.proxy import ProxyEndpoint
 from vlgate.gateway.routes.models import check_model
 from vlgate.gateway.state import Gateway
@@ -24,13 +23,9 @@ async def prepare_chat(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -
     ctx.finish = fidelity.complete_chat
     if pin_named_tool(body):
         ctx.body_changed = True
-    run = gw.presets.resolve(body, body.get("model") or gw.config.gateway.model, gw.config.gateway.model)
+    run = resolve_preset(gw, body)
     if run is not None:
         ctx.body_changed = True
-        problem = gw.structure_tokens_problem() if run.parsers else None
-        if problem:
-            raise APIError(503, f"Structured preset '{run.name}' is unavailable: {problem}",
-                           code="preset_unavailable", headers={"Retry-After": "60"})
     source = source_image_url(body) if run is not None and run.runs_itself else None
     images = await gw.images.normalize_body(body)
     ctx.images = len(images)

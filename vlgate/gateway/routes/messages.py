@@ -19,7 +19,7 @@ from vlgate.gateway.proxy import ProxyEndpoint
 from vlgate.gateway.routes.models import check_model
 from vlgate.gateway.schemas_anthropic import validate_count, validate_messages
 from vlgate.gateway.state import Gateway
-from vlgate.gateway.tool_choice import anthropic_tool_choice
+from vlgate.gateway.toolchoice import anthropic_tool_choice
 
 
 async def prepare_messages(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> None:

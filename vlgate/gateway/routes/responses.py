@@ -12,7 +12,6 @@ from typing import Any
 
 from starlette.routing import BaseRoute, Route
 
-from vlgate.errors import APIError
 from vlgate.gateway.affinity import chat_affinity
 from vlgate.gateway.context import RequestContext
 from vlgate.gateway.fidelity_responses import (
@@ -21,12 +20,13 @@ from vlgate.gateway.fidelity_responses import (
     complete_response_bytes,
     output_text,
 )
+from vlgate.gateway.postprocess import resolve_preset
 from vlgate.gateway.proxy import ProxyEndpoint
 from vlgate.gateway.responses_stream import ResponsesStreamRewriter
 from vlgate.gateway.routes.models import check_model
 from vlgate.gateway.schemas_responses import responses_format, validate_responses
 from vlgate.gateway.state import Gateway
-from vlgate.gateway.tool_choice import responses_tool_choice
+from vlgate.gateway.toolchoice import responses_tool_choice
 from vlgate.images.types import ImageInfo
 from vlgate.presets import PresetRun
 from vlgate.presets.apply import RESPONSES
@@ -38,14 +38,9 @@ async def prepare_responses(gw: Gateway, ctx: RequestContext, body: dict[str, An
     echo = Echo.of(body)  # what the client asked for, before the gateway rewrites it for the backend
     if responses_format(body) | responses_tool_choice(body):
         ctx.body_changed = True
-    run = gw.presets.resolve(body, body.get("model") or gw.config.gateway.model, gw.config.gateway.model,
-                             RESPONSES)
+    run = resolve_preset(gw, body, RESPONSES)
     if run is not None:
         ctx.body_changed = True
-        problem = gw.structure_tokens_problem() if run.parsers else None
-        if problem:
-            raise APIError(503, f"Structured preset '{run.name}' is unavailable: {problem}",
-                           code="preset_unavailable", headers={"Retry-After": "60"})
     images = await gw.images.normalize_body(body)
     ctx.images = len(images)  # usage per key
     if images:
