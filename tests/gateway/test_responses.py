@@ -95,6 +95,13 @@ def test_presets_on_responses(gw) -> None:
     assert events[-1].model_extra["vlgate"]["preset"] == "detect"
     assert "truncated" in events[-1].model_extra["vlgate"]["parse_errors"][-1]
     assert events[-1].response.model_extra["vlgate"]["image"]["height"] == 480
+    # a preset that runs several model calls is the chat route's: a clear 400, not half a result
+    with pytest.raises(openai.BadRequestError) as exc:
+        client(gw).responses.create(model="youtu-vl", max_output_tokens=8,
+                                    extra_body={"preset": {"name": "refer_segment", "expression": "the dog"}},
+                                    input=[{"role": "user", "content": [
+                                        {"type": "input_image", "image_url": png_data_url((64, 64))}]}])
+    assert exc.value.body["code"] == "unsupported_preset"  # type: ignore[index]
 
 
 def test_drop_in_model_names(gw) -> None:

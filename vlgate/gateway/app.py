@@ -14,6 +14,7 @@ from starlette.responses import Response
 from vlgate.backends import Backend
 from vlgate.config import Config
 from vlgate.errors import APIError
+from vlgate.gateway.drain import DrainGate
 from vlgate.gateway.routes import (
     admin,
     aliases,
@@ -78,4 +79,5 @@ def create_app(config: Config, backends: list[Backend] | None = None, *, poll_he
         lifespan=lifespan,
     )
     app.state.gateway = gw
+    app.add_middleware(DrainGate, gateway=gw)  # on SIGTERM: new API requests 503 `draining`, admitted ones go on
     return app

@@ -143,14 +143,11 @@ class Balancer:
     def _retry_after(self) -> str:
         return str(max(1, math.ceil(min(self.queue_timeout_s, 5.0))))
 
-    async def acquire(self, affinity: object | None = None, exclude: frozenset[Backend] = frozenset(),
-                      *, retry: bool = False) -> Backend:
+    async def acquire(self, affinity: object | None = None, exclude: frozenset[Backend] = frozenset()) -> Backend:
         """A backend with a slot reserved for this request; release() it when done.
 
-        Draining refuses new requests only: a retry belongs to a request admitted before the drain."""
-        if self.draining and not retry:
-            raise APIError(503, "The gateway is shutting down; retry on another instance.",
-                           code="draining", headers={"Retry-After": "1"})
+        While draining, new requests are refused at the door (gateway/drain.py): one that gets here was
+        admitted before, and is served."""
         if not self._waiters:
             backend = self._pick(affinity, exclude)
             if backend is not None:

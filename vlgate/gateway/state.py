@@ -74,6 +74,7 @@ class Gateway:
         self.members = Membership(backends, self.balancer, self.poller, self._on_backend_state)
         self.discovery = DnsDiscovery(config, self.members) if manage_state else None
         self.reloader = Reloader(self, reload_config)
+        self.admitted = 0  # API requests in progress: a drain waits for them (gateway/drain.py DrainGate)
         self.metrics.registry.register(ModelServerGauges(self.node_load))  # Inference Extension gauges
 
     def node_load(self) -> NodeLoad:

@@ -108,7 +108,7 @@ class Forwarder:
                        attempt: int, stream: bool) -> Upstream:
         # prefer a backend not yet tried; fall back to any when every one has been tried
         untried = frozenset(tried) if any(b.available and b not in tried for b in self.balancer.backends) else frozenset()
-        backend = await self.balancer.acquire(affinity, untried, retry=attempt > 1)
+        backend = await self.balancer.acquire(affinity, untried)
         tried.add(backend)
         released = False
 

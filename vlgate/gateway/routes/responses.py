@@ -12,6 +12,7 @@ from typing import Any
 
 from starlette.routing import BaseRoute, Route
 
+from vlgate.errors import APIError
 from vlgate.gateway.affinity import chat_affinity
 from vlgate.gateway.context import RequestContext
 from vlgate.gateway.fidelity_responses import (
@@ -41,6 +42,10 @@ async def prepare_responses(gw: Gateway, ctx: RequestContext, body: dict[str, An
     run = resolve_preset(gw, body, RESPONSES)
     if run is not None:
         ctx.body_changed = True
+        if run.runs_itself:  # several model calls, or a drawn overlay: the chat route runs those
+            raise APIError(400, f"Preset '{run.name}' runs several steps (or draws an overlay), which "
+                           "/v1/responses does not do; send it to /v1/chat/completions.", param="preset",
+                           code="unsupported_preset")
     images = await gw.images.normalize_body(body)
     ctx.images = len(images)  # usage per key
     if images:
