@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -17,35 +18,36 @@ from vlgate.errors import APIError
 from vlgate.gateway.keylimits import KeyLimiter
 
 
+async def admitted(pending: Awaitable[Callable[[], None] | None]) -> Callable[[], None]:
+    """A place that came with a limit: its release."""
+    release = await pending
+    assert release is not None
+    return release
+
+
 def test_concurrency_waits_in_order_and_is_bounded() -> None:
     async def scenario() -> None:
         lim = KeyLimiter({"a": KeyLimitConfig(concurrency=1)}, queue_size=2, queue_timeout_s=0.3)
-        first = await lim.admit("a")
-        second = asyncio.create_task(lim.admit("a"))
-        third = asyncio.create_task(lim.admit("a"))
+        first = await admitted(lim.admit("a"))
+        second = asyncio.create_task(admitted(lim.admit("a")))
+        third = asyncio.create_task(admitted(lim.admit("a")))
         await asyncio.sleep(0)
         with pytest.raises(APIError) as full:
             await lim.admit("a")
         assert full.value.status == 429 and full.value.headers["Retry-After"] == "1"
         assert await lim.admit("b") is None  # no limit for b: never waits behind a
-        assert first is not None
         first()
         release2 = await second
         assert not third.done()  # FIFO: the third still waits for the second
-        assert release2 is not None
         release2()
-        release3 = await third
-        assert release3 is not None
-        release3()
+        (await third)()
         # the deadline: a waiter that never gets a place is refused, and leaks nothing
-        hold = await lim.admit("a")
+        hold = await admitted(lim.admit("a"))
         with pytest.raises(APIError) as late:
             await lim.admit("a")
         assert late.value.status == 429 and "waited 0.3s" in late.value.message
-        assert hold is not None
         hold()
-        again = await asyncio.wait_for(lim.admit("a"), 0.1)
-        assert again is not None
+        await asyncio.wait_for(admitted(lim.admit("a")), 0.1)
 
     asyncio.run(scenario())
 
@@ -53,14 +55,13 @@ def test_concurrency_waits_in_order_and_is_bounded() -> None:
 def test_a_cancelled_waiter_passes_its_place_on() -> None:
     async def scenario() -> None:
         lim = KeyLimiter({"*": KeyLimitConfig(concurrency=1)}, queue_size=5, queue_timeout_s=5)
-        first = await lim.admit("k")
+        first = await admitted(lim.admit("k"))
         gone = asyncio.create_task(lim.admit("k"))
-        waiting = asyncio.create_task(lim.admit("k"))
+        waiting = asyncio.create_task(admitted(lim.admit("k")))
         await asyncio.sleep(0)
         gone.cancel()
-        assert first is not None
         first()
-        assert await asyncio.wait_for(waiting, 1) is not None
+        await asyncio.wait_for(waiting, 1)
 
     asyncio.run(scenario())
 
