@@ -100,7 +100,8 @@ def test_sigterm_with_streams_in_flight(llama_server, tmp_path: Path) -> None:
         for t in threads:
             t.start()
         deadline = time.monotonic() + 20
-        while not ((r := gw.ready())["in_flight"] == 1 and r["queued"] >= 2):  # one slot: one runs, the rest wait
+        # one slot: one runs, all the others wait (each admitted before the signal: a later one gets 503 draining)
+        while not ((r := gw.ready())["in_flight"] == 1 and r["queued"] == STREAMS - 1):
             assert time.monotonic() < deadline, r
             time.sleep(0.01)
         assert gw.proc is not None

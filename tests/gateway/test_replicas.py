@@ -154,12 +154,15 @@ def test_a_draining_node_is_tried_elsewhere_not_marked_failed(llama_server, tmp_
         nodes[0].proc.send_signal(signal.SIGTERM)
         while httpx.get(nodes[0].url + "/ready").status_code != 503:
             time.sleep(0.01)
-        body = {**LONG, "max_tokens": 4}
-        answers = [httpx.post(upper.url + "/v1/chat/completions", json=body, timeout=60) for _ in range(6)]
+        # six different conversations (one would stay with the node holding its prefix): both nodes get turns
+        answers = [httpx.post(upper.url + "/v1/chat/completions", timeout=60, json={
+            **LONG, "max_tokens": 4, "messages": [{"role": "user", "content": f"story {i}"}]}) for i in range(6)]
         assert [r.status_code for r in answers] == [200] * 6
-        states = {b["name"]: (b["state"], b["served"]) for b in upper.ready()["backends"]}
+        states = {b["name"]: (b["state"], b["served"], b["slots"]) for b in upper.ready()["backends"]}
         assert states["node0"][0] == "ready"  # busy (draining) is not broken: no suspect, no ejection
-        assert states["node0"][1] >= 1  # it was tried, answered 503 draining, and the retry went to node1
+        # it was tried, answered 503 draining, and the retry went to node1; or, when a fast poll (the nodes
+        # share one llama-server, so each sees the other's work) read its empty /slots first, it got no work
+        assert states["node0"][1] >= 1 or states["node0"][2] == 0, states
         assert states["node1"][1] == 6
     finally:
         if upper is not None:
