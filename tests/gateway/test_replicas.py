@@ -119,10 +119,13 @@ def test_a_node_gateway_reports_its_capacity_to_the_tier_above(llama_server, tmp
         while time.monotonic() < deadline:
             # a moment when the upper holds requests back and the node has exactly its two slots busy
             # (right as a stream ends, the node releases its slot just after the last byte: not such a moment)
+            # (the node's gauges are read in the same moment: a stream may end between two reads)
             u, n = upper.ready(), node.ready()
             if u["in_flight"] == 2 and u["queued"] >= 1 and n["in_flight"] == 2 and n["queued"] == 0:
-                seen = (u, n, httpx.get(node.url + "/slots").json(), gauges(node.url))
-                break
+                slots, metrics = httpx.get(node.url + "/slots").json(), gauges(node.url)
+                if metrics["vlgate:num_requests_waiting"] == 0 and metrics["vlgate:num_requests_running"] == 2:
+                    seen = (u, n, slots, metrics)
+                    break
             time.sleep(0.01)
         for t in threads:
             t.join(120)
