@@ -49,6 +49,9 @@ def uvicorn_config(app: Starlette, host: str, port: int, grace_s: float) -> uvic
         timeout_graceful_shutdown=int(grace_s) if grace_s else None,
         lifespan="on",
         backlog=2048,
+        # X-Forwarded-For rewriting costs ~4% of a core at c=16 (py-spy), and nothing here reads the client
+        # address: an operator's load balancer in front keeps its own logs
+        proxy_headers=False,
     )
 
 
