@@ -76,22 +76,23 @@ async def fetch_waiting(client: httpx.AsyncClient, backend: Backend) -> int:
     return 0
 
 
-async def refresh_slots(client: httpx.AsyncClient, backend: Backend) -> None:
+async def refresh_slots(client: httpx.AsyncClient, backend: Backend) -> SlotReport | None:
     """Slot count (unless fixed by the operator) and other clients' share of the backend's work.
 
     Demand is the busy slots plus, when every slot is busy, the requests the backend queued: with
     a queue there, some of our in-flight requests may be among the waiting ones, and counting only
-    busy slots would let every replica believe the others hold nothing.
+    busy slots would let every replica believe the others hold nothing. Returns what `/slots` said
+    (the health round passes it on to the fleet scrape, which so does not ask again).
     """
     ours_before = backend.in_flight
     report = await fetch_slots(client, backend)
     if report is None:
-        return
+        return None
     if not backend.fixed_slots:
         backend.slots = report.total
     if report.busy is None:
         backend.external_busy = 0
-        return
+        return report
     demand = min(report.busy, backend.slots)
     if backend.slots and demand >= backend.slots:
         demand += await fetch_waiting(client, backend)
@@ -102,6 +103,7 @@ async def refresh_slots(client: httpx.AsyncClient, backend: Backend) -> None:
     # as freed by others only once two polls in a row agree
     backend.external_busy = max(estimate, _last_estimate.get(backend, 0))
     _last_estimate[backend] = estimate
+    return report
 
 
 _last_estimate: weakref.WeakKeyDictionary[Backend, int] = weakref.WeakKeyDictionary()

@@ -2,13 +2,12 @@
 
 One Prometheus target then sees the whole fleet (and `gpu` under `vlgate up`). The text is parsed
 with prometheus-client's parser; series keep llama-server's names (`llamacpp:*`), so dashboards written
-for llama-server work with a `backend` selector. Each scrape also reads `/slots` (busy/total) and, for
-a GPU backend, NVML; a backend that stops answering drops its series (no stale values).
+for llama-server work with a `backend` selector. Beside it: `/slots` (busy/total) as the health round
+just read it, and NVML for a GPU backend; a backend that stops answering drops its series (no stale values).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -21,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from vlgate.backends import Backend, BackendState
+from vlgate.gateway.capacity import SlotReport, fetch_slots
 from vlgate.gateway.gpustats import Gpus, GpuSample
 from vlgate.gateway.timeline import Timelines
 
@@ -39,7 +39,7 @@ class Scrape:
     slots_busy: int | None
     slots_total: int | None
     gpu: GpuSample | None
-    seconds: float  # what the scrape took (/metrics and /slots together)
+    seconds: float  # what the scrape took (/metrics, and /slots when the health round did not read it)
     at: float
 
 
@@ -51,24 +51,19 @@ class FleetScraper:
         self.last: dict[str, Scrape] = {}
         self._generated: dict[str, float] = {}  # last llamacpp:tokens_predicted_total per backend
 
-    async def scrape(self, backend: Backend) -> None:
-        """One backend's /metrics, /slots and GPU; called after each of its health rounds."""
+    async def scrape(self, backend: Backend, slots: SlotReport | None = None) -> None:
+        """One backend's /metrics and GPU, beside the `slots` its health round read; after each round."""
         if backend.state not in _SCRAPED:
             self.last.pop(backend.name, None)
             self._generated.pop(backend.name, None)
             return
         started = time.perf_counter()
-        metrics, slots = await asyncio.gather(self._get(backend, "/metrics"), self._get(backend, "/slots"))
+        metrics = await self._get(backend, "/metrics")
+        if slots is None:  # the round did not read /slots (a draining or ejected backend): read it here
+            slots = await fetch_slots(self.client, backend)
         families = _parse(metrics.text) if metrics is not None and metrics.status_code == 200 else []
-        busy = total = None
-        if slots is not None and slots.status_code == 200:
-            try:
-                listed = slots.json()
-            except ValueError:
-                listed = None
-            if isinstance(listed, list):
-                total = len(listed)
-                busy = sum(1 for s in listed if isinstance(s, dict) and s.get("is_processing"))
+        busy = slots.busy if slots is not None else None  # None: /props gave a count, not which are busy
+        total = slots.total if busy is not None else None
         gpu = self.gpus.sample(backend.gpu)
         self.last[backend.name] = Scrape(families, busy, total, gpu, time.perf_counter() - started, time.time())
         self._count_tokens(backend.name, families)

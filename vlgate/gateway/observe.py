@@ -15,6 +15,7 @@ import httpx
 from prometheus_client import CollectorRegistry
 
 from vlgate.backends import Backend, BackendState
+from vlgate.gateway.capacity import SlotReport
 from vlgate.gateway.context import RequestContext
 from vlgate.gateway.fleetmetrics import FleetCollector, FleetScraper
 from vlgate.gateway.timeline import Timelines
@@ -49,10 +50,10 @@ class Observer:
             self.events.setdefault(backend.name, BackendEvents())
             backend.listeners.append(self._on_state)
 
-    async def after_check(self, backend: Backend) -> None:
+    async def after_check(self, backend: Backend, slots: SlotReport | None = None) -> None:
         """After each health round of a backend (one that joined later too): its events, then a scrape."""
         self._watch(backend)
-        await self.scraper.scrape(backend)
+        await self.scraper.scrape(backend, slots)
 
     def _on_state(self, backend: Backend) -> None:
         events = self.events[backend.name]

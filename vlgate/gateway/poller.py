@@ -16,7 +16,7 @@ import httpx
 
 from vlgate.backends import Backend, BackendState
 from vlgate.gateway.balancer import Balancer
-from vlgate.gateway.capacity import refresh_slots
+from vlgate.gateway.capacity import SlotReport, refresh_slots
 
 log = logging.getLogger("vlgate.gateway.poller")
 
@@ -24,26 +24,27 @@ _RECOVERABLE = {BackendState.SUSPECT, BackendState.DOWN}
 _SHARED_FOR_S = 30.0  # after seeing other clients' work on a backend, poll it fast this long
 
 
-async def check_backend(client: httpx.AsyncClient, backend: Backend, manage_all: bool) -> None:
-    """One health round for one backend."""
+async def check_backend(client: httpx.AsyncClient, backend: Backend, manage_all: bool) -> SlotReport | None:
+    """One health round for one backend; what its `/slots` said, when it was read."""
     try:
         r = await client.get(backend.url + "/health", headers=backend.auth_headers())
     except httpx.HTTPError as exc:
         if manage_all and backend.state is not BackendState.DOWN:
             backend.set_state(BackendState.DOWN, f"unreachable: {type(exc).__name__}")
-        return
+        return None
     if r.status_code == 200:
         if backend.state in _RECOVERABLE and time.monotonic() < backend.ejected_until:
-            return  # ejected by gateway/outlier.py: healthy again only once the period is over
+            return None  # ejected by gateway/outlier.py: healthy again only once the period is over
+        report = None
         if manage_all or backend.state in _RECOVERABLE or backend.state is BackendState.READY:
-            await refresh_slots(client, backend)
+            report = await refresh_slots(client, backend)
         if manage_all or backend.state in _RECOVERABLE:
             if backend.state is not BackendState.READY:
                 log.info("backend %s ready (%d slots)", backend.name, backend.slots)
             backend.set_state(BackendState.READY)
-        return
+        return report
     if not manage_all:
-        return
+        return None
     if r.status_code == 503 and "loading" in r.text.lower():
         backend.set_state(BackendState.LOADING, "Loading model")
     else:
@@ -62,8 +63,8 @@ class HealthPoller:
         self._tasks: dict[Backend, asyncio.Task[None]] = {}
         self._kick: dict[Backend, asyncio.Event] = {}
         self._shared_until: dict[Backend, float] = {}  # recently seen busy with other clients' work
-        # run after each health round of a backend (the fleet metrics scrape)
-        self.after_check: list[Callable[[Backend], Awaitable[None]]] = []
+        # run after each health round of a backend, with what its /slots said (the fleet metrics scrape)
+        self.after_check: list[Callable[[Backend, SlotReport | None], Awaitable[None]]] = []
 
     async def check_all(self) -> None:
         await asyncio.gather(*(check_backend(self.client, b, self.manage_all) for b in self.backends))
@@ -100,10 +101,10 @@ class HealthPoller:
         event = self._kick[backend]
         while True:
             try:
-                await check_backend(self.client, backend, self.manage_all)
+                report = await check_backend(self.client, backend, self.manage_all)
                 self.balancer.wake()
                 for hook in self.after_check:
-                    await hook(backend)
+                    await hook(backend, report)
             except Exception:  # never let one odd answer kill the poller
                 log.exception("health check of %s failed", backend.name)
             event.clear()
