@@ -19,7 +19,7 @@ from vlgate.gateway.capacity import SlotReport
 from vlgate.gateway.context import RequestContext
 from vlgate.gateway.fleetmetrics import FleetCollector, FleetScraper
 from vlgate.gateway.timeline import Timelines
-from vlgate.gateway.usage import KeyUsage, answer_tokens
+from vlgate.gateway.usage import KeyUsage, Tokens
 
 _TROUBLE = {BackendState.SUSPECT, BackendState.DOWN, BackendState.CRASHED, BackendState.FAILED}
 
@@ -62,10 +62,10 @@ class Observer:
         if backend.state in _TROUBLE and backend.reason:
             events.last_error, events.last_error_at = f"{backend.state.value}: {backend.reason}", time.time()
 
-    def finish(self, ctx: RequestContext, status: int, duration_s: float) -> None:
-        """Account one finished request (every route passes here through `Gateway.finish`)."""
+    def finish(self, ctx: RequestContext, status: int, duration_s: float, tokens: Tokens | None) -> None:
+        """Account one finished request (every route passes here through `Gateway.finish`) and the tokens
+        its backend reported."""
         self.statuses[status] += 1
-        tokens = answer_tokens(ctx.answer, ctx.tail) if status < 400 else None
         self.usage.record(ctx.key, status, tokens, ctx.images)
         # TTFT: a stream's headers come with its first token; a non-stream answer's only at the end
         self.timelines.record(ctx.backend, duration_s, ctx.ttfb if ctx.stream else None, ok=status < 500 and status != 429)

@@ -145,14 +145,13 @@ class Gateway:
     def finish(self, ctx: RequestContext, status: int) -> None:
         duration = time.perf_counter() - ctx.started
         self.metrics.observe(ctx.route, status, duration, ctx.ttfb)
-        self.observer.finish(ctx, status, duration)
+        # the usage the backend reported, read once: for the per-key counters and the tokens-per-minute limit
+        tokens = answer_tokens(ctx.answer, ctx.tail) if status < 400 else None
+        self.observer.finish(ctx, status, duration, tokens)
         if ctx.release_key is not None:
             ctx.release_key()
-            limit = self.key_limits.limit_of(ctx.key)
-            if limit is not None and limit.tokens_per_minute is not None:
-                tokens = answer_tokens(ctx.answer, ctx.tail)
-                if tokens is not None:
-                    self.key_limits.record_tokens(ctx.key, tokens.prompt + tokens.completion)
+            if tokens is not None:
+                self.key_limits.record_tokens(ctx.key, tokens.prompt + tokens.completion)
         if self.config.gateway.log_json:
             access_log.info(json.dumps({
                 "id": ctx.id, "route": ctx.route, "status": status,
