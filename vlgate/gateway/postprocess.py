@@ -13,6 +13,7 @@ import orjson
 from vlgate.errors import APIError
 from vlgate.gateway import fidelity
 from vlgate.gateway.context import RequestContext
+from vlgate.gateway.sse import EventSplitter
 from vlgate.images.types import ImageInfo
 from vlgate.presets import PresetRun
 from vlgate.presets.apply import CHAT, Dialect
@@ -27,7 +28,7 @@ class PresetStreamTap:
     def __init__(self, run: PresetRun, images: list[ImageInfo]) -> None:
         self.run = run
         self.images = images
-        self._buf = b""
+        self._events = EventSplitter()
         self._held: bytes | None = None  # the latest complete event, not yet sent
         self._text: list[str] = []
         self._finish_reason: str | None = None
@@ -60,13 +61,8 @@ class PresetStreamTap:
         return b"data: " + orjson.dumps(chunk)
 
     def feed(self, data: bytes) -> bytes:
-        self._buf += data
         out: list[bytes] = []
-        while True:
-            end = self._buf.find(b"\n\n")
-            if end < 0:
-                break
-            event, self._buf = self._buf[:end], self._buf[end + 2:]
+        for event in self._events.feed(data):
             if event.startswith(_DONE):
                 if self._held is not None:
                     out.append(self._with_extension(self._held) + b"\n\n")
@@ -81,8 +77,8 @@ class PresetStreamTap:
 
     def flush(self) -> bytes:
         """The stream ended without [DONE] (error event or cut): send what is held, unchanged."""
-        rest = (self._held + b"\n\n" if self._held is not None else b"") + self._buf
-        self._held, self._buf = None, b""
+        rest = (self._held + b"\n\n" if self._held is not None else b"") + self._events.rest()
+        self._held = None
         return rest
 
 
