@@ -10,11 +10,17 @@ from vlgate.config import NamedKey
 from vlgate.errors import APIError
 
 
+def _bearer(authorization: bytes) -> tuple[bool, bytes]:
+    """Whether the scheme is Bearer, and the digest of the token (digests have one length, so comparing
+    them takes the same time whatever the key)."""
+    scheme, _, token = authorization.decode("latin-1").partition(" ")
+    return scheme.lower() == "bearer", hashlib.sha256(token.strip().encode("latin-1")).digest()
+
+
 def bearer_matches(authorization: bytes | None, token: str) -> bool:
     """`Authorization: Bearer <token>`, compared in constant time (the /metrics scrape token)."""
-    scheme, _, given = (authorization or b"").decode("latin-1").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        hashlib.sha256(given.strip().encode("latin-1")).digest(), hashlib.sha256(token.encode()).digest())
+    is_bearer, digest = _bearer(authorization or b"")
+    return is_bearer and hmac.compare_digest(digest, hashlib.sha256(token.encode()).digest())
 
 
 def key_name(key: str) -> str:
@@ -60,14 +66,13 @@ class KeyChecker:
             return None
         if not authorization:
             raise APIError(401, "Missing API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>').", code="invalid_api_key")
-        scheme, _, token = authorization.decode("latin-1").partition(" ")
-        digest = hashlib.sha256(token.strip().encode("latin-1")).digest()
+        is_bearer, digest = _bearer(authorization)
         ok = False
         name = None
         for known, known_name in zip(self._digests, self._names):  # no early exit: every key is compared
             match = hmac.compare_digest(digest, known)
             ok |= match
             name = known_name if match else name
-        if scheme.lower() != "bearer" or not ok:
+        if not is_bearer or not ok:
             raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
         return name
