@@ -77,6 +77,9 @@ def test_every_fault_ends_in_a_defined_way(tmp_path) -> None:
         state = {b["name"]: b["state"] for b in gw.ready()["backends"]}
         assert state["ok7"] == "ready"
         assert httpx.get(gw.url + "/health").status_code == 200
+        ejections = next(ln for ln in httpx.get(gw.url + "/metrics").text.splitlines()
+                         if ln.startswith("vlgate_outlier_ejections_total "))
+        assert float(ejections.split()[1]) >= 3  # the sick backends were taken out, more than once
         assert "Traceback" not in gw.log()
     finally:
         gw.stop()

@@ -122,6 +122,8 @@ def test_a_busy_key_waits_and_does_not_starve_another(tmp_path) -> None:
         statuses = [post("ka") for _ in range(3)]  # 4 + 3 > 6 per minute
         assert [s for s, _, _ in statuses][:2] == [200, 200] and statuses[2][0] == 429
         assert int(statuses[2][2]["retry-after"]) > 1
+        metrics = httpx.get(gw.url + "/metrics").text
+        assert "vlgate_key_limit_refusals_total 1.0" in metrics
     finally:
         gw.stop()
         fb.stop()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -39,6 +39,23 @@ class _LiveCollector(Collector):
             busy.add_metric([backend.name], backend.in_flight)
             served.add_metric([backend.name], backend.served)
         yield from (state, slots, busy, served)
+
+
+class FaultCollector(Collector):
+    """What the fault handling refused or took out, read at scrape time from the parts that count it."""
+
+    def __init__(self, ejections: Callable[[], int], retry_budget_refusals: Callable[[], int],
+                 key_limit_refusals: Callable[[], int]) -> None:
+        self.reads = (ejections, retry_budget_refusals, key_limit_refusals)
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        ejections, budget, keys = (read() for read in self.reads)
+        yield CounterMetricFamily("vlgate_outlier_ejections", "Backends ejected after failures in a row",
+                                  value=ejections)
+        yield CounterMetricFamily("vlgate_retry_budget_refusals", "Retries not made: the retry budget was spent",
+                                  value=budget)
+        yield CounterMetricFamily("vlgate_key_limit_refusals", "Requests refused (429) by a per-key limit",
+                                  value=keys)
 
 
 class Metrics:

@@ -22,7 +22,7 @@ from vlgate.gateway.context import RequestContext
 from vlgate.gateway.discovery import DnsDiscovery
 from vlgate.gateway.keylimits import KeyLimiter
 from vlgate.gateway.membership import Membership, static_backends
-from vlgate.gateway.metrics import Metrics
+from vlgate.gateway.metrics import FaultCollector, Metrics
 from vlgate.gateway.model_names import BackendModels
 from vlgate.gateway.observe import Observer
 from vlgate.gateway.poller import HealthPoller
@@ -116,6 +116,9 @@ class Gateway:
         self.session = new_session()
         self.forwarder = Forwarder(self.session, self.balancer, self.config.gateway,
                                    on_retry=lambda route: self.metrics.retries.labels(route).inc())
+        self.metrics.registry.register(FaultCollector(lambda: self.forwarder.outliers.ejections,
+                                                      lambda: self.forwarder.budget_refusals,
+                                                      lambda: self.key_limits.refused))
         if self.discovery is not None:
             await self.discovery.refresh()
         await self.poller.check_all()
