@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from vlgate.backends import Backend, BackendState
 from vlgate.errors import APIError
+from vlgate.gateway.affinity import Affinity
 
 # states from which a backend will soon be ready again: worth queueing for. Not DOWN (connection refused)
 # nor FAILED (parked): when every backend is one of those, requests fail fast with 503 + Retry-After
@@ -33,7 +34,7 @@ _HOPEFUL = {BackendState.STARTING, BackendState.LOADING, BackendState.RESTARTING
 @dataclass(eq=False)
 class _Waiter:
     future: asyncio.Future[Backend]
-    affinity: object | None
+    affinity: Affinity | None
     exclude: frozenset[Backend]
     enqueued: float = field(default_factory=time.monotonic)
 
@@ -86,7 +87,7 @@ class Balancer:
         return "; ".join(f"{b.name}: {b.state.value}{' (' + b.reason + ')' if b.reason else ''}" for b in self.backends)
 
     # -- choosing ------------------------------------------------------------------------------
-    def _pick(self, affinity: object | None, exclude: frozenset[Backend], waited_s: float = 0.0) -> Backend | None:
+    def _pick(self, affinity: Affinity | None, exclude: frozenset[Backend], waited_s: float = 0.0) -> Backend | None:
         """The backend for a request, or None: wait (no free slot, or its prefix holder is worth waiting for)."""
         best: Backend | None = None
         best_free = 0
@@ -119,31 +120,28 @@ class Balancer:
                 return None
         return best
 
-    def _holder(self, affinity: object | None, exclude: frozenset[Backend]) -> Backend | None:
+    def _holder(self, affinity: Affinity | None, exclude: frozenset[Backend]) -> Backend | None:
         """The ready backend that last served one of the request's keys (most specific key first)."""
-        if affinity is None:
-            return None
-        for key in affinity if isinstance(affinity, tuple) else (affinity,):
+        for key in affinity or ():
             b = self._affinity.get(key)
             if b is not None and b.state is BackendState.READY and b not in exclude:
                 return b
         return None
 
-    def _take(self, backend: Backend, affinity: object | None) -> Backend:
+    def _take(self, backend: Backend, affinity: Affinity | None) -> Backend:
         backend.in_flight += 1
         backend.served += 1
-        if affinity is not None:
-            for key in affinity if isinstance(affinity, tuple) else (affinity,):
-                self._affinity[key] = backend
-                self._affinity.move_to_end(key)
-            while len(self._affinity) > self._affinity_entries:
-                self._affinity.popitem(last=False)
+        for key in affinity or ():
+            self._affinity[key] = backend
+            self._affinity.move_to_end(key)
+        while len(self._affinity) > self._affinity_entries:
+            self._affinity.popitem(last=False)
         return backend
 
     def _retry_after(self) -> str:
         return str(max(1, math.ceil(min(self.queue_timeout_s, 5.0))))
 
-    async def acquire(self, affinity: object | None = None, exclude: frozenset[Backend] = frozenset()) -> Backend:
+    async def acquire(self, affinity: Affinity | None = None, exclude: frozenset[Backend] = frozenset()) -> Backend:
         """A backend with a slot reserved for this request; release() it when done.
 
         While draining, new requests are refused at the door (gateway/drain.py): one that gets here was

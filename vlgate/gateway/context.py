@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from vlgate.gateway.affinity import Affinity
+
 
 class StreamEnds(Protocol):
     def feed(self, chunk: bytes) -> None: ...
@@ -25,7 +27,7 @@ class RequestContext:
     id: str = ""
     body_changed: bool = False
     stream: bool = False
-    affinity: object | None = None
+    affinity: Affinity | None = None  # the prefix keys, most specific first (gateway/affinity.py)
     backend: str | None = None
     attempts: int = 0
     ttfb: float | None = None

@@ -24,6 +24,7 @@ from starlette.types import Send
 from vlgate.backends import BackendState
 from vlgate.errors import APIError
 from vlgate.gateway import fidelity
+from vlgate.gateway.affinity import Affinity
 from vlgate.gateway.backend_errors import complete_error
 from vlgate.gateway.context import RequestContext
 from vlgate.gateway.pipeline_source import image_of_data_url, original_pixels
@@ -83,8 +84,8 @@ def source_image_url(body: dict[str, Any]) -> str | None:
     return parts[-1].url if parts else None
 
 
-def _affinity(image: ImageInfo) -> object:
-    return hash(("vlgate-image", image.sha256))
+def _affinity(image: ImageInfo) -> Affinity:
+    return (hash(("vlgate-image", image.sha256)),)
 
 
 class PresetResponder:
@@ -103,7 +104,7 @@ class PresetResponder:
         self._pixels: asyncio.Task[Any] | None = None
 
     # -- backend requests ------------------------------------------------------------------------
-    async def call(self, body: dict[str, Any], affinity: object | None) -> dict[str, Any]:
+    async def call(self, body: dict[str, Any], affinity: Affinity | None) -> dict[str, Any]:
         """One non-stream backend request; an APIError carries the backend's complaint."""
         self.requests += 1
         upstream = await self.gw.forwarder.send(CHAT_PATH, orjson.dumps(body), affinity, False)

@@ -23,6 +23,7 @@ from tenacity import (
 from vlgate.backends import Backend, BackendState
 from vlgate.config import GatewayConfig
 from vlgate.errors import APIError
+from vlgate.gateway.affinity import Affinity
 from vlgate.gateway.balancer import Balancer
 from vlgate.gateway.outlier import OutlierDetector
 
@@ -102,9 +103,8 @@ class Forwarder:
         self.outliers.cfg = cfg.outlier
         # a stream that stalls this long ends with an error event (the read raises TimeoutError)
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=cfg.stream_idle_timeout_s)
-        self.outliers.cfg = cfg.outlier
 
-    async def _attempt(self, path: str, body: bytes, affinity: object | None, tried: set[Backend],
+    async def _attempt(self, path: str, body: bytes, affinity: Affinity | None, tried: set[Backend],
                        attempt: int, stream: bool) -> Upstream:
         # prefer a backend not yet tried; fall back to any when every one has been tried
         untried = frozenset(tried) if any(b.available and b not in tried for b in self.balancer.backends) else frozenset()
@@ -165,7 +165,7 @@ class Forwarder:
         o = self.cfg.outlier
         return self.retrying < max(o.min_retry_concurrency, o.retry_budget_ratio * active)
 
-    async def send(self, path: str, body: bytes, affinity: object | None = None, stream: bool = False) -> Upstream:
+    async def send(self, path: str, body: bytes, affinity: Affinity | None = None, stream: bool = False) -> Upstream:
         """The first backend response with headers, after bounded jittered retries on other backends."""
         tried: set[Backend] = set()
         retry = self.cfg.retry
