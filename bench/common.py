@@ -48,3 +48,24 @@ def children(pid: int) -> list[int]:
             if int(stat.rsplit(") ", 1)[1].split()[1]) == pid:
                 out.append(int(entry))
     return out
+
+
+def machine() -> str:
+    """The CPU model and core count, for a result's "how measured" line."""
+    import os
+    import platform
+    from pathlib import Path
+
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def emit(lines: list[str], markdown: str | None) -> None:
+    """Print a result's markdown section, and write it to `markdown` (bench/report.py collects them) if given."""
+    from pathlib import Path
+
+    text = "\n".join(lines).rstrip("\n") + "\n"
+    print(text)
+    if markdown:
+        Path(markdown).write_text(text)

@@ -2,19 +2,22 @@
 what users would otherwise run?
 
     python bench/fleet_sim.py                      # loads 50/70/90%, every policy, markdown tables
-    python bench/fleet_sim.py --loads 0.9 --backends 4 --slots 4 --seconds 1800
+    python bench/fleet_sim.py --loads 0.9 --backends 4 --slots 4 --seconds 1800 --seeds 1,2,3,4,5
+    python bench/fleet_sim.py --quick --markdown PATH   # one seed, 600 s simulated; a markdown section
 
 Fake llama-servers with N slots each: prefill time proportional to the prompt tokens NOT in that
 backend's prefix cache (an LRU of recent prefixes, image hashes included), decode at a fixed rate per
 slot, log-normal answer lengths, multi-turn conversations sharing system prompts, repeated images.
-The `vlgate` policies run the gateway's real `Balancer._pick` (the prefix holder within bounded load,
-waited for a while when busy, else most free slots); the others are what users run instead (nginx round robin, random, least connections),
+The `vlgate` policies run the gateway's real Balancer in virtual time (try_acquire / enqueue / release:
+the prefix holder within bounded load, a full one waited for while the fleet is busy, else most free
+slots); the others are what users run instead (nginx round robin, random, least connections),
 which send at once and let llama-server queue (defer) on its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import heapq
 import itertools
 import math
@@ -25,10 +28,13 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vlgate.backends import Backend, BackendState  # noqa: E402
-from vlgate.gateway.balancer import Balancer  # noqa: E402
+from common import emit, machine
+
+from vlgate.backends import Backend, BackendState
+from vlgate.gateway.balancer import Balancer
 
 PREFILL_TOK_S = 3000.0
 DECODE_TOK_S = 40.0
@@ -122,7 +128,7 @@ def service_estimate(w: Workload) -> float:
     rng_state = w.rng.getstate()
     total = 0.0
     for _ in range(2000):
-        _, turns, image, user = w.conversation(0)
+        _, _, image, user = w.conversation(0)
         prompt = SYSTEM_TOKENS + (IMAGE_TOKENS if image else 0) + user
         total += prompt / PREFILL_TOK_S + w.answer() / DECODE_TOK_S
     w.rng.setstate(rng_state)
@@ -137,7 +143,7 @@ def make_requests(w: Workload, rate_conv: float, seconds: float) -> list[Request
     while t < seconds:
         t += w.rng.expovariate(rate_conv)
         conv += 1
-        (system, image), turns, image, user = w.conversation(conv)
+        (system, _), turns, image, user = w.conversation(conv)
         chain: list[tuple[object, int]] = [(system, SYSTEM_TOKENS)]
         if image is not None:
             chain.append(((system, image), SYSTEM_TOKENS + IMAGE_TOKENS))
@@ -165,26 +171,21 @@ class Sim:
         self.rr = itertools.count()
         self.events: list[tuple[float, int, str, object]] = []
         self.seq = itertools.count()
-        self.gateway_queue: deque[Request] = deque()
         self.done: list[Request] = []
         self.backends = [Backend(url=f"http://sim{i}", name=f"sim{i}", slots=slots) for i in range(nodes)]
         for b in self.backends:
             b.set_state(BackendState.READY)
-        self.balancer = Balancer(self.backends)
+        self.now = 0.0
+        self.balancer = Balancer(self.backends, clock=lambda: self.now)
+        self.loop = asyncio.new_event_loop()  # futures only (never run): Balancer.enqueue resolves them
+        self.waiting: dict[asyncio.Future[Backend], Request] = {}
 
     def push(self, t: float, kind: str, obj: object) -> None:
         heapq.heappush(self.events, (t, next(self.seq), kind, obj))
 
     # -- policies ------------------------------------------------------------------------------
-    def choose(self, req: Request, now: float) -> Node | None:
-        """None: wait in the gateway's queue (vlgate policies only)."""
-        if self.policy.startswith("vlgate"):
-            affinity = req.affinity if self.policy == "vlgate" else None
-            b = self.balancer._pick(affinity, frozenset(), now - req.arrival)
-            if b is None:
-                return None
-            self.balancer._take(b, affinity)
-            return self.nodes[self.backends.index(b)]
+    def choose(self, req: Request) -> Node:
+        """The baselines: send at once; llama-server queues (defers) what finds no free slot."""
         if self.policy == "round robin":
             return self.nodes[next(self.rr) % len(self.nodes)]
         if self.policy == "random":
@@ -194,6 +195,9 @@ class Sim:
             order = self.nodes[start:] + self.nodes[:start]
             return min(order, key=lambda n: n.busy + len(n.queue))
         raise ValueError(self.policy)
+
+    def affinity(self, req: Request) -> tuple[object, ...] | None:
+        return req.affinity if self.policy == "vlgate" else None
 
     def start(self, node: Node, req: Request, now: float) -> None:
         node.busy += 1
@@ -213,47 +217,56 @@ class Sim:
         self.push(req.first_token + req.answer_tokens / DECODE_TOK_S, "finish", (node, req))
 
     def arrive(self, req: Request, now: float) -> None:
-        node = self.choose(req, now)
-        if node is None:
-            self.gateway_queue.append(req)
-            self.push(now + self.balancer.affinity_wait_s + 0.01, "wake", None)  # Balancer.acquire's call_later
-        elif node.busy < node.slots:
-            self.start(node, req, now)
-        else:
-            node.queue.append(req)  # llama-server defers it
+        if not self.policy.startswith("vlgate"):
+            node = self.choose(req)
+            if node.busy < node.slots:
+                self.start(node, req, now)
+            else:
+                node.queue.append(req)  # llama-server defers it
+            return
+        # Balancer.acquire, minus asyncio: at once, else queued (its wake timer as an event)
+        affinity = self.affinity(req)
+        backend = self.balancer.try_acquire(affinity)
+        if backend is not None:
+            self.start(self.nodes[self.backends.index(backend)], req, now)
+            return
+        future = self.loop.create_future()
+        self.waiting[future] = req
+        self.balancer.enqueue(future, affinity, frozenset())
+        if affinity is not None:
+            self.push(now + self.balancer.affinity_wait_s + 0.01, "wake", None)
+        self.started(now)
+
+    def started(self, now: float) -> None:
+        """Start the queued requests the balancer handed a slot (it resolves their futures)."""
+        for future in [f for f in self.waiting if f.done()]:
+            self.start(self.nodes[self.backends.index(future.result())], self.waiting.pop(future), now)
 
     def finish(self, node: Node, req: Request, now: float) -> None:
         node.busy -= 1
         node.cache.add(req.prefixes + [(("conv", req.conv, req.turn, "a"), req.prompt_tokens + req.answer_tokens)])
         self.done.append(req)
         if self.policy.startswith("vlgate"):
-            self.backends[node.index].in_flight -= 1
-            self.dispatch(now)
+            self.balancer.release(self.backends[node.index])
+            self.started(now)
         elif node.queue:
             self.start(node, node.queue.popleft(), now)
-
-    def dispatch(self, now: float) -> None:
-        """Balancer._dispatch: waiters in FIFO order, skipping one that waits for its busy prefix holder."""
-        for waiter in list(self.gateway_queue):
-            if not any(b.free_slots > 0 for b in self.backends):
-                return
-            target = self.choose(waiter, now)
-            if target is not None:
-                self.gateway_queue.remove(waiter)
-                self.start(target, waiter, now)
 
     def run(self, requests: list[Request]) -> None:
         for r in requests:
             self.push(r.arrival, "arrive", r)
         while self.events:
             now, _, kind, obj = heapq.heappop(self.events)
+            self.now = now
             if kind == "arrive":
                 self.arrive(obj, now)  # type: ignore[arg-type]
             elif kind == "wake":
-                self.dispatch(now)
+                self.balancer.wake()
+                self.started(now)
             else:
                 node, req = obj  # type: ignore[misc]
                 self.finish(node, req, now)
+        self.loop.close()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -281,39 +294,53 @@ def report(sim: Sim, seconds: float) -> dict[str, float]:
 POLICIES = ["vlgate", "round robin", "random", "least connections", "vlgate (no affinity)"]
 
 
+def simulate(load: float, args: argparse.Namespace, seed: int, out: list[str]) -> dict[str, dict[str, float]]:
+    """Every policy on the same requests at one load; a markdown table into `out`."""
+    w = Workload(seed)
+    per_request = service_estimate(w)
+    capacity = args.backends * args.slots / per_request  # requests/s with nothing cached
+    turns_per_conv = 1 + statistics.mean(min(7, int(random.Random(i).expovariate(1 / 2.0))) for i in range(5000))
+    requests = make_requests(w, load * capacity / turns_per_conv, args.seconds)
+    out += [f"### load {load:.0%} of capacity, seed {seed} ({load * capacity:.2f} req/s, {len(requests)} requests)",
+            "", ("| policy | TTFT p50 (s) | TTFT p99 (s) | req/s | prefix-cache hit | follow-ups local "
+                 "| repeated images local | max/mean load |"), "|---|---|---|---|---|---|---|---|"]
+    rows = {}
+    for policy in POLICIES:
+        sim = Sim(policy, args.backends, args.slots, seed)
+        sim.run([Request(**{k: getattr(r, k) for k in ("conv", "turn", "arrival", "prefixes", "answer_tokens",
+                                                         "affinity", "image")}) for r in requests])
+        m = rows[policy] = report(sim, args.seconds)
+        out.append(f"| {policy} | {m['ttft_p50']:.2f} | {m['ttft_p99']:.2f} | {m['throughput']:.2f} "
+                   f"| {m['cache_hit']:.0%} | {m['follow_local']:.0%} | {m['image_local']:.0%} "
+                   f"| {m['max_mean_load']:.2f} |")
+    best = min((p for p in POLICIES if p != "vlgate"), key=lambda p: rows[p]["ttft_p99"])
+    out += ["", (f"vlgate p99 TTFT / round robin: {rows['vlgate']['ttft_p99'] / rows['round robin']['ttft_p99']:.2f}; "
+                 f"/ best other ({best}): {rows['vlgate']['ttft_p99'] / rows[best]['ttft_p99']:.2f}"), ""]
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--loads", default="0.5,0.7,0.9")
     ap.add_argument("--backends", type=int, default=4)
     ap.add_argument("--slots", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=1200)
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--markdown", help="write the result as a markdown section here")
+    ap.add_argument("--quick", action="store_true", help="one seed, 600 s simulated (a few seconds)")
     args = ap.parse_args()
-    print(f"# Fleet simulation: {args.backends} backends x {args.slots} slots, {args.seconds:g} s virtual, "
-          f"seed {args.seed}\n")
-    print(f"prefill {PREFILL_TOK_S:g} tok/s of uncached prompt, decode {DECODE_TOK_S:g} tok/s per slot, system "
-          f"prompt {SYSTEM_TOKENS}, image {IMAGE_TOKENS} tokens, prefix cache {CACHE_TOKENS} tokens per backend\n")
+    if args.quick:
+        args.seeds, args.seconds = "1", 600.0
+    out = [(f"## Balancing quality: fleet simulation (bench/fleet_sim.py), {args.backends} backends x {args.slots} "
+            "slots"), "",
+           (f"How measured: virtual time, {args.seconds:g} s per run (first 10% skipped), seeds {args.seeds}; prefill "
+           f"{PREFILL_TOK_S:g} tok/s of uncached prompt, decode {DECODE_TOK_S:g} tok/s per slot, system prompt "
+           f"{SYSTEM_TOKENS}, image {IMAGE_TOKENS} tokens, prefix cache {CACHE_TOKENS} tokens per backend; the vlgate "
+           f"rows run the real gateway/balancer.py. Deterministic: the machine does not matter ({machine()})."), ""]
     for load in (float(x) for x in args.loads.split(",")):
-        w = Workload(args.seed)
-        per_request = service_estimate(w)
-        capacity = args.backends * args.slots / per_request  # requests/s with nothing cached
-        turns_per_conv = 1 + statistics.mean(min(7, int(random.Random(i).expovariate(1 / 2.0))) for i in range(5000))
-        requests = make_requests(w, load * capacity / turns_per_conv, args.seconds)
-        print(f"## load {load:.0%} of capacity ({load * capacity:.2f} req/s, {len(requests)} requests)\n")
-        print("| policy | TTFT p50 (s) | TTFT p99 (s) | req/s | prefix-cache hit | follow-ups local "
-              "| repeated images local | max/mean load |")
-        print("|---|---|---|---|---|---|---|---|")
-        rows = {}
-        for policy in POLICIES:
-            sim = Sim(policy, args.backends, args.slots, args.seed)
-            sim.run([Request(**{k: getattr(r, k) for k in ("conv", "turn", "arrival", "prefixes", "answer_tokens",
-                                                             "affinity", "image")}) for r in requests])
-            m = rows[policy] = report(sim, args.seconds)
-            print(f"| {policy} | {m['ttft_p50']:.2f} | {m['ttft_p99']:.2f} | {m['throughput']:.2f} "
-                  f"| {m['cache_hit']:.0%} | {m['follow_local']:.0%} | {m['image_local']:.0%} "
-                  f"| {m['max_mean_load']:.2f} |")
-        rr = rows["round robin"]["ttft_p99"]
-        print(f"\nvlgate p99 TTFT / round robin: {rows['vlgate']['ttft_p99'] / rr:.2f}\n")
+        for seed in (int(x) for x in args.seeds.split(",")):
+            simulate(load, args, seed, out)
+    emit(out, args.markdown)
     return 0
 
 

@@ -50,32 +50,113 @@ def test_most_free_slots_then_the_prefix_holder_within_bounded_load() -> None:
     asyncio.run(scenario())
 
 
-def test_a_busy_holder_is_waited_for_a_while_then_not() -> None:
-    """Only while the fleet is busy: with half its slots free elsewhere, a request does not wait."""
+def test_a_full_holder_is_not_waited_for_while_the_fleet_is_quiet() -> None:
+    """Waiting would leave the free slot elsewhere idle: pure added latency (bench/fleet_sim.py, 70% load)."""
 
     async def scenario() -> None:
-        a, b = ready("a", 1), ready("b", 2)
-        bal = Balancer([a, b], affinity_wait_s=0.3)
+        a, b = ready("a", 1), ready("b", 3)
+        bal = Balancer([a, b])
         bal._affinity["conv"] = a
-        held = await bal.acquire(affinity=("conv",))
-        assert held is a
-        assert await bal.acquire() is b  # now no backend has half its slots free: the fleet is busy
-        waiting = asyncio.create_task(bal.acquire(affinity=("conv",)))
-        await asyncio.sleep(0.1)
-        assert bal.queued == 1 and b.in_flight == 1  # b has a free slot, but a holds the prefix
-        bal.release(a)  # the holder frees up within the wait: it gets its request
-        assert await waiting is a and bal.queued == 0
-        # the holder stays busy: after affinity_wait_s the request goes where there is room
-        started = time.monotonic()
-        late = await asyncio.wait_for(bal.acquire(affinity=("conv",)), 2)
-        assert late is b and 0.3 <= time.monotonic() - started < 1.0
+        assert await bal.acquire(affinity=("conv",)) is a
+        assert bal.utilization < 0.72  # two of four slots busy at most
+        assert await bal.acquire(affinity=("conv",)) is b and bal.queued == 0
         assert bal._affinity["conv"] is b  # the conversation's prefix now lives there
-        idle_a, idle_b = ready("a2", 4), ready("b2", 4)
-        calm = Balancer([idle_a, idle_b], affinity_wait_s=5)
-        for _ in range(4):
-            await calm.acquire(affinity=("c",))
-        # three stay with the holder, the fourth is beyond its bound and goes (at once) to the other
-        assert sorted([idle_a.in_flight, idle_b.in_flight]) == [1, 3] and calm.queued == 0
+
+    asyncio.run(scenario())
+
+
+def test_utilization_follows_the_slots_arrivals_find_busy() -> None:
+    async def scenario() -> None:
+        a = ready("a", 2)
+        bal = Balancer([a], queue_timeout_s=5)
+        held = [await bal.acquire(), await bal.acquire()]  # arrivals see 0 (no capacity known yet), then 1/2
+        queued = [asyncio.create_task(bal.acquire()) for _ in range(4)]
+        await asyncio.sleep(0)
+        assert bal.queued == 4
+        # (running + queued) / slots as each arrival found it: 1/2, 2/2, 3/2, 4/2, 5/2; a plain mean at first
+        assert bal.utilization == pytest.approx((0.5 + 1.0 + 1.5 + 2.0 + 2.5) / 5)
+        for backend in held:
+            bal.release(backend)
+        await asyncio.sleep(0)
+        assert [t.done() for t in queued] == [True, True, False, False]  # FIFO
+        for t in queued[2:]:
+            t.cancel()
+
+    asyncio.run(scenario())
+
+
+class Clock:
+    """The balancer's clock, moved by hand: waits are decided by what the balancer sees, not by sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_busy_fleet_waits_for_the_holder_a_while_and_not_behind_a_long_line() -> None:
+    async def scenario() -> None:
+        a, b = ready("a", 2), ready("b", 4)
+        clock = Clock()
+        bal = Balancer([a, b], affinity_wait_s=5, clock=clock)
+        assert await bal.acquire() is b
+        bal._affinity["conv"] = a
+        assert [await bal.acquire(affinity=("conv",)) for _ in range(2)] == [a, a]  # a is full, within its bound
+        bal.utilization, bal._samples = 0.9, 500  # busy for the last 500 arrivals: a free slot is soon taken
+        for i in range(5):  # five other conversations a holds
+            bal._affinity[f"c{i}"] = a
+        line = [asyncio.create_task(bal.acquire(affinity=(f"c{i}",))) for i in range(5)]
+        await asyncio.sleep(0)
+        # four wait for their prefix holder (twice its slots); the fifth would wait behind them: it goes to b
+        assert [t.done() for t in line] == [False, False, False, False, True] and line[4].result() is b
+        assert bal.queued == 4
+        # a newcomer without a prefix is not held up behind them: b's free slot is its
+        assert await bal.acquire() is b and bal.queued == 4
+        bal.release(a)  # the holder frees a slot: the first in line gets it
+        await asyncio.sleep(0)
+        assert [t.done() for t in line[:4]] == [True, False, False, False] and line[0].result() is a
+        # the holder stays full: once affinity_wait_s has passed, the others go where there is room
+        clock.now = 5.0
+        bal.wake()
+        await asyncio.sleep(0)
+        assert line[1].done() and line[1].result() is b and not line[2].done()  # b had one free slot
+        assert bal._affinity["c1"] is b  # that conversation's prefix now lives there
+        for t in line[2:4]:
+            t.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_freed_slot_goes_first_to_the_request_whose_prefix_it_holds() -> None:
+    async def scenario() -> None:
+        a, b = ready("a", 1), ready("b", 1)
+        clock = Clock()
+        bal = Balancer([a, b], clock=clock)
+        assert {await bal.acquire(), await bal.acquire()} == {a, b}  # the fleet is full
+        bal._affinity["held by b"] = b
+        plain = asyncio.create_task(bal.acquire())
+        await asyncio.sleep(0)
+        prefixed = asyncio.create_task(bal.acquire(affinity=("held by b",)))
+        await asyncio.sleep(0)
+        assert bal.queued == 2
+        bal.release(b)  # the request that would prefill its prompt there again waits for the next slot
+        await asyncio.sleep(0)
+        assert prefixed.done() and prefixed.result() is b and not plain.done()
+        bal.release(a)
+        await asyncio.sleep(0)
+        assert plain.result() is a
+        # but not past a head of the queue that has waited 2 s: FIFO again (no one starves)
+        bal._affinity["held by a"] = a
+        plain = asyncio.create_task(bal.acquire())
+        await asyncio.sleep(0)
+        prefixed = asyncio.create_task(bal.acquire(affinity=("held by a",)))
+        await asyncio.sleep(0)
+        clock.now = 2.0
+        bal.release(a)
+        await asyncio.sleep(0)
+        assert plain.done() and plain.result() is a and not prefixed.done()
+        prefixed.cancel()
 
     asyncio.run(scenario())
 

@@ -17,7 +17,7 @@ from vlgate.errors import APIError
 from vlgate.gateway.balancer import Balancer
 from vlgate.gateway.outlier import OutlierDetector
 from vlgate.gateway.poller import check_backend
-from vlgate.gateway.upstream import Forwarder, new_session
+from vlgate.gateway.upstream import Forwarder, new_client
 
 HELLO = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
@@ -108,7 +108,7 @@ def test_retry_budget_caps_retries_in_progress() -> None:
         backends = [ready(f"b{i}", 100) for i in range(2)]
         bal = Balancer(backends)
         cfg = GatewayConfig(outlier=OutlierConfig(retry_budget_ratio=0.2, min_retry_concurrency=3))
-        fwd = Forwarder(new_session(), bal, cfg)
+        fwd = Forwarder(new_client(), bal, cfg)
         try:
             for b in backends:
                 b.in_flight = 10  # 20 active requests: 20% is 4 retries at once

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from vlgate.backends import Backend
 from vlgate.config import Config
 from vlgate.errors import APIError
-from vlgate.gateway.drain import DrainGate
+from vlgate.gateway.fastpath import GatewayApp
 from vlgate.gateway.routes import (
     admin,
     aliases,
@@ -59,7 +59,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 def create_app(config: Config, backends: list[Backend] | None = None, *, poll_health: bool = True,
-               reload_config: Callable[[], Config] | None = None) -> Starlette:
+               reload_config: Callable[[], Config] | None = None) -> GatewayApp:
     """The gateway app. `poll_health=False`: the launcher owns backend state (`vlgate up`).
     `reload_config`: re-reads the config on SIGHUP (gateway/reload.py)."""
     gw = Gateway(config, backends if backends is not None else backends_from_config(config),
@@ -73,11 +73,12 @@ def create_app(config: Config, backends: list[Backend] | None = None, *, poll_he
         finally:
             await gw.shutdown()
 
-    app = Starlette(
+    # the drain gate (on SIGTERM: new API requests 503 `draining`, admitted ones go on) and the fast POST
+    # routes sit in front of Starlette's stack (gateway/fastpath.py)
+    app = GatewayApp(
         routes=[route for module in ROUTE_MODULES for route in module.routes(gw)],
         exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,
     )
     app.state.gateway = gw
-    app.add_middleware(DrainGate, gateway=gw)  # on SIGTERM: new API requests 503 `draining`, admitted ones go on
     return app

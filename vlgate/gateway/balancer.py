@@ -6,10 +6,12 @@ slot is free the request waits in a FIFO queue (size + deadline) instead of pili
 
 Affinity (bench/fleet_sim.py measured it): a request's keys (its conversation, then each image) name
 the backend that last served them, whose KV cache holds that prefix. The holder gets the request
-while its load stays within `affinity_load` x the mean (bounded-load consistent hashing's rule); when
-the fleet is busy (no backend has half its slots free), a full holder is waited for up to
-`affinity_wait_s`, since a cached prefix saves more prefill than a short wait costs; otherwise the
-backend with the most free slots wins.
+while its load stays within `affinity_load` x the mean (bounded-load consistent hashing's rule). A
+full holder is waited for (up to `affinity_wait_s`, with at most twice its slots in line) only while
+the fleet is busy (smoothed demand >= 0.72 of the slots): then the slot left free elsewhere is soon
+taken by someone else and the cached prefix saves prefill; on a quieter fleet waiting only adds
+latency, so the backend with the most free slots wins. A freed slot goes first to a queued request
+whose prefix it holds (while the queue's head has waited under 2 s: no one starves).
 """
 
 from __future__ import annotations
@@ -19,11 +21,22 @@ import itertools
 import math
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from vlgate.backends import Backend, BackendState
 from vlgate.errors import APIError
 from vlgate.gateway.affinity import Affinity
+
+# a full prefix holder is waited for only while requests (running + queued) fill this share of the slots
+# on average: below it the slot the request leaves free elsewhere stays idle and the wait is pure added
+# latency (bench/fleet_sim.py, 4x4 slots: 70% load = 0.66 busy with affinity, 90% = 0.82; at 0.6-0.7 the
+# 70% load's p99 loses to least connections, at 0.8 the 90% load's locality falls under 90%)
+_WAIT_ABOVE_UTILIZATION = 0.72
+_UTILIZATION_WEIGHT = 1 / 500  # per arriving request: about the last 500 requests
+# freed slots go to the requests whose prefix they hold first, while the queue's head has waited less than
+# this (unbounded, the others starve: 90% load's p99 went from 6.6 to 11.4 s in bench/fleet_sim.py)
+_HOLDER_FIRST_S = 2.0
 
 # states from which a backend will soon be ready again: worth queueing for. Not DOWN (connection refused)
 # nor FAILED (parked): when every backend is one of those, requests fail fast with 503 + Retry-After
@@ -36,7 +49,7 @@ class _Waiter:
     future: asyncio.Future[Backend]
     affinity: Affinity | None
     exclude: frozenset[Backend]
-    enqueued: float = field(default_factory=time.monotonic)
+    enqueued: float
 
 
 class Balancer:
@@ -49,6 +62,7 @@ class Balancer:
         affinity_load: float = 1.5,
         affinity_wait_s: float = 5.0,
         affinity_entries: int = 16384,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backends = backends
         self.queue_size = queue_size
@@ -61,6 +75,11 @@ class Balancer:
         self._affinity_entries = affinity_entries
         self._rr = itertools.count()
         self.affinity_hits = 0
+        self._clock = clock  # bench/fleet_sim.py runs the balancer in virtual time
+        self.utilization = 0.0  # smoothed (running + queued) / ready slots, as arrivals find it
+        self._samples = 0
+        self._capacity = 0
+        self._own_in_flight = 0
         for backend in backends:
             self.attach(backend)
 
@@ -87,37 +106,48 @@ class Balancer:
         return "; ".join(f"{b.name}: {b.state.value}{' (' + b.reason + ')' if b.reason else ''}" for b in self.backends)
 
     # -- choosing ------------------------------------------------------------------------------
-    def _pick(self, affinity: Affinity | None, exclude: frozenset[Backend], waited_s: float = 0.0) -> Backend | None:
-        """The backend for a request, or None: wait (no free slot, or its prefix holder is worth waiting for)."""
+    def _pick(self, affinity: Affinity | None, exclude: frozenset[Backend], waited_s: float | None = None,
+              ahead: dict[Backend, int] | None = None) -> Backend | None:
+        """The backend for a request, or None: wait (no free slot, or its prefix holder is worth waiting for).
+
+        `waited_s`: how long it has queued (None: a new request); `ahead` counts, per holder, the queued
+        requests before this one that chose to wait for it."""
         best: Backend | None = None
         best_free = 0
         candidates = self.backends
         n = len(candidates)
         start = next(self._rr) % n if n > 1 else 0
         load = 0
-        ready = 0
+        capacity = 0
         for i in range(n):
             b = candidates[(start + i) % n]
             if b.state is not BackendState.READY or b in exclude:
                 continue
             free = b.free_slots  # other replicas' work on it counts too
             load += b.slots - free
-            ready += 1
+            capacity += b.slots
             if free > best_free:
                 best, best_free = b, free
+        self._capacity = capacity
         holder = self._holder(affinity, exclude)
-        if holder is not None and holder is not best:
-            # bounded load: the holder may run ahead of the mean, but not by more than affinity_load x
-            bound = self.affinity_load * (load / ready + 1)
-            busy = holder.slots - holder.free_slots
-            if holder.free_slots > 0 and busy + 1 <= bound:
-                self.affinity_hits += 1
-                return holder
-            # worth waiting for when the fleet is busy anyway (no backend has half its slots free: elsewhere
-            # the prompt would be prefilled again behind others' work); with room elsewhere, go there
-            if waited_s < self.affinity_wait_s and best is not None and 2 * best_free <= best.slots \
-                    and busy + 1 <= bound:
-                return None
+        if holder is None or holder is best:
+            return best
+        # bounded load: the holder may run ahead of the mean, but not by more than affinity_load x
+        bound = self.affinity_load * (load * holder.slots / capacity + 1)
+        busy = holder.slots - holder.free_slots
+        if busy + 1 > bound:
+            return best
+        if holder.free_slots > 0:
+            self.affinity_hits += 1
+            return holder
+        # the holder is full. Waiting for it leaves a free slot elsewhere idle unless the fleet is busy
+        # enough that another request takes it: only then, for a while, and not behind a long line
+        queued = ahead.get(holder, 0) if ahead else 0
+        if best is None or (self.utilization >= _WAIT_ABOVE_UTILIZATION and (waited_s or 0.0) < self.affinity_wait_s
+                            and queued < 2 * holder.slots):
+            if ahead is not None and best is not None:
+                ahead[holder] = queued + 1
+            return None
         return best
 
     def _holder(self, affinity: Affinity | None, exclude: frozenset[Backend]) -> Backend | None:
@@ -131,6 +161,7 @@ class Balancer:
     def _take(self, backend: Backend, affinity: Affinity | None) -> Backend:
         backend.in_flight += 1
         backend.served += 1
+        self._own_in_flight += 1
         for key in affinity or ():
             self._affinity[key] = backend
             self._affinity.move_to_end(key)
@@ -141,15 +172,33 @@ class Balancer:
     def _retry_after(self) -> str:
         return str(max(1, math.ceil(min(self.queue_timeout_s, 5.0))))
 
+    def try_acquire(self, affinity: Affinity | None = None, exclude: frozenset[Backend] = frozenset()) -> Backend | None:
+        """A backend at once (its slot reserved), or None: the request must queue (never ahead of waiters)."""
+        if self._capacity:  # sampled at arrivals: the time average (Poisson arrivals see time averages)
+            n = self._samples = self._samples + 1  # a plain mean at first, then exponential
+            demand = (self._own_in_flight + len(self._waiters)) / self._capacity  # our own: other replicas' not
+            self.utilization += (demand - self.utilization) * (_UTILIZATION_WEIGHT if n > 500 else 1 / n)
+        if self._waiters:
+            return None
+        backend = self._pick(affinity, exclude)
+        return None if backend is None else self._take(backend, affinity)
+
+    def enqueue(self, future: asyncio.Future[Backend], affinity: Affinity | None, exclude: frozenset[Backend]) -> _Waiter:
+        """Queue a request; it may get a slot the waiters ahead of it pass over (they wait for their prefix holder)."""
+        waiter = _Waiter(future, affinity, exclude, self._clock())
+        self._waiters.append(waiter)
+        if len(self._waiters) > 1 and any(b.state is BackendState.READY and b.free_slots > 0 for b in self.backends):
+            self._dispatch()
+        return waiter
+
     async def acquire(self, affinity: Affinity | None = None, exclude: frozenset[Backend] = frozenset()) -> Backend:
         """A backend with a slot reserved for this request; release() it when done.
 
         While draining, new requests are refused at the door (gateway/drain.py): one that gets here was
         admitted before, and is served."""
-        if not self._waiters:
-            backend = self._pick(affinity, exclude)
-            if backend is not None:
-                return self._take(backend, affinity)
+        backend = self.try_acquire(affinity, exclude)
+        if backend is not None:
+            return backend
         if not self._can_serve(exclude):
             raise self._no_backend()
         if len(self._waiters) >= self.queue_size:
@@ -157,8 +206,7 @@ class Balancer:
                            f"({self.queue_size}) is full; retry later.",
                            code="queue_full", headers={"Retry-After": self._retry_after()})
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(loop.create_future(), affinity, exclude)
-        self._waiters.append(waiter)
+        waiter = self.enqueue(loop.create_future(), affinity, exclude)
         if affinity is not None:  # it may be waiting for its prefix holder: look again once that wait is over
             loop.call_later(self.affinity_wait_s + 0.01, self.wake)
         try:
@@ -194,16 +242,34 @@ class Balancer:
 
     def release(self, backend: Backend) -> None:
         backend.in_flight -= 1
+        self._own_in_flight -= 1
         if self._waiters:
             self._dispatch()
 
     def _dispatch(self) -> None:
-        """Hand free slots to waiters in FIFO order (skipping those whose exclusions rule a slot out)."""
+        """Hand free slots to waiters: first, in FIFO order, those whose prefix holder has one; then the
+        rest in FIFO order (skipping those whose exclusions rule a slot out, and those that wait for their
+        holder). A slot goes to a request whose prefix it holds before one that would prefill it again."""
+        now = self._clock()
+        if self._waiters and now - self._waiters[0].enqueued < _HOLDER_FIRST_S and any(self._holder_free(w) for w in self._waiters):
+            self._serve(now, holders_only=True)
+        self._serve(now, holders_only=False)
+
+    def _holder_free(self, waiter: _Waiter) -> bool:
+        """Whether the waiter's prefix holder has a free slot."""
+        holder = self._holder(waiter.affinity, waiter.exclude) if waiter.affinity else None
+        return holder is not None and holder.free_slots > 0
+
+    def _serve(self, now: float, holders_only: bool) -> None:
+        """One FIFO pass over the queue; `ahead` counts who already waits for each holder (its line)."""
+        ahead: dict[Backend, int] = {}
         for waiter in list(self._waiters):
             if waiter.future.done():
                 self._waiters.remove(waiter)
                 continue
-            backend = self._pick(waiter.affinity, waiter.exclude, time.monotonic() - waiter.enqueued)
+            if holders_only and not self._holder_free(waiter):
+                continue
+            backend = self._pick(waiter.affinity, waiter.exclude, now - waiter.enqueued, ahead)
             if backend is None:
                 if not any(b.state is BackendState.READY and b.free_slots > 0 for b in self.backends):
                     return

@@ -39,8 +39,7 @@ class Echo:
         fields["model"] = body.get("model") or ""  # lifecycle events: b11434 names no model until the end
         fields["parallel_tool_calls"] = body.get("parallel_tool_calls") is not False
         fields["tool_choice"] = body.get("tool_choice") or "auto"
-        fields["tools"] = [{"strict": True, "parameters": None, "description": None, **t}
-                           for t in body.get("tools") or ()]
+        fields["tools"] = [_echo_tool(t) for t in body.get("tools") or ()]
         text = body.get("text") if isinstance(body.get("text"), dict) else {}
         fields["text"] = {**text, "format": text.get("format") or {"type": "text"}}
         if isinstance(body.get("metadata"), dict):
@@ -104,3 +103,14 @@ def output_text(response: dict[str, Any]) -> str:
     """The concatenated output_text of a response object (what a preset parses)."""
     return "".join(part.get("text") or "" for item in response.get("output") or () if item.get("type") == "message"
                    for part in item.get("content") or () if part.get("type") == "output_text")
+
+
+# a function tool as the response object's schema has it: its own fields only, `defer_loading` not null
+_TOOL_FIELDS = ("type", "name", "description", "parameters", "output_schema", "strict", "defer_loading",
+                "allowed_callers")
+
+
+def _echo_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    echoed = {"strict": True, "parameters": None, "description": None}
+    echoed.update((k, v) for k, v in tool.items() if k in _TOOL_FIELDS and not (k == "defer_loading" and v is None))
+    return echoed

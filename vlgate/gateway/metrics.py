@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -13,6 +14,22 @@ from vlgate.gateway.balancer import Balancer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Children:
+    """A labelled metric's children by label values: the hot path skips prometheus-client's label checks
+    (about 1.4 µs a call, five calls a request). Label values here come from bounded sets (routes,
+    statuses, configured key names)."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self.cache: dict[tuple[object, ...], Any] = {}
+
+    def __call__(self, *values: object) -> Any:
+        child = self.cache.get(values)
+        if child is None:
+            child = self.cache[values] = self.metric.labels(*(str(v) for v in values))
+        return child
 
 
 class _LiveCollector(Collector):
@@ -70,12 +87,13 @@ class Metrics:
         self.ttfb = Histogram("vlgate_time_to_first_byte_seconds", "Time until the backend's first byte",
                               ["route"], buckets=_BUCKETS, registry=self.registry)
         self.registry.register(_LiveCollector(balancer))
+        self._requests, self._latency, self._ttfb = Children(self.requests), Children(self.latency), Children(self.ttfb)
 
     def observe(self, route: str, status: int, duration: float, ttfb: float | None) -> None:
-        self.requests.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(duration)
+        self._requests(route, status).inc()
+        self._latency(route).observe(duration)
         if ttfb is not None:
-            self.ttfb.labels(route).observe(ttfb)
+            self._ttfb(route).observe(ttfb)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

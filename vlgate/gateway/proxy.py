@@ -8,24 +8,26 @@ with it the llama-server slot) is dropped at once, for streams and non-streams a
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import orjson
 from starlette.types import Receive, Scope, Send
 
 from vlgate.backends import BackendState
 from vlgate.errors import APIError
+from vlgate.gateway import bodyjson
 from vlgate.gateway.auth import credentials
 from vlgate.gateway.backend_errors import complete_error
 from vlgate.gateway.context import RequestContext
 from vlgate.gateway.state import Gateway
 from vlgate.gateway.streaming import send_error, send_json_bytes, stream_upstream
 from vlgate.gateway.upstream import Upstream
+from vlgate.gateway.wire import WireError
 
 log = logging.getLogger("vlgate.gateway.proxy")
 
@@ -79,7 +81,12 @@ def request_id(scope: Scope) -> str:
     given = header(scope, b"x-request-id")
     if given and len(given) <= 128 and given.isascii() and given.replace(b"-", b"").replace(b"_", b"").isalnum():
         return given.decode()
-    return os.urandom(8).hex()
+    return f"{_ID_PREFIX}{next(_ids):08x}"
+
+
+# new request ids: random per process (replicas differ), then a counter (os.urandom costs a syscall a request)
+_ID_PREFIX = os.urandom(4).hex()
+_ids = itertools.count(1)
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -122,7 +129,7 @@ class ProxyEndpoint:
         check_json_content_type(scope)
         raw = await read_body(scope, receive, gw.config.gateway.max_body_bytes)
         try:
-            body = orjson.loads(raw)
+            body = bodyjson.loads(raw)  # data: URLs of MBs cost the loop little
         except orjson.JSONDecodeError as exc:
             raise APIError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
         ctx.release_key = await gw.key_limits.admit(ctx.key)  # released in Gateway.finish
@@ -182,7 +189,7 @@ async def read_answer(upstream: Upstream) -> bytes:
     """A non-stream body; a backend that dies while sending it is a 503 (nothing reached the client)."""
     try:
         return await upstream.response.read()
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (WireError, TimeoutError) as exc:
         upstream.failed(BackendState.SUSPECT, f"failed while answering: {type(exc).__name__}")
         raise APIError(503, f"The backend failed while sending its answer ({type(exc).__name__}).",
                        code="backend_error", headers={"Retry-After": "1"}) from None

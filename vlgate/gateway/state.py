@@ -27,7 +27,7 @@ from vlgate.gateway.model_names import BackendModels
 from vlgate.gateway.observe import Observer
 from vlgate.gateway.poller import HealthPoller
 from vlgate.gateway.reload import Reloader
-from vlgate.gateway.upstream import Forwarder, new_session
+from vlgate.gateway.upstream import Forwarder, new_client
 from vlgate.gateway.usage import answer_tokens
 from vlgate.gateway.watchdog import SlotWatchdog
 from vlgate.images import ImageNormalizer
@@ -113,7 +113,7 @@ class Gateway:
         return None
 
     async def startup(self) -> None:
-        self.session = new_session()
+        self.session = new_client()
         self.forwarder = Forwarder(self.session, self.balancer, self.config.gateway,
                                    on_retry=lambda route: self.metrics.retries.labels(route).inc())
         self.metrics.registry.register(FaultCollector(lambda: self.forwarder.outliers.ejections,

@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-import aiohttp
 from starlette.types import Send
 
 from vlgate.backends import BackendState
 from vlgate.errors import APIError
 from vlgate.gateway.backend_errors import complete_stream_errors
 from vlgate.gateway.usage import StreamEnds
+from vlgate.gateway.wire import WireError
 
 if TYPE_CHECKING:
     from vlgate.gateway.context import RequestContext
@@ -53,11 +53,11 @@ async def stream_upstream(send: Send, upstream: Upstream, ctx: RequestContext) -
     headers.append((b"x-request-id", ctx.id.encode()))
     await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
     tap = ctx.stream_tap
-    content = upstream.response.content
+    response = upstream.response
     ends = ctx.tail = StreamEnds()  # the backend's own usage/timings events, read at finish
     try:
         while True:
-            chunk = await content.readany()
+            chunk = await response.readany()
             if not chunk:
                 break
             ends.feed(chunk)
@@ -68,7 +68,7 @@ async def stream_upstream(send: Send, upstream: Upstream, ctx: RequestContext) -
             else:
                 chunk = complete_stream_errors(chunk)  # one substring search unless an error event is there
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+    except (WireError, TimeoutError) as exc:
         backend = upstream.backend
         log.warning("backend %s failed mid-stream: %s", backend.name, exc)
         upstream.failed(BackendState.SUSPECT, f"failed mid-stream: {type(exc).__name__}")

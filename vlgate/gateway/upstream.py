@@ -1,8 +1,9 @@
 """Send one request to a backend, retrying on another while nothing has reached the client.
 
-The wire is aiohttp: measured with ../shared/bench, httpx's default transport collapses at 64
-concurrent streams (41 streams/s, 650 ms TTFB) where aiohttp keeps up; httpx stays for the
-control plane (health, slots, image fetches). The retry policy is tenacity's.
+The wire is gateway/wire.py (keep-alive HTTP/1.1 on asyncio with httptools' parser): measured with
+../shared/bench, httpx's default transport collapses at 64 concurrent streams (41 streams/s, 650 ms
+TTFB), and aiohttp's general request path was a third of the gateway's CPU per request. httpx stays
+for the control plane (health, slots). The retry policy is tenacity's.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -26,12 +26,13 @@ from vlgate.errors import APIError
 from vlgate.gateway.affinity import Affinity
 from vlgate.gateway.balancer import Balancer
 from vlgate.gateway.outlier import OutlierDetector
+from vlgate.gateway.wire import BadResponse, Client, Disconnected, Response
 
 log = logging.getLogger("vlgate.gateway.upstream")
 
 # a 503 that says "busy", not "broken": no free slot, a node gateway's queue or drain
 _BUSY = ("no slot", "queue_timeout", "queue_full", "draining", "no_backend")
-_HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "server", "date"}
+_HOP_HEADERS = {b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"server", b"date"}
 
 
 class Retryable(Exception):
@@ -47,7 +48,7 @@ class Upstream:
     """A response whose headers arrived; the body is still to be read from `response`."""
 
     backend: Backend
-    response: aiohttp.ClientResponse
+    response: Response
     release: Callable[[], None]
     attempts: int
     outliers: OutlierDetector
@@ -65,11 +66,7 @@ class Upstream:
         return self.response.status
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        return [
-            (k.lower().encode("latin-1"), v.encode("latin-1"))
-            for k, v in self.response.headers.items()
-            if k.lower() not in _HOP_HEADERS
-        ]
+        return [(k, v) for k, v in self.response.headers if k not in _HOP_HEADERS]
 
     def close(self) -> None:
         """Drop the connection: llama-server frees the slot when its connection closes."""
@@ -77,17 +74,12 @@ class Upstream:
         self.release()
 
 
-def new_session() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True),
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Accept-Encoding"),
-    )
+def new_client() -> Client:
+    return Client(connect_timeout=5.0)
 
 
 class Forwarder:
-    def __init__(self, session: aiohttp.ClientSession, balancer: Balancer, cfg: GatewayConfig,
+    def __init__(self, session: Client, balancer: Balancer, cfg: GatewayConfig,
                  on_retry: Callable[[str], None] | None = None) -> None:
         self.session = session
         self.balancer = balancer
@@ -101,8 +93,6 @@ class Forwarder:
         """Timeouts and retry policy for requests that start from now on (also after a config reload)."""
         self.cfg = cfg
         self.outliers.cfg = cfg.outlier
-        # a stream that stalls this long ends with an error event (the read raises TimeoutError)
-        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=cfg.stream_idle_timeout_s)
 
     async def _attempt(self, path: str, body: bytes, affinity: Affinity | None, tried: set[Backend],
                        attempt: int, stream: bool) -> Upstream:
@@ -118,14 +108,15 @@ class Forwarder:
                 released = True
                 self.balancer.release(backend)
 
-        headers = {"Content-Type": "application/json", **backend.auth_headers()}
+        headers = "".join(f"{k}: {v}\r\n" for k, v in backend.auth_headers().items()).encode("latin-1")
         # llama-server sends a stream's headers with its first token, but a non-stream answer's only when
         # the whole answer is ready: the first-byte timeout can only judge streams
         wait = self.cfg.retry.first_byte_timeout_s if stream else self.cfg.request_timeout_s
         try:
             async with asyncio.timeout(wait):
-                resp = await self.session.post(backend.url + path, data=body, headers=headers,
-                                               timeout=self._stream_timeout if stream else None)
+                # a stream that stalls stream_idle_timeout_s ends with an error event (the read raises TimeoutError)
+                resp = await self.session.pool(backend.url).post(
+                    path, body, headers, self.cfg.stream_idle_timeout_s if stream else None)
         except TimeoutError:
             release()
             if not stream:  # a slow answer, not a broken backend: replaying it elsewhere would double the load
@@ -133,11 +124,11 @@ class Forwarder:
                                code="backend_timeout", headers={"Retry-After": "1"}) from None
             self.outliers.failure(backend, BackendState.SUSPECT, "no response headers within first_byte_timeout")
             raise Retryable(f"{backend.name}: no response within {wait:g}s", backend)
-        except (aiohttp.ClientConnectionError, OSError) as exc:
+        except (Disconnected, OSError) as exc:
             release()
             self.outliers.failure(backend, BackendState.DOWN, f"connection failed: {type(exc).__name__}")
             raise Retryable(f"{backend.name}: {type(exc).__name__}: {exc}", backend)
-        except aiohttp.ClientError as exc:  # an answer that is not HTTP: nothing reached the client yet
+        except BadResponse as exc:  # an answer that is not HTTP: nothing reached the client yet
             release()
             self.outliers.failure(backend, BackendState.SUSPECT, f"bad response: {type(exc).__name__}")
             raise Retryable(f"{backend.name}: bad response ({type(exc).__name__})", backend)
@@ -168,6 +159,14 @@ class Forwarder:
     async def send(self, path: str, body: bytes, affinity: Affinity | None = None, stream: bool = False) -> Upstream:
         """The first backend response with headers, after bounded jittered retries on other backends."""
         tried: set[Backend] = set()
+        try:
+            # the first attempt outside tenacity: its machinery costs ~4% of a core at c=16 (py-spy)
+            return await self._attempt(path, body, affinity, tried, 1, stream)
+        except Retryable as exc:
+            return await self._retry(path, body, affinity, tried, stream, exc)
+
+    async def _retry(self, path: str, body: bytes, affinity: Affinity | None, tried: set[Backend], stream: bool,
+                     first: Retryable) -> Upstream:
         retry = self.cfg.retry
         attempt = 0
         try:
@@ -182,7 +181,7 @@ class Forwarder:
                 with att:
                     attempt += 1
                     if attempt == 1:
-                        return await self._attempt(path, body, affinity, tried, attempt, stream)
+                        raise first  # it already failed: tenacity waits and goes on as if it had run here
                     if not self._retry_allowed():
                         self.budget_refusals += 1
                         raise APIError(503, "No backend answered, and the gateway's retry budget is spent "

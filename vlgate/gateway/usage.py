@@ -9,12 +9,15 @@ Responses `response.completed` event carrying the whole text is parsed (or needs
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter
+
+from vlgate.gateway.metrics import Children
 
 ANONYMOUS = "anonymous"  # requests without a valid key (no keys configured, or refused with 401)
 _HEAD_BYTES = 4096  # Anthropic streams report input tokens in their first event
@@ -42,26 +45,21 @@ class StreamEnds:
             self.tail_size -= len(self.tail.popleft())
 
 
+# the value of a key: an object nested at most 3 deep (usage objects nest 2); numbers and short names only, so a
+# brace inside a string does not occur. One alternative per character (disjoint): no catastrophic backtracking
+_OBJECT = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*(\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\})")
+
+
 def _object_at(data: bytes, pos: int) -> dict[str, Any] | None:
     """The JSON object that is the value of the key ending at `pos` (`"usage": {...}`), else None."""
-    while pos < len(data) and data[pos] in b" \t\r\n:":
-        pos += 1
-    if pos >= len(data) or data[pos] != ord("{"):
+    match = _OBJECT.match(data, pos, pos + _OBJECT_BYTES)
+    if match is None:
         return None  # "usage": null, or cut off
-    depth = 0
-    for i in range(pos, min(len(data), pos + _OBJECT_BYTES)):  # numbers and nested objects: no strings with braces
-        c = data[i]
-        if c == ord("{"):
-            depth += 1
-        elif c == ord("}"):
-            depth -= 1
-            if depth == 0:
-                try:
-                    obj = orjson.loads(data[pos:i + 1])
-                except orjson.JSONDecodeError:
-                    return None
-                return obj if isinstance(obj, dict) else None
-    return None
+    try:
+        obj = orjson.loads(match.group(1))
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def find_object(data: bytes, key: bytes, *, first: bool = False) -> dict[str, Any] | None:
@@ -115,7 +113,7 @@ def answer_tokens(answer: bytes | None, ends: StreamEnds | None) -> Tokens | Non
         return tokens_of(usages, find_object(tail, _TIMINGS))
     if answer:
         usage = find_object(answer, _USAGE)
-        return tokens_of([usage] if usage else [], find_object(answer, _TIMINGS))
+        return tokens_of([usage], None) if usage else tokens_of([], find_object(answer, _TIMINGS))
     return None
 
 
@@ -142,20 +140,22 @@ class KeyUsage:
                                   registry=registry)
         self.images = Counter("vlgate_key_images", "Images sent, per API key name", ["key"], registry=registry)
         self.totals: dict[str, KeyTotals] = {}
+        self._requests, self._prompt = Children(self.requests), Children(self.prompt)
+        self._completion, self._images = Children(self.completion), Children(self.images)
 
     def record(self, key: str | None, status: int, tokens: Tokens | None, images: int) -> None:
         name = key or ANONYMOUS
         totals = self.totals.setdefault(name, KeyTotals())
         totals.requests[str(status)] = totals.requests.get(str(status), 0) + 1
-        self.requests.labels(name, str(status)).inc()
+        self._requests(name, status).inc()
         if tokens is not None:
             totals.prompt_tokens += tokens.prompt
             totals.completion_tokens += tokens.completion
-            self.prompt.labels(name).inc(tokens.prompt)
-            self.completion.labels(name).inc(tokens.completion)
+            self._prompt(name).inc(tokens.prompt)
+            self._completion(name).inc(tokens.completion)
         if images:
             totals.images += images
-            self.images.labels(name).inc(images)
+            self._images(name).inc(images)
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"name": name, "requests": dict(t.requests), "prompt_tokens": t.prompt_tokens,

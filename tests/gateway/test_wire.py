@@ -1,0 +1,176 @@
+"""The gateway's backend client (gateway/wire.py): keep-alive against a real llama-server, and the
+connection faults only a scripted raw server can show on demand."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import orjson
+import pytest
+
+from vlgate.gateway.wire import BadResponse, Disconnected, Pool
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+def test_keep_alive_past_cpp_httplibs_hundred_requests_per_connection(llama_server) -> None:
+    """cpp-httplib answers `Connection: close` on a connection's 100th request: the pool opens a new one."""
+    server = llama_server(slots=1)
+
+    async def scenario() -> tuple[int, list[int]]:
+        pool = Pool(server.url)
+        statuses = []
+        for _ in range(120):
+            resp = await pool.post("/v1/chat/completions", orjson.dumps(CHAT))
+            body = orjson.loads(await resp.read())
+            resp.release()
+            statuses.append(resp.status)
+            assert body["object"] == "chat.completion"
+        pool.close()
+        return pool.connects, statuses
+
+    connects, statuses = asyncio.run(scenario())
+    assert statuses == [200] * 120
+    assert connects == 2
+
+
+def test_a_stream_arrives_in_pieces_and_ends(llama_server) -> None:
+    server = llama_server(slots=1)
+
+    async def scenario() -> tuple[str, list[bytes]]:
+        pool = Pool(server.url)
+        resp = await pool.post("/v1/chat/completions", orjson.dumps({**CHAT, "max_tokens": 8, "stream": True}))
+        pieces = []
+        while chunk := await resp.readany():
+            pieces.append(chunk)
+        resp.release()
+        assert pool.idle  # complete: the connection waits for the next request
+        pool.close()
+        return resp.content_type, pieces
+
+    content_type, pieces = asyncio.run(scenario())
+    assert content_type == "text/event-stream"
+    text = b"".join(pieces).decode()
+    assert text.count("data: ") >= 9 and text.rstrip().endswith("data: [DONE]")
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+async def _serve(handler: Handler) -> tuple[asyncio.Server, str]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}"
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return head + await reader.readexactly(length)
+
+
+def test_a_connection_closed_while_idle_is_replaced_without_an_error() -> None:
+    """A backend that drops idle connections without saying so (no `Connection: close`)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> tuple[list[int], int]:
+        server, url = await _serve(handler)
+        pool = Pool(url)
+        statuses = []
+        for _ in range(3):
+            resp = await pool.post("/x", b"{}")
+            await resp.read()
+            resp.release()
+            statuses.append(resp.status)
+            await asyncio.sleep(0.05)  # the close arrives while the connection is idle... or not yet
+        pool.close()
+        server.close()
+        return statuses, pool.connects
+
+    statuses, connects = asyncio.run(scenario())
+    assert statuses == [200, 200, 200]
+    assert connects == 3
+
+
+@pytest.mark.parametrize(("answer", "error"), [
+    (b"SMTP ready\r\n\r\n", BadResponse),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"cut", Disconnected),
+])
+def test_broken_answers_raise_wire_errors(answer: bytes, error: type[Exception]) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> None:
+        server, url = await _serve(handler)
+        pool = Pool(url)
+        try:
+            with pytest.raises(error):
+                resp = await pool.post("/x", b"{}")
+                await resp.read()
+        finally:
+            pool.close()
+            server.close()
+        assert not pool.open  # a broken connection is never reused
+
+    asyncio.run(scenario())
+
+
+def test_a_stalled_stream_times_out_and_the_connection_is_dropped() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"6\r\ndata: \r\n")
+        await writer.drain()
+        await asyncio.sleep(5)
+        writer.close()
+
+    async def scenario() -> None:
+        server, url = await _serve(handler)
+        pool = Pool(url)
+        resp = await pool.post("/x", b"{}", read_timeout=0.3)
+        assert await resp.readany() == b"data: "
+        with pytest.raises(TimeoutError):
+            await resp.readany()
+        resp.close()
+        assert not pool.open and not pool.idle
+        server.close()
+
+    asyncio.run(scenario())
+
+
+def test_request_bytes_carry_the_body_and_extra_headers() -> None:
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not reader.at_eof():  # keep-alive: the second request comes on the same connection
+            seen.append(await _read_request(reader))
+            writer.write(OK)
+            await writer.drain()
+
+    async def scenario() -> None:
+        server, url = await _serve(handler)
+        pool = Pool(url + "/base/")
+        big = b'{"x":"' + b"a" * 200_000 + b'"}'  # past one write: head and body go out separately
+        for body in (b'{"a":1}', big):
+            resp = await pool.post("/v1/chat/completions", body, b"Authorization: Bearer k\r\n")
+            assert await resp.read() == b"{}"
+            resp.release()
+        assert pool.connects == 1
+        pool.close()
+        server.close()
+
+    asyncio.run(scenario())
+    small, big = seen
+    assert small.startswith(b"POST /base/v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert b"\r\nAuthorization: Bearer k\r\n" in small and small.endswith(b'\r\n\r\n{"a":1}')
+    assert big.endswith(b"a" * 1000 + b'"}') and len(big) > 200_000

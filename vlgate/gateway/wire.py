@@ -1,0 +1,345 @@
+"""The gateway's HTTP/1.1 client for its backends: keep-alive connections on asyncio, httptools' parser.
+
+The proxy forwards one JSON POST per request and passes bytes through, so it needs a small part of
+what a general client does. aiohttp's request path (cookies, URL building, auto headers, payload
+registry, tracing, timeouts per request) measured about a third of the gateway's CPU per request
+at 16 concurrent requests (py-spy, ../shared/bench); this does the same forwarding with one write and
+llhttp (the parser uvicorn and Node use) for the answer. aiohttp stays for image fetches, httpx for
+the control plane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from urllib.parse import urlsplit
+
+import httptools
+
+_IDLE_S = 4.0  # llama-server (cpp-httplib) closes idle keep-alive connections after 5 s
+_PAUSE_BYTES = 1 << 20  # a slow client: stop reading the backend past this much buffered
+_SMALL_BODY = 1 << 16  # below this, head + body go out in one write (one copy, one syscall)
+
+
+class WireError(Exception):
+    """The backend's connection failed, or what it sent is not HTTP."""
+
+
+class Disconnected(WireError):
+    """The backend closed the connection before its answer was complete."""
+
+
+class BadResponse(WireError):
+    """The backend's answer is not valid HTTP/1.1."""
+
+
+class Response:
+    """A backend answer whose headers arrived; the body streams in through `readany` or `read`."""
+
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_conn",
+        "_done",
+        "_error",
+        "_read_timeout",
+        "_settled",
+        "_waiter",
+        "content_type",
+        "headers",
+        "status",
+    )
+
+    def __init__(self, conn: _Connection, read_timeout: float | None) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []  # names lower-case, in the backend's order
+        self.content_type = ""
+        self._conn = conn
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._done = False
+        self._error: WireError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._read_timeout = read_timeout
+        self._settled = False  # released or closed
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    async def readany(self) -> bytes:
+        """What has arrived (waiting for something), or b"" at the end. TimeoutError after `read_timeout`
+        without a byte; a `WireError` when the backend fails before the end."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                return b""
+            await self._wait()
+        data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks.clear()
+        self._drained()
+        return data
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        while not self._done:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+        if self._error is not None:
+            raise self._error
+        data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks.clear()
+        self._drained()
+        return data
+
+    def release(self) -> None:
+        """Done with it: a complete answer leaves its connection for the next request, anything else drops it."""
+        if not self._settled:
+            self._settled = True
+            self._conn.finished(reusable=self._done and self._error is None)
+
+    def close(self) -> None:
+        """Drop the connection (llama-server frees the slot when it closes); a no-op after `release`."""
+        if not self._settled:
+            self._settled = True
+            self._conn.finished(reusable=False)
+
+    async def _wait(self) -> None:
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            if self._read_timeout is None:
+                await waiter
+            else:
+                async with asyncio.timeout(self._read_timeout):
+                    await waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > _PAUSE_BYTES:
+            self._conn.pause()
+        self._wake()
+
+    def _drained(self) -> None:
+        if self._buffered > _PAUSE_BYTES:
+            self._conn.resume()
+        self._buffered = 0
+
+    def _finish(self, error: WireError | None = None) -> None:
+        if not self._done:
+            self._done = True
+            self._error = error
+        self._wake()
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; one request at a time."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.response: Response | None = None
+        self.headers_ready: asyncio.Future[None] | None = None
+        self.lost = False
+        self.received = False  # any byte of the current answer
+        self.idle_since = 0.0
+        self.paused = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(BadResponse(f"not HTTP/1.1: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.pool.forget(self)
+        resp = self.response
+        if resp is not None and resp.status and not resp._done and self._reads_to_eof(resp):
+            resp._finish()  # no length, no chunks: the body ends with the connection
+        else:
+            self._fail(Disconnected("the backend closed the connection" + (f" ({exc})" if exc else "")))
+
+    # -- httptools callbacks ---------------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.response is not None:
+            self.response.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        resp = self.response
+        if resp is None:
+            return
+        resp.status = self.parser.get_status_code()
+        content_type = resp.header(b"content-type") or b""
+        resp.content_type = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
+        if self.headers_ready is not None and not self.headers_ready.done():
+            self.headers_ready.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        if self.response is not None:
+            self.response._feed(body)
+
+    def on_message_complete(self) -> None:
+        if self.response is not None:
+            self.response._finish()
+        if not self.parser.should_keep_alive():
+            self.pool.forget(self)  # "Connection: close" (cpp-httplib says so on its 100th answer)
+            self.lost = True
+
+    # -- for the pool ----------------------------------------------------------------------------
+    def start(self, response: Response, head: bytes, body: bytes) -> asyncio.Future[None]:
+        assert self.transport is not None
+        self.response = response
+        self.received = False
+        self.headers_ready = asyncio.get_running_loop().create_future()
+        if len(body) < _SMALL_BODY:
+            self.transport.write(head + body)
+        else:
+            self.transport.writelines((head, body))
+        return self.headers_ready
+
+    def finished(self, reusable: bool) -> None:
+        self.response = None
+        self.headers_ready = None
+        if reusable and not self.lost:
+            self.resume()
+            self.pool.put_idle(self)
+        else:
+            self.close()
+
+    def pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None and not self.lost:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.lost = True
+        self.pool.forget(self)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, error: WireError) -> None:
+        if self.headers_ready is not None and not self.headers_ready.done():
+            self.headers_ready.set_exception(error)
+            self.headers_ready.exception()  # retrieved: no "never retrieved" warning when nobody awaits
+        if self.response is not None:
+            self.response._finish(error)
+
+    def _reads_to_eof(self, resp: Response) -> bool:
+        return resp.header(b"content-length") is None and resp.header(b"transfer-encoding") is None
+
+
+class Pool:
+    """Keep-alive connections to one backend origin (`http://host:port`, `https://...`)."""
+
+    def __init__(self, origin: str, connect_timeout: float = 5.0) -> None:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {origin!r}")
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        self.base_path = parts.path.rstrip("/")
+        self.host_header = parts.netloc.rsplit("@", 1)[-1].encode("idna")
+        self.connect_timeout = connect_timeout
+        self.idle: list[_Connection] = []
+        self.open: set[_Connection] = set()
+        self.connects = 0  # connections made: keep-alive at work shows as few
+
+    async def post(self, path: str, body: bytes, headers: bytes = b"", read_timeout: float | None = None) -> Response:
+        """POST `body` (JSON) to `path`; returns once the answer's headers are in. `headers`: extra header
+        lines, each ending in CRLF. A kept-alive connection the backend closed meanwhile is replaced once."""
+        head = b"".join((b"POST ", (self.base_path + path).encode(), b" HTTP/1.1\r\nHost: ", self.host_header,
+                         b"\r\nContent-Type: application/json\r\nContent-Length: ", str(len(body)).encode(),
+                         b"\r\n", headers, b"\r\n"))
+        conn = self._take_idle()
+        if conn is not None:
+            try:
+                return await self._send(conn, head, body, read_timeout)
+            except Disconnected:
+                if conn.received:
+                    raise
+                # closed while idle (its keep-alive timeout): nothing was processed, a new connection is safe
+        return await self._send(await self._connect(), head, body, read_timeout)
+
+    async def _send(self, conn: _Connection, head: bytes, body: bytes, read_timeout: float | None) -> Response:
+        response = Response(conn, read_timeout)
+        try:
+            await conn.start(response, head, body)
+        except BaseException:  # failed, timed out or cancelled before the headers: the connection is spent
+            conn.close()
+            raise
+        return response
+
+    def put_idle(self, conn: _Connection) -> None:
+        conn.idle_since = time.monotonic()
+        self.idle.append(conn)
+
+    def forget(self, conn: _Connection) -> None:
+        self.open.discard(conn)
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    def close(self) -> None:
+        for conn in list(self.open):
+            conn.close()
+
+    def _take_idle(self) -> _Connection | None:
+        now = time.monotonic()
+        while self.idle:
+            conn = self.idle.pop()  # the most recently used: the least likely to have timed out
+            if not conn.lost and now - conn.idle_since < _IDLE_S:
+                return conn
+            conn.close()
+        return None
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self.connect_timeout):
+            _, conn = await loop.create_connection(lambda: _Connection(self), self.host, self.port, ssl=self.ssl)
+        self.open.add(conn)
+        self.connects += 1
+        return conn
+
+
+class Client:
+    """A `Pool` per backend origin."""
+
+    def __init__(self, connect_timeout: float = 5.0) -> None:
+        self.connect_timeout = connect_timeout
+        self.pools: dict[str, Pool] = {}
+
+    def pool(self, origin: str) -> Pool:
+        pool = self.pools.get(origin)
+        if pool is None:
+            pool = self.pools[origin] = Pool(origin, self.connect_timeout)
+        return pool
+
+    async def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+        self.pools.clear()
