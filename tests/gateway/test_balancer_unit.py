@@ -128,6 +128,27 @@ def test_a_busy_fleet_waits_for_the_holder_a_while_and_not_behind_a_long_line() 
     asyncio.run(scenario())
 
 
+def test_a_busy_fleet_never_waits_while_a_backend_sits_idle() -> None:
+    """A backend that just joined (or restarted) holds no prefix yet, and the smoothed demand still says busy:
+    the holder's line must not leave it idle (found by tests/gateway/test_discovery.py)."""
+    async def scenario() -> None:
+        a, b = ready("a", 2), ready("b", 2)
+        bal = Balancer([a, b], affinity_wait_s=5, clock=Clock())
+        bal.utilization, bal._samples = 1.0, 500
+        for conv in ("c0", "c1"):
+            bal._affinity[conv] = a
+            assert await bal.acquire(affinity=(conv,)) is a
+        bal._affinity["c2"] = bal._affinity["c3"] = a
+        assert await bal.acquire(affinity=("c2",)) is b  # a is full, b entirely idle: no wait
+        waiting = asyncio.create_task(bal.acquire(affinity=("c3",)))
+        await asyncio.sleep(0)
+        assert not waiting.done() and bal.queued == 1  # b is busy now too: waiting for the holder pays again
+        bal.release(a)
+        assert await waiting is a
+
+    asyncio.run(scenario())
+
+
 def test_a_freed_slot_goes_first_to_the_request_whose_prefix_it_holds() -> None:
     async def scenario() -> None:
         a, b = ready("a", 1), ready("b", 1)

@@ -45,7 +45,7 @@ def test_formats_decode_to_grid_rgb(fmt: str, kw: dict) -> None:
     assert (info.orig_width, info.orig_height) == (300, 200)
     assert (info.width, info.height) == GridRule().size(300, 200) == (320, 224)
     assert out.size == (320, 224) and out.mode == "RGB"
-    assert mime in ("image/jpeg", "image/png")
+    assert mime in ("image/jpeg", "image/x-tga")
     for (x, y), c in zip(((40, 40), (280, 40), (40, 180), (280, 180)), (RED, GREEN, BLUE, YELLOW)):
         assert close(out.getpixel((x, y)), c, 12), (fmt, (x, y), out.getpixel((x, y)), c)
     assert len(info.sha256) == 64
@@ -224,7 +224,7 @@ def test_icc_profile_converted_to_srgb() -> None:
 
 # ---------------------------------------------------------------- encode choice
 
-def test_screenshot_png_photo_jpeg() -> None:
+def test_screenshot_lossless_photo_jpeg() -> None:
     from PIL import ImageDraw
 
     shot = Image.new("RGB", (800, 600), (255, 255, 255))
@@ -232,6 +232,8 @@ def test_screenshot_png_photo_jpeg() -> None:
     for y in range(10, 590, 14):
         draw.text((10, y), "The quick brown fox 0123456789 " * 3, fill=(0, 0, 0))
     out, _, mime = normalize(encode(shot, "PNG"))
+    assert mime == "image/x-tga" and out.format == "TGA"
+    out, _, mime = normalize(encode(shot, "PNG"), settings(encode={"lossless_format": "png"}))
     assert mime == "image/png" and out.format == "PNG"
     _, _, mime = normalize(encode(photo(800, 600), "PNG"))
     assert mime == "image/jpeg"  # many colours: JPEG

@@ -207,3 +207,14 @@ def test_output_decodes_like_llama_cpp_would() -> None:
     assert url.startswith("data:image/jpeg;base64,")
     img = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     assert img.size == (info.width, info.height) == (1024, 704) and img.mode == "RGB"
+
+
+@pytest.mark.parametrize("mb,blocks", [(0, 0), (128, 8), (40, 2)])
+def test_pillow_block_cache_setting(mb: int, blocks: int) -> None:
+    """Pillow keeps that many 16 MB pixel blocks for the next image (process-wide); 0 returns them at once."""
+    assert Image.core.get_block_size() == 16 * 1024 * 1024
+    try:
+        infos = norm(body_with(data_url(PNG)), settings(pillow_block_cache_mb=mb))
+        assert Image.core.get_blocks_max() == blocks and len(infos) == 1
+    finally:
+        Image.core.set_blocks_max(ImageSettings().pillow_block_cache_mb // 16)

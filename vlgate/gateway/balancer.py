@@ -141,10 +141,11 @@ class Balancer:
             self.affinity_hits += 1
             return holder
         # the holder is full. Waiting for it leaves a free slot elsewhere idle unless the fleet is busy
-        # enough that another request takes it: only then, for a while, and not behind a long line
+        # enough that another request takes it: only then, for a while, and not behind a long line; never
+        # while a backend sits entirely idle (one just joined or restarted: the smoothed demand lags)
         queued = ahead.get(holder, 0) if ahead else 0
         if best is None or (self.utilization >= _WAIT_ABOVE_UTILIZATION and (waited_s or 0.0) < self.affinity_wait_s
-                            and queued < 2 * holder.slots):
+                            and queued < 2 * holder.slots and best_free < best.slots):
             if ahead is not None and best is not None:
                 ahead[holder] = queued + 1
             return None

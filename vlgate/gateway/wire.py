@@ -163,6 +163,9 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport subclass
 
     def data_received(self, data: bytes) -> None:
+        if self.response is None:  # bytes nobody asked for (on an idle connection): it cannot be trusted
+            self.close()
+            return
         self.received = True
         try:
             self.parser.feed_data(data)

@@ -15,7 +15,7 @@ from typing import Any
 from vlgate.images import dataurl
 from vlgate.images.budget import ByteBudget
 from vlgate.images.cache import NormalizedCache
-from vlgate.images.decode import available_formats
+from vlgate.images.decode import available_formats, keep_pixel_memory
 from vlgate.images.fetch import Fetcher
 from vlgate.images.parts import ImagePart, find_images
 from vlgate.images.pipeline import Normalized, Pipeline
@@ -31,6 +31,7 @@ class ImageNormalizer:
     def __init__(self, settings: ImageSettings) -> None:
         self.settings = settings
         self.formats = available_formats(settings.formats)
+        keep_pixel_memory(settings.pillow_block_cache_mb)
         self.pipeline = Pipeline(settings.grid.to_rule(), tuple(self.formats), settings.limits, settings.encode)
         self.cache = NormalizedCache(settings.cache.max_entries, settings.cache.max_bytes)
         self._pool = ThreadPoolExecutor(settings.workers or os.cpu_count() or 1, thread_name_prefix="vlgate-image")

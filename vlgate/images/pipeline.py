@@ -1,6 +1,6 @@
 """One image, bytes in -> data URL out: open, check, orient, resize to the model grid, flatten, re-encode.
 
-Runs in a worker thread (simplejpeg, cykooz-resizer and Pillow release the GIL for the pixel work).
+Runs in a worker thread (simplejpeg, libdeflate, cykooz-resizer and Pillow release the GIL for the pixel work).
 """
 
 from __future__ import annotations
@@ -12,19 +12,21 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from vlgate.images import color, decode, resample
+from vlgate.images import color, decode, resample, screen
 from vlgate.images.grid import GridRule
 from vlgate.images.settings import EncodeSettings, LimitSettings
 from vlgate.images.types import ImageError, ImageInfo
 
 _COLOR_SAMPLE = 256  # side of the nearest-neighbour sample used to count colours
+_MIME = {"jpeg": "image/jpeg", "png": "image/png", "tga": "image/x-tga"}
+_LOSSLESS = ("png", "tga")
 
 
 @dataclass(frozen=True, slots=True)
 class Normalized:
     data_url: str
     info: ImageInfo
-    format: str  # "jpeg" or "png"
+    format: str  # "jpeg", "png" or "tga"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +51,7 @@ class Pipeline:
         im = color.to_resizable(im)
         fmt = self._choose_format(im, opened.lossless)
         if im.size != stored_target:
-            name = self.encode.resample_text if fmt == "png" else self.encode.resample
+            name = self.encode.resample_text if fmt in _LOSSLESS else self.encode.resample
             im = resample.resize(im, stored_target, name, self.encode.reducing_gap)
         if opened.orientation != 1:
             im = im.transpose(decode.TRANSPOSE[opened.orientation])
@@ -58,23 +60,29 @@ class Pipeline:
 
         out = self._encode(im, fmt)
         info = ImageInfo(hashlib.sha256(out).hexdigest(), ow, oh, tw, th)
-        return Normalized(f"data:image/{fmt};base64," + base64.b64encode(out).decode("ascii"), info, fmt)
+        return Normalized(f"data:{_MIME[fmt]};base64," + base64.b64encode(out).decode("ascii"), info, fmt)
 
     def _choose_format(self, im: Image.Image, lossless: bool) -> str:
-        """PNG where JPEG ringing hurts: lossless sources with few colours (screenshots, diagrams, text)."""
-        mode = self.encode.format
-        if mode != "auto":
-            return mode
-        if not lossless or self.encode.png_max_colors <= 0:
+        """Lossless where JPEG ringing hurts: lossless sources that look like UI or text (see screen.py), or
+        have few colours (diagrams, flat graphics); photos saved as PNG still go to JPEG."""
+        enc = self.encode
+        if enc.format != "auto":
+            return enc.format
+        if not lossless or enc.png_max_colors <= 0:
             return "jpeg"
+        if enc.lossless_min_text_tiles > 0 and screen.text_tile_share(im) >= enc.lossless_min_text_tiles:
+            return enc.lossless_format
         w, h = im.size
         sample = im.resize((min(w, _COLOR_SAMPLE), min(h, _COLOR_SAMPLE)), Image.Resampling.NEAREST)
-        return "png" if sample.getcolors(maxcolors=self.encode.png_max_colors) is not None else "jpeg"
+        few = sample.getcolors(maxcolors=enc.png_max_colors) is not None
+        return enc.lossless_format if few else "jpeg"
 
     def _encode(self, im: Image.Image, fmt: str) -> bytes:
         buf = io.BytesIO()
         if fmt == "png":
             im.save(buf, "PNG", compress_level=self.encode.png_compress_level)
+        elif fmt == "tga":  # run-length BGR: ~5 ms for 2 MP where PNG's filters + zlib take ~30 (bench/README.md)
+            im.save(buf, "TGA", compression="tga_rle")
         else:
             im.save(buf, "JPEG", quality=self.encode.jpeg_quality)
         return buf.getvalue()

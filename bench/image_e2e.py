@@ -1,0 +1,96 @@
+"""Image requests end to end: a real llama-server (tiny model + mmproj) directly vs through `vlgate serve`.
+
+    python bench/image_e2e.py [--quick] [--markdown PATH]
+
+Three inputs, each request a distinct file (a different corner patch, so no cache helps): a 12 MP JPEG photo,
+a 4K PNG screenshot with anti-aliased text, a 1 MP WebP (llama-server cannot read WebP: its answer is shown).
+Time to first token = the whole non-stream answer with max_tokens 1 (the answer leaves right after that one
+token). Concurrency 1 and 8, llama-server with 8 slots. Two gateways in the same run: 1 decode worker pinned
+to 1 CPU, 2 workers on 2 CPUs. Rounds interleave direct and both gateways; the tables give the median over
+rounds of images/s and percentiles over all requests of a cell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+
+from common import machine
+from image_stack import (
+    INPUTS,
+    GatewaySpec,
+    Stack,
+    chat_body,
+    cli,
+    cpu_plan,
+    image_files,
+    median,
+    ms,
+    placement,
+    run_batch,
+    workdir,
+)
+
+TARGETS = {"direct": "llama-server direct", "gw1": "vlgate, 1 CPU, 1 worker", "gw2": "vlgate, 2 CPUs, 2 workers"}
+
+
+def run(quick: bool) -> tuple[list[str], str]:
+    plan = cpu_plan()
+    if plan["client"]:
+        os.sched_setaffinity(0, plan["client"])
+    rounds, n1, n8 = (1, 4, 16) if quick else (3, 6, 24)
+    stack = Stack(workdir(), slots=8, gateways={"gw1": GatewaySpec(1, plan["gw1"]), "gw2": GatewaySpec(2, plan["gw2"])},
+                  llama_cpus=plan["llama"])
+    rows = []
+    with stack:
+        for name, (mime, _, _) in INPUTS.items():
+            files = image_files(name, 1 + rounds * (n1 + n8))
+            bodies = [chat_body(mime, f) for f in files]
+            size_mb = sum(map(len, files)) / len(files) / 1e6
+            lat: dict[tuple[str, int], list[float]] = {}
+            rates: dict[tuple[str, int], list[float]] = {}
+            refused: dict[str, str] = {}
+            for target in TARGETS:  # warm-up: connections, first-image paths
+                res = asyncio.run(run_batch(stack.urls[target], bodies[:1], 1))
+                if res.errors:
+                    refused[target] = res.errors[0]
+            for r in range(rounds):
+                order = list(TARGETS)[r % 3:] + list(TARGETS)[:r % 3]
+                start = 1 + r * (n1 + n8)
+                for target in order:
+                    if target in refused:
+                        continue
+                    for conc, chunk in ((1, bodies[start:start + n1]), (8, bodies[start + n1:start + n1 + n8])):
+                        res = asyncio.run(run_batch(stack.urls[target], chunk, conc))
+                        if res.errors:
+                            raise SystemExit(f"{target} {name}: {res.errors[0]}")
+                        lat.setdefault((target, conc), []).extend(res.latencies)
+                        rates.setdefault((target, conc), []).append(res.rate)
+            base = median(lat.get(("direct", 1), []))
+            for target, label in TARGETS.items():
+                if target in refused:
+                    rows.append(f"| {name}, {size_mb:.2f} MB | {label} | refused: `{refused[target][:160]}` "
+                                "| | | | |")
+                    continue
+                p1, p8 = lat[(target, 1)], lat[(target, 8)]
+                ratio = "1x" if target == "direct" else "-" if math.isnan(base) else f"{median(p1) / base:.2f}x"
+                rows.append(f"| {name}, {size_mb:.2f} MB | {label} | {ms(p1)} | {median(rates[(target, 1)]):.1f} "
+                            f"| {ms(p8)} | {median(rates[(target, 8)]):.1f} | {ratio} |")
+                print(rows[-1], flush=True)
+    return rows, placement(plan) + f"; llama-server 8 slots, -t {len(plan['llama']) if plan['llama'] else 2}"
+
+
+def markdown(rows: list[str], where: str, quick: bool) -> str:
+    head = ("| input | path | c=1 TTFT p50 / p99 ms | c=1 images/s | c=8 TTFT p50 / p99 ms | c=8 images/s "
+            "| c=1 p50 vs direct |\n|---|---|---|---|---|---|---|")
+    return "\n".join([
+        "## Images end to end (real llama-server, tiny model)", "",
+        "How measured: `python bench/image_e2e.py" + (" --quick" if quick else "") + "` — each request a distinct "
+        "file as a base64 data URL, non-stream max_tokens 1 (TTFT = whole answer), direct vs through `vlgate serve`, "
+        "rounds interleaved.", "",
+        f"Machine: {machine()}; {where}.", "", head, *rows, ""])
+
+
+if __name__ == "__main__":
+    cli(__doc__, run, markdown)
