@@ -151,7 +151,7 @@ def test_a_draining_node_is_tried_elsewhere_not_marked_failed(llama_server, tmp_
             node.wait_ready()
         # no polls during the test: the upper learns of the drain only from the node's answers
         upper = GatewayProcess({"backends": [{"url": n.url, "name": f"node{i}"} for i, n in enumerate(nodes)],
-                                "gateway": {"health": {"interval_s": 60}}}, tmp_path).start()
+                                "gateway": {"health": {"interval_s": 60, "busy_interval_s": 60}}}, tmp_path).start()
         upper.wait_ready(backends=2)
         assert nodes[0].proc is not None
         nodes[0].proc.send_signal(signal.SIGTERM)
