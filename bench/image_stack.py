@@ -81,6 +81,7 @@ class GatewaySpec:
     workers: int  # images.workers: decode threads
     cpus: list[int] | None
     prelude: str = ""  # Python run before the gateway starts (an A/B variant of the code), or none
+    pool: str = "thread"  # images.pool: threads (the default) or worker processes
 
 
 @dataclass
@@ -120,7 +121,7 @@ class Stack:
         wait_http(self.urls["direct"] + "/health")
         for name, spec in self.gateways.items():
             gport = free_port()
-            config = {"backends": [{"url": self.urls["direct"]}], "images": {"workers": spec.workers},
+            config = {"backends": [{"url": self.urls["direct"]}], "images": {"workers": spec.workers, "pool": spec.pool},
                       "gateway": {"port": gport, "model": "youtu-vl", "drain_delay_s": 0}}
             path = self.workdir / f"{name}.yaml"
             path.write_text(yaml.safe_dump(config))

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import aiohttp
-from common import machine
+from common import children, machine
 from image_stack import (
     TEXT_BODY,
     GatewaySpec,
@@ -62,8 +62,6 @@ PROBES = {  # name -> (path, body, pause between requests, sent to llama-server 
     "text chat, direct (control)": ("/v1/chat/completions", TEXT_BODY.decode(), 0.02, True),
 }
 IN_FLIGHT = 16
-# the A/B variant: the gateway as it parsed bodies before vlgate/gateway/bodyjson.py
-BEFORE = "import orjson, vlgate.gateway.bodyjson as b; b.loads = orjson.loads"
 
 
 def with_comment(jpeg: bytes, n: int) -> bytes:
@@ -89,15 +87,17 @@ async def image_load(url: str, jpeg: bytes, stop: asyncio.Event, sent: list[int]
 
 
 def thread_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds of a gateway's event-loop thread (the main thread) and of all its other threads."""
+    """CPU seconds of a gateway's event-loop thread (the main thread) and of all its other threads and its
+    image worker processes."""
     loop = rest = 0.0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(") ", 1)[1].split()
-        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        if int(tid) == pid:
-            loop += cpu
-        else:
-            rest += cpu
+    for proc in (pid, *children(pid)):
+        for tid in os.listdir(f"/proc/{proc}/task"):
+            fields = Path(f"/proc/{proc}/task/{tid}/stat").read_text().rsplit(") ", 1)[1].split()
+            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            if int(tid) == pid:
+                loop += cpu
+            else:
+                rest += cpu
     return loop, rest
 
 
@@ -164,10 +164,10 @@ def run(quick: bool) -> tuple[list[str], str]:
         os.sched_setaffinity(0, plan["client"])
     seconds, rounds = (6.0, 1) if quick else (10.0, 3)
     jpeg = image_files("12 MP photo (JPEG)", 1)[0]
-    gateways = {"gw1": GatewaySpec(1, plan["gw1"]), "before": GatewaySpec(1, plan["gw1"], BEFORE),
+    gateways = {"gw1": GatewaySpec(1, plan["gw1"]), "proc": GatewaySpec(1, plan["gw1"], pool="process"),
                 "gw2": GatewaySpec(2, plan["gw2"])}
-    labels = {"gw1": "1 CPU, 1 worker", "before": "1 CPU, 1 worker, plain orjson.loads (before)",
-              "gw2": "2 CPUs, 2 workers"}
+    labels = {"gw1": "1 CPU, 1 worker thread", "proc": "1 CPU, 1 worker process (images.pool: process)",
+              "gw2": "2 CPUs, 2 worker threads"}
     rows = [parse_cost(jpeg), ""]
     print(rows[0], flush=True)
     alone: dict[tuple[str, str], list[float]] = {}

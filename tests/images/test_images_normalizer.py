@@ -38,7 +38,7 @@ async def _with(s: ImageSettings, fn: Any) -> Any:
 
 
 def norm(body: Any, s: ImageSettings | None = None) -> list[ImageInfo]:
-    return run(_with(s or ImageSettings(), lambda n: n.normalize_body(body)))
+    return run(_with(s or settings(), lambda n: n.normalize_body(body)))
 
 
 def err(body: Any, s: ImageSettings | None = None) -> ImageError:
@@ -135,7 +135,7 @@ def test_cache_same_bytes_same_result_and_processed_once() -> None:
         urls = [p["image_url"]["url"] for p in b1["messages"][1]["content"][:2]] + [b2["messages"][1]["content"][0]["image_url"]["url"]]
         return first + second, urls, n.processed
 
-    infos, urls, processed = run(_with(ImageSettings(), go))
+    infos, urls, processed = run(_with(settings(), go))
     assert processed == 1
     assert len(set(infos)) == 1 and len(set(urls)) == 1
 
@@ -168,7 +168,7 @@ def test_concurrent_requests_share_one_run() -> None:
         results = await asyncio.gather(*(n.normalize_body(b) for b in bodies))
         return {r[0] for r in results}, n.processed
 
-    infos, processed = run(_with(ImageSettings(), go))
+    infos, processed = run(_with(settings(), go))
     assert len(infos) == 1 and processed == 1
 
 
@@ -190,12 +190,12 @@ def test_unexpected_decoder_exception_is_a_400() -> None:
         def boom(_data: bytes) -> Any:
             raise RuntimeError("decoder exploded")
 
-        object.__setattr__(n, "pipeline", type("P", (), {"run": staticmethod(boom)})())
+        n.pixels.pipeline = type("P", (), {"run": staticmethod(boom)})()  # the pool's copy (threads here)
         with pytest.raises(ImageError) as e:
             await n.normalize_body(body_with(data_url(PNG)))
         return e.value
 
-    e = run(_with(ImageSettings(), go))
+    e = run(_with(settings(), go))
     assert "decoder exploded" in e.message and e.param == "messages[1].content[0].image_url"
 
 

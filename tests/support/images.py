@@ -49,7 +49,7 @@ def settings(**sections: dict[str, Any] | Any) -> ImageSettings:
 def normalize(data: bytes | str, s: ImageSettings | None = None, mime: str = "image/png") -> tuple[Image.Image, ImageInfo, str]:
     """Run one image through a fresh normalizer; returns (decoded output, info, output mime)."""
     url = data if isinstance(data, str) else data_url(data, mime)
-    out, infos = run(_normalize_one(url, s or ImageSettings()))
+    out, infos = run(_normalize_one(url, s or settings()))
     header, payload = out.split(",", 1)
     img = Image.open(io.BytesIO(base64.b64decode(payload)))
     img.load()

@@ -1,26 +1,24 @@
 """The request-path entry point: every image of a chat body becomes a data: URL the gateway produced.
 
-Event-loop side only (parsing, fetching, caching, ordering); pixel work runs in a thread pool.
+Event-loop side only (parsing, fetching, caching, ordering); pixel work runs in workers (images/workers.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from vlgate.images import dataurl
 from vlgate.images.budget import ByteBudget
 from vlgate.images.cache import NormalizedCache
-from vlgate.images.decode import available_formats, keep_pixel_memory
+from vlgate.images.decode import available_formats
 from vlgate.images.fetch import Fetcher
 from vlgate.images.parts import ImagePart, find_images
 from vlgate.images.pipeline import Normalized, Pipeline
 from vlgate.images.settings import ImageSettings
 from vlgate.images.types import ImageError, ImageInfo
+from vlgate.images.workers import PixelPool, decode_and_hash, sha256
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +29,9 @@ class ImageNormalizer:
     def __init__(self, settings: ImageSettings) -> None:
         self.settings = settings
         self.formats = available_formats(settings.formats)
-        keep_pixel_memory(settings.pillow_block_cache_mb)
         self.pipeline = Pipeline(settings.grid.to_rule(), tuple(self.formats), settings.limits, settings.encode)
         self.cache = NormalizedCache(settings.cache.max_entries, settings.cache.max_bytes)
-        self._pool = ThreadPoolExecutor(settings.workers or os.cpu_count() or 1, thread_name_prefix="vlgate-image")
+        self.pixels = PixelPool(self.pipeline, settings.workers, settings.pool, settings.pillow_block_cache_mb)
         self._fetcher = Fetcher(settings.fetch)
         self._inflight: dict[str, asyncio.Task[Normalized]] = {}
         self.processed = 0  # pipeline runs (cache misses that did the work)
@@ -62,7 +59,8 @@ class ImageNormalizer:
         try:
             if dataurl.is_data_url(part.url):
                 is_b64, payload = dataurl.split(part.url, budget)
-                raw, key = await self._offload(len(payload), _decode_and_hash, is_b64, payload)
+                small = len(payload) < _INLINE_BYTES
+                raw, key = decode_and_hash(is_b64, payload) if small else await self.pixels.decode_and_hash(is_b64, payload)
                 budget.take(len(raw))
             else:
                 scheme = part.url.split(":", 1)[0].lower() if ":" in part.url else ""
@@ -73,15 +71,10 @@ class ImageNormalizer:
                     raise ImageError("image URLs are not accepted here: send the image as a data: URL",
                                      code="image_url_refused")
                 raw = await self._fetcher.fetch(part.url, budget)
-                key = await self._offload(len(raw), _sha256, raw)
+                key = sha256(raw) if len(raw) < _INLINE_BYTES else await self.pixels.sha256(raw)
             return await self._normalized(key, raw)
         except ImageError as e:  # a fresh error: one from a shared in-flight task may serve several requests
             raise ImageError(e.message, param=part.param, status=e.status, code=str(e.code or "invalid_image")) from None
-
-    async def _offload(self, size: int, fn: Any, *args: Any) -> Any:
-        if size < _INLINE_BYTES:
-            return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def _normalized(self, key: str, raw: bytes) -> Normalized:
         """Cached, or joined to an identical image already in work, or run once in the pool."""
@@ -97,9 +90,8 @@ class ImageNormalizer:
         return await asyncio.shield(task)
 
     async def _run(self, key: str, raw: bytes) -> Normalized:
-        loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self._pool, self.pipeline.run, raw)
+            result = await self.pixels.normalize(raw)
         except ImageError:
             raise
         except Exception as e:  # a decoder bug must still be a 400 for this image, not a 500
@@ -111,16 +103,7 @@ class ImageNormalizer:
 
     async def aclose(self) -> None:
         await self._fetcher.aclose()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _decode_and_hash(is_b64: bool, payload: str) -> tuple[bytes, str]:
-    raw = dataurl.decode(is_b64, payload)
-    return raw, hashlib.sha256(raw).hexdigest()
-
-
-def _sha256(raw: bytes) -> str:
-    return hashlib.sha256(raw).hexdigest()
+        self.pixels.shutdown()
 
 
 async def _all_or_first_error(coros: list[Any]) -> list[Any]:

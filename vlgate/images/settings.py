@@ -120,7 +120,13 @@ class CacheSettings(_Strict):
 class ImageSettings(_Strict):
     enabled: bool = Field(default=True, description="false: every image part is refused with 400")
     formats: list[str] = Field(default_factory=lambda: list(DEFAULT_FORMATS), description="Pillow format allowlist")
-    workers: int = Field(default=0, ge=0, description="decode threads; 0 = one per CPU")
+    workers: int = Field(default=0, ge=0, description="decode workers (processes or threads); 0 = one per CPU")
+    pool: Literal["thread", "process"] = Field(
+        default="thread",
+        description="thread: pixel work in the gateway's own threads; process: in worker processes (spawned at "
+        "the first image, ~50 MB each), so the event loop never waits for the GIL behind an image — for many "
+        "cores and heavy image traffic (bench/loop_stall.py)",
+    )
     pillow_block_cache_mb: int = Field(
         default=128, ge=0,
         description="memory Pillow keeps mapped for the next image's pixels (16 MB blocks): a 4K screenshot "
