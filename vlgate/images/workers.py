@@ -29,11 +29,22 @@ from vlgate.images.pipeline import Normalized, Pipeline
 log = logging.getLogger(__name__)
 
 _pipeline: Pipeline | None = None  # a worker process's own, set by _start_worker
+# image workers yield the CPU to the event loop: on a busy core a text request's few loop turns then do not
+# queue behind decodes (Linux nice is per thread, so this lowers only the worker thread or process)
+_NICE = 10
+
+
+def lower_priority() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, _NICE)
+    except (OSError, AttributeError):  # not permitted, or not Linux: the work runs at normal priority
+        pass
 
 
 def _start_worker(pipeline: Pipeline, pixel_cache_mb: int) -> None:
     global _pipeline
     _pipeline = pipeline
+    lower_priority()
     keep_pixel_memory(pixel_cache_mb)
 
 
@@ -60,7 +71,7 @@ class PixelPool:
         self.workers = workers or os.cpu_count() or 1
         self.pixel_cache_mb = pixel_cache_mb
         # hashing a fetched image (hashlib drops the GIL) and, in thread mode, everything
-        self._threads = ThreadPoolExecutor(self.workers, thread_name_prefix="vlgate-image")
+        self._threads = ThreadPoolExecutor(self.workers, thread_name_prefix="vlgate-image", initializer=lower_priority)
         self._processes: ProcessPoolExecutor | None = None
         if kind == "thread":
             keep_pixel_memory(pixel_cache_mb)
