@@ -1,7 +1,7 @@
 """Issue 14's numbers in one command: balancing, images, and the hot path, written as one markdown report.
 
-    python bench/report.py            # the full run (~25 min on 2 cores)
-    python bench/report.py --quick    # every part, shorter (~8 min)
+    python bench/report.py            # the full run (~13 min on 2 cores)
+    python bench/report.py --quick    # every part, shorter (~6 min)
     python bench/report.py --only hotpath,fleet --litellm
 
 Parts, each its own script run as a subprocess that writes a markdown section (`--markdown PATH`):

@@ -312,7 +312,8 @@ def test_a_wedged_backend_reported_by_the_watchdog_is_restarted(llama_server_bin
 
     async def scenario() -> None:
         sup.start()
-        await wait_for(lambda: proc.backend.state is S.READY, 30, "ready")
+        # the hook is set once the supervisor has seen the health check pass, a loop turn after READY
+        await wait_for(lambda: proc.backend.state is S.READY and proc.backend.restart is not None, 30, "ready")
         first = proc.pid
         assert proc.backend.restart is not None
         proc.backend.restart("wedged: slot 0 processing with no progress for 120s")
