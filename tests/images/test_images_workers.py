@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from support.images import body_with, data_url, encode, run, settings
+from support.procs import children_of
 
 from vlgate.images import ImageError, ImageNormalizer, ImageSettings
 
@@ -105,7 +106,7 @@ def test_a_gateway_with_worker_processes_answers_images_and_stops_them(llama_ser
         # the image's tokens reached llama-server
         assert r.json()["usage"]["prompt_tokens"] > text_only["usage"]["prompt_tokens"] + 10
         assert gw.proc is not None
-        workers = _children(gw.proc.pid)
+        workers = children_of(gw.proc.pid)
         assert len(workers) >= 1
     finally:
         gw.stop()
@@ -113,15 +114,3 @@ def test_a_gateway_with_worker_processes_answers_images_and_stops_them(llama_ser
     for pid in workers:
         assert not os.path.exists(f"/proc/{pid}") or ") Z" in open(f"/proc/{pid}/stat").read()
 
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = open(f"/proc/{entry}/stat").read()
-            except OSError:
-                continue
-            if int(stat.rsplit(") ", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out

@@ -23,6 +23,7 @@ import openai
 import pytest
 import yaml
 from support.llama import free_port
+from support.procs import children_of
 
 from vlgate.launcher.tinymodel import TinyModel
 
@@ -31,19 +32,6 @@ VLGATE = shutil.which("vlgate")
 
 
 # ---------------------------------------------------------------------- helpers
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(") ", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
-    return found
-
 
 def alive(pid: int) -> bool:
     try:
