@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 import pytest
 
-from vlgate.gateway.wire import BadResponse, Disconnected, Pool
+from vlgate.gateway.wire import BadResponse, Client, Disconnected, Pool
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
@@ -174,3 +174,28 @@ def test_request_bytes_carry_the_body_and_extra_headers() -> None:
     assert small.startswith(b"POST /base/v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:")
     assert b"\r\nAuthorization: Bearer k\r\n" in small and small.endswith(b'\r\n\r\n{"a":1}')
     assert big.endswith(b"a" * 1000 + b'"}') and len(big) > 200_000
+
+
+def test_origins_without_connections_are_forgotten() -> None:
+    """DNS discovery brings and removes addresses: the client keeps pools only for origins it still talks to."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not reader.at_eof():
+            await _read_request(reader)
+            writer.write(OK)
+            await writer.drain()
+
+    async def scenario() -> tuple[str, list[str]]:
+        server, url = await _serve(handler)
+        client = Client()
+        resp = await client.pool(url).post("/x", b"{}")
+        await resp.read()
+        resp.release()  # kept alive: this origin stays
+        client.pool("http://127.0.0.1:1")  # a new origin, never connected
+        client.pool("http://127.0.0.1:2")  # ... forgotten when the next one comes
+        pools = sorted(client.pools)
+        await client.close()
+        server.close()
+        return url, pools
+
+    url, pools = asyncio.run(scenario())
+    assert pools == sorted([url, "http://127.0.0.1:2"])

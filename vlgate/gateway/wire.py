@@ -339,6 +339,9 @@ class Client:
     def pool(self, origin: str) -> Pool:
         pool = self.pools.get(origin)
         if pool is None:
+            # backends come and go (DNS discovery): forget the origins that hold no connection any more
+            for gone in [o for o, p in self.pools.items() if not p.open]:
+                del self.pools[gone]
             pool = self.pools[origin] = Pool(origin, self.connect_timeout)
         return pool
 
