@@ -123,7 +123,7 @@ def test_retry_budget_caps_retries_in_progress() -> None:
             fwd.retrying = 3
             assert not fwd._retry_allowed()
         finally:
-            await fwd.session.close()
+            await fwd.client.close()
 
     asyncio.run(scenario())
 

@@ -188,7 +188,7 @@ class Balancer:
         """Queue a request; it may get a slot the waiters ahead of it pass over (they wait for their prefix holder)."""
         waiter = _Waiter(future, affinity, exclude, self._clock())
         self._waiters.append(waiter)
-        if len(self._waiters) > 1 and any(b.state is BackendState.READY and b.free_slots > 0 for b in self.backends):
+        if len(self._waiters) > 1 and self._any_free_slot():
             self._dispatch()
         return waiter
 
@@ -256,6 +256,9 @@ class Balancer:
             self._serve(now, holders_only=True)
         self._serve(now, holders_only=False)
 
+    def _any_free_slot(self) -> bool:
+        return any(b.state is BackendState.READY and b.free_slots > 0 for b in self.backends)
+
     def _holder_free(self, waiter: _Waiter) -> bool:
         """Whether the waiter's prefix holder has a free slot."""
         holder = self._holder(waiter.affinity, waiter.exclude) if waiter.affinity else None
@@ -272,7 +275,7 @@ class Balancer:
                 continue
             backend = self._pick(waiter.affinity, waiter.exclude, now - waiter.enqueued, ahead)
             if backend is None:
-                if not any(b.state is BackendState.READY and b.free_slots > 0 for b in self.backends):
+                if not self._any_free_slot():
                     return
                 continue
             self._waiters.remove(waiter)

@@ -30,6 +30,7 @@ from vlgate.gateway.reload import Reloader
 from vlgate.gateway.upstream import Forwarder, new_client
 from vlgate.gateway.usage import answer_tokens
 from vlgate.gateway.watchdog import SlotWatchdog
+from vlgate.gateway.wire import Client
 from vlgate.images import ImageNormalizer
 from vlgate.presets import PresetRegistry, TokenCheck, check_special_tokens
 
@@ -59,7 +60,7 @@ class Gateway:
                                    busy_interval_s=g.health.busy_interval_s)
         self.observer = Observer(self.metrics.registry, backends, self.poller.client)  # status page, usage, fleet
         self.poller.after_check.append(self.observer.after_check)
-        self.session = None
+        self.backend_client: Client | None = None  # set in startup, with the forwarder
         self.forwarder: Forwarder = None  # type: ignore[assignment]  # set in startup (needs a loop)
         # images.enabled=false makes the normalizer refuse images (400); they never pass raw
         self.images = ImageNormalizer(config.images)
@@ -113,8 +114,8 @@ class Gateway:
         return None
 
     async def startup(self) -> None:
-        self.session = new_client()
-        self.forwarder = Forwarder(self.session, self.balancer, self.config.gateway,
+        self.backend_client = new_client()
+        self.forwarder = Forwarder(self.backend_client, self.balancer, self.config.gateway,
                                    on_retry=lambda route: self.metrics.retries.labels(route).inc())
         self.metrics.registry.register(FaultCollector(lambda: self.forwarder.outliers.ejections,
                                                       lambda: self.forwarder.budget_refusals,
@@ -138,8 +139,8 @@ class Gateway:
         await self.poller.aclose()
         await self.reloader.aclose()
         self.observer.close()
-        if self.session is not None:
-            await self.session.close()
+        if self.backend_client is not None:
+            await self.backend_client.close()
         await self.images.aclose()
 
     def start_draining(self) -> None:

@@ -79,9 +79,9 @@ def new_client() -> Client:
 
 
 class Forwarder:
-    def __init__(self, session: Client, balancer: Balancer, cfg: GatewayConfig,
+    def __init__(self, client: Client, balancer: Balancer, cfg: GatewayConfig,
                  on_retry: Callable[[str], None] | None = None) -> None:
-        self.session = session
+        self.client = client
         self.balancer = balancer
         self.on_retry = on_retry
         self.outliers = OutlierDetector(lambda: self.balancer.backends, cfg.outlier)
@@ -115,7 +115,7 @@ class Forwarder:
         try:
             async with asyncio.timeout(wait):
                 # a stream that stalls stream_idle_timeout_s ends with an error event (the read raises TimeoutError)
-                resp = await self.session.pool(backend.url).post(
+                resp = await self.client.pool(backend.url).post(
                     path, body, headers, self.cfg.stream_idle_timeout_s if stream else None)
         except TimeoutError:
             release()

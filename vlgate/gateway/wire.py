@@ -80,23 +80,15 @@ class Response:
             if self._done:
                 return b""
             await self._wait()
-        data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
-        self._chunks.clear()
-        self._drained()
-        return data
+        return self._take_buffered()
 
     async def read(self) -> bytes:
         """The whole body."""
-        while not self._done:
-            if self._error is not None:
-                raise self._error
+        while not self._done:  # a failure ends it too (_finish), with _error set
             await self._wait()
         if self._error is not None:
             raise self._error
-        data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
-        self._chunks.clear()
-        self._drained()
-        return data
+        return self._take_buffered()
 
     def release(self) -> None:
         """Done with it: a complete answer leaves its connection for the next request, anything else drops it."""
@@ -132,10 +124,14 @@ class Response:
             self._conn.pause()
         self._wake()
 
-    def _drained(self) -> None:
+    def _take_buffered(self) -> bytes:
+        """Everything buffered; reading resumes if it had paused."""
+        data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks.clear()
         if self._buffered > _PAUSE_BYTES:
             self._conn.resume()
         self._buffered = 0
+        return data
 
     def _finish(self, error: WireError | None = None) -> None:
         if not self._done:

@@ -18,20 +18,19 @@ from vlgate.images.parts import ImagePart, find_images
 from vlgate.images.pipeline import Normalized, Pipeline
 from vlgate.images.settings import ImageSettings
 from vlgate.images.types import ImageError, ImageInfo
-from vlgate.images.workers import PixelPool, decode_and_hash, sha256
+from vlgate.images.workers import PixelPool
 
 log = logging.getLogger(__name__)
 
-_INLINE_BYTES = 64 * 1024  # smaller payloads are decoded/hashed on the loop: a thread hop would cost more
 
 
 class ImageNormalizer:
     def __init__(self, settings: ImageSettings) -> None:
         self.settings = settings
         self.formats = available_formats(settings.formats)
-        self.pipeline = Pipeline(settings.grid.to_rule(), tuple(self.formats), settings.limits, settings.encode)
+        pipeline = Pipeline(settings.grid.to_rule(), tuple(self.formats), settings.limits, settings.encode)
         self.cache = NormalizedCache(settings.cache.max_entries, settings.cache.max_bytes)
-        self.pixels = PixelPool(self.pipeline, settings.workers, settings.pool, settings.pillow_block_cache_mb)
+        self.pixels = PixelPool(pipeline, settings.workers, settings.pool, settings.pillow_block_cache_mb)
         self._fetcher = Fetcher(settings.fetch)
         self._inflight: dict[str, asyncio.Task[Normalized]] = {}
         self.processed = 0  # pipeline runs (cache misses that did the work)
@@ -59,8 +58,7 @@ class ImageNormalizer:
         try:
             if dataurl.is_data_url(part.url):
                 is_b64, payload = dataurl.split(part.url, budget)
-                small = len(payload) < _INLINE_BYTES
-                raw, key = decode_and_hash(is_b64, payload) if small else await self.pixels.decode_and_hash(is_b64, payload)
+                raw, key = await self.pixels.decode_and_hash(is_b64, payload)
                 budget.take(len(raw))
             else:
                 scheme = part.url.split(":", 1)[0].lower() if ":" in part.url else ""
@@ -71,7 +69,7 @@ class ImageNormalizer:
                     raise ImageError("image URLs are not accepted here: send the image as a data: URL",
                                      code="image_url_refused")
                 raw = await self._fetcher.fetch(part.url, budget)
-                key = sha256(raw) if len(raw) < _INLINE_BYTES else await self.pixels.sha256(raw)
+                key = await self.pixels.sha256(raw)
             return await self._normalized(key, raw)
         except ImageError as e:  # a fresh error: one from a shared in-flight task may serve several requests
             raise ImageError(e.message, param=part.param, status=e.status, code=str(e.code or "invalid_image")) from None

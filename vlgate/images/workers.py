@@ -28,6 +28,7 @@ from vlgate.images.pipeline import Normalized, Pipeline
 
 log = logging.getLogger(__name__)
 
+_INLINE_BYTES = 64 * 1024  # smaller payloads are decoded/hashed on the loop: a hop to a worker would cost more
 _pipeline: Pipeline | None = None  # a worker process's own, set by _start_worker
 # image workers yield the CPU to the event loop: on a busy core a text request's few loop turns then do not
 # queue behind decodes (Linux nice is per thread, so this lowers only the worker thread or process)
@@ -63,7 +64,7 @@ def sha256(raw: bytes) -> str:
 
 
 class PixelPool:
-    """Runs decoding, hashing and normalization off the event loop, in processes or threads."""
+    """Runs decoding, hashing and normalization off the event loop, in processes or threads (small payloads inline)."""
 
     def __init__(self, pipeline: Pipeline, workers: int, kind: Literal["process", "thread"], pixel_cache_mb: int) -> None:
         self.pipeline = pipeline
@@ -101,9 +102,13 @@ class PixelPool:
             old.shutdown(wait=False, cancel_futures=True)
 
     async def decode_and_hash(self, is_b64: bool, payload: str) -> tuple[bytes, str]:
+        if len(payload) < _INLINE_BYTES:
+            return decode_and_hash(is_b64, payload)
         return await self._run(decode_and_hash, is_b64, payload)
 
     async def sha256(self, raw: bytes) -> str:
+        if len(raw) < _INLINE_BYTES:
+            return sha256(raw)
         return await asyncio.get_running_loop().run_in_executor(self._threads, sha256, raw)
 
     async def normalize(self, raw: bytes) -> Normalized:
