@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import emit, machine
 
 from vlgate.backends import Backend, BackendState
-from vlgate.gateway.balancer import Balancer
+from vlgate.gateway.routing.balancer import Balancer
 
 PREFILL_TOK_S = 3000.0
 DECODE_TOK_S = 40.0

@@ -31,7 +31,7 @@ from images_bench import photo, screenshot
 from PIL import Image, ImageDraw
 
 from vlgate.launcher.binary import ensure_server
-from vlgate.launcher.tinymodel import write_tiny_model
+from vlgate.tinymodel.model import write_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

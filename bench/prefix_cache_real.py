@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import emit, free_port, machine, wait_http
 
 from vlgate.launcher.binary import ensure_server
-from vlgate.launcher.tinymodel import write_tiny_model
+from vlgate.tinymodel.model import write_tiny_model
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima",
          "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform", "victor", "whiskey",

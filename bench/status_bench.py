@@ -28,10 +28,10 @@ import yaml
 from common import free_port, wait_http
 
 from vlgate.backends import Backend, BackendState
-from vlgate.gateway.fleetmetrics import FleetScraper, _parse
-from vlgate.gateway.timeline import Timelines
+from vlgate.gateway.observe.fleetmetrics import FleetScraper, _parse
+from vlgate.gateway.observe.timeline import Timelines
 from vlgate.launcher.binary import ensure_server
-from vlgate.launcher.tinymodel import write_tiny_model
+from vlgate.tinymodel.model import write_tiny_model
 
 KEY = "sk-bench"
 

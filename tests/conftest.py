@@ -9,7 +9,7 @@ import pytest
 from support.llama import LlamaServer
 
 from vlgate.launcher.binary import ensure_server
-from vlgate.launcher.tinymodel import TinyModel, write_tiny_model
+from vlgate.tinymodel.model import TinyModel, write_tiny_model
 
 # ---------------------------------------------------------------- llama-server binary + tiny model
 

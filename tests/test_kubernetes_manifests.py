@@ -16,7 +16,7 @@ import yaml
 from kubernetes_validate import utils as k8s
 
 from vlgate.config import Config, parse_config
-from vlgate.gateway.capacity import ModelServerGauges, NodeLoad
+from vlgate.gateway.fleet.capacity import ModelServerGauges, NodeLoad
 
 DEPLOY = Path(__file__).parents[1] / "deploy" / "kubernetes"
 CRD = Path(__file__).parent / "data" / "inferencepool-crd-v1.5.0.yaml"

@@ -9,7 +9,7 @@ import pytest
 
 from vlgate.backends import Backend, BackendState
 from vlgate.errors import APIError
-from vlgate.gateway.balancer import Balancer
+from vlgate.gateway.routing.balancer import Balancer
 
 
 def ready(name: str, slots: int) -> Backend:

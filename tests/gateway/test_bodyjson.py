@@ -18,7 +18,7 @@ from PIL import Image
 from support.gateway_process import GatewayProcess
 from support.stack import llama_behind_gateway
 
-from vlgate.gateway import bodyjson
+from vlgate.gateway.endpoint import bodyjson
 
 B64 = base64.b64encode(random.Random(7).randbytes(300_000)).decode()  # 400 KB: above both thresholds
 URL = "data:image/jpeg;base64," + B64

@@ -8,7 +8,7 @@ import asyncio
 import httpx
 
 from vlgate.backends import Backend, BackendState
-from vlgate.gateway.capacity import NodeLoad, node_load, refresh_slots, slots_document
+from vlgate.gateway.fleet.capacity import NodeLoad, node_load, refresh_slots, slots_document
 
 
 def scripted(answers: list[tuple[int, int]]) -> httpx.AsyncClient:

@@ -20,7 +20,7 @@ from support.load import Load
 from support.wait import wait_until
 
 from vlgate.config import ConfigError, DiscoveryConfig, parse_config
-from vlgate.gateway.discovery import make_resolver, nameserver, resolve
+from vlgate.gateway.fleet.discovery import make_resolver, nameserver, resolve
 
 HOSTS = ("127.0.0.2", "127.0.0.3")
 

@@ -15,7 +15,7 @@ from support.gateway_process import GatewayProcess
 
 from vlgate.config import KeyLimitConfig
 from vlgate.errors import APIError
-from vlgate.gateway.keylimits import KeyLimiter
+from vlgate.gateway.frontdoor.keylimits import KeyLimiter
 
 
 async def admitted(pending: Awaitable[Callable[[], None] | None]) -> Callable[[], None]:

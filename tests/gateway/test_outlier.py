@@ -14,10 +14,10 @@ from support.gateway_process import GatewayProcess
 from vlgate.backends import Backend, BackendState
 from vlgate.config import GatewayConfig, OutlierConfig
 from vlgate.errors import APIError
-from vlgate.gateway.balancer import Balancer
-from vlgate.gateway.outlier import OutlierDetector
-from vlgate.gateway.poller import check_backend
-from vlgate.gateway.upstream import Forwarder, new_client
+from vlgate.gateway.routing.balancer import Balancer
+from vlgate.gateway.forward.outlier import OutlierDetector
+from vlgate.gateway.fleet.poller import check_backend
+from vlgate.gateway.forward.forwarder import Forwarder, new_client
 
 HELLO = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 

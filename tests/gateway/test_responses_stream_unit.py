@@ -16,8 +16,8 @@ from openai._types import omit
 from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import ResponseStreamEvent
 
-from vlgate.gateway.fidelity_responses import Echo
-from vlgate.gateway.responses_stream import ResponsesStreamRewriter
+from vlgate.gateway.apis.responses.completion import Echo
+from vlgate.gateway.apis.responses.stream import ResponsesStreamRewriter
 
 RESP = "resp_abc"
 MSG = "msg_def"

@@ -22,7 +22,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from support.gateway_process import GatewayProcess
 
-from vlgate.gateway.auth import key_name
+from vlgate.gateway.frontdoor.auth import key_name
 
 pytestmark = pytest.mark.slow
 

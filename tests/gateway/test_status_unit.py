@@ -11,10 +11,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from vlgate.config import ConfigError, NamedKey, parse_config
 from vlgate.errors import APIError
-from vlgate.gateway.auth import KeyChecker, bearer_matches, key_name
-from vlgate.gateway.timeline import Timeline
-from vlgate.gateway.usage import KeyUsage, StreamEnds, Tokens, answer_tokens
-from vlgate.statusview import render, watch
+from vlgate.gateway.frontdoor.auth import KeyChecker, bearer_matches, key_name
+from vlgate.gateway.observe.timeline import Timeline
+from vlgate.gateway.observe.usage import KeyUsage, StreamEnds, Tokens, answer_tokens
+from vlgate.cli.status import render, watch
 
 
 def sse(*events: dict) -> bytes:
@@ -208,8 +208,8 @@ def test_gpu_numbers_and_the_gpu_label_under_up(monkeypatch: pytest.MonkeyPatch)
     import sys
 
     from vlgate.backends import Backend
-    from vlgate.gateway.fleetmetrics import FleetCollector, Scrape, _parse
-    from vlgate.gateway.gpustats import Gpus
+    from vlgate.gateway.observe.fleetmetrics import FleetCollector, Scrape, _parse
+    from vlgate.gateway.observe.gpustats import Gpus
 
     fake = _FakeNvml()
     monkeypatch.setitem(sys.modules, "pynvml", fake)
@@ -238,7 +238,7 @@ def test_gpu_numbers_and_the_gpu_label_under_up(monkeypatch: pytest.MonkeyPatch)
 def test_no_nvml_means_no_gpu_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from vlgate.gateway.gpustats import Gpus
+    from vlgate.gateway.observe.gpustats import Gpus
 
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails, as on a machine without the library
     gpus = Gpus()
@@ -252,7 +252,7 @@ def test_observer_follows_backends_that_join_later() -> None:
     import httpx
 
     from vlgate.backends import Backend, BackendState
-    from vlgate.gateway.observe import Observer
+    from vlgate.gateway.observe.observer import Observer
 
     async def run() -> Observer:
         async with httpx.AsyncClient() as client:

@@ -12,7 +12,7 @@ from support.gateway_process import GatewayProcess
 
 from vlgate.backends import Backend
 from vlgate.config import WatchdogConfig
-from vlgate.gateway.watchdog import SlotWatchdog
+from vlgate.gateway.fleet.watchdog import SlotWatchdog
 
 
 def slot(task: int, decoded: int, processed: int = 10, processing: bool = True) -> dict:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 import pytest
 
-from vlgate.gateway.wire import BadResponse, Client, Disconnected, Pool
+from vlgate.gateway.forward.wire import BadResponse, Client, Disconnected, Pool
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 

@@ -21,7 +21,7 @@ import pytest
 from support.chaos import post_chat, proper_error, stream_outcome
 from test_launcher_up import config, up  # noqa: F401  (the `up` fixture)
 
-from vlgate.launcher.tinymodel import TinyModel
+from vlgate.tinymodel.model import TinyModel
 
 pytestmark = pytest.mark.slow
 DURATION_S = float(os.environ.get("VLGATE_CHAOS_S", "120"))

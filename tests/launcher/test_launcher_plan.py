@@ -14,7 +14,7 @@ import yaml
 from vlgate.backends import BackendState as S
 from vlgate.config import ConfigError, load_config, parse_config
 from vlgate.launcher import gpus
-from vlgate.launcher.cli import format_status
+from vlgate.cli.launch import format_status
 from vlgate.launcher.command import LaunchError, build_specs
 from vlgate.launcher.download import ModelFiles
 from vlgate.launcher.process import ALLOWED, describe_exit

@@ -19,7 +19,7 @@ from vlgate.launcher.command import BackendSpec, build_specs
 from vlgate.launcher.download import ModelFiles
 from vlgate.launcher.settings import LauncherSettings
 from vlgate.launcher.supervisor import Supervisor
-from vlgate.launcher.tinymodel import TinyModel
+from vlgate.tinymodel.model import TinyModel
 
 S = BackendState
 pytestmark = pytest.mark.slow

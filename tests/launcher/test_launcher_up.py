@@ -25,7 +25,7 @@ import yaml
 from support.llama import free_port
 from support.procs import children_of
 
-from vlgate.launcher.tinymodel import TinyModel
+from vlgate.tinymodel.model import TinyModel
 
 pytestmark = pytest.mark.slow
 VLGATE = shutil.which("vlgate")

@@ -14,14 +14,14 @@ import pytest
 from PIL import Image
 from support.llama import LlamaServer, port_is_free
 
-from vlgate.launcher.tinymodel import (
+from vlgate.tinymodel.model import (
     GROUNDING_TOKENS,
     TinyModel,
     tiny_vocab,
     write_tiny_model,
 )
-from vlgate.launcher.tinyshape import Group, Kind, classify
-from vlgate.launcher.tinyvocab import byte_symbols, train_merges
+from vlgate.tinymodel.shape import Group, Kind, classify
+from vlgate.tinymodel.vocab import byte_symbols, train_merges
 
 CHAT = "/v1/chat/completions"
 

@@ -14,22 +14,13 @@ from starlette.responses import Response
 from vlgate.backends import Backend
 from vlgate.config import Config
 from vlgate.errors import APIError
-from vlgate.gateway.fastpath import GatewayApp
-from vlgate.gateway.routes import (
-    admin,
-    aliases,
-    capacity,
-    chat,
-    completions,
-    embeddings,
-    messages,
-    models,
-    probes,
-    responses,
-    status,
-    tokens,
-)
-from vlgate.gateway.state import Gateway, backends_from_config
+from vlgate.gateway.endpoint.dispatch import GatewayApp
+from vlgate.gateway.apis.anthropic import routes as messages
+from vlgate.gateway.apis.openai import chat, completions, embeddings, models, tokens
+from vlgate.gateway.apis.responses import routes as responses
+from vlgate.gateway.observe import page as status
+from vlgate.gateway.routes import admin, aliases, capacity, probes
+from vlgate.gateway.gateway import Gateway, backends_from_config
 
 log = logging.getLogger("vlgate.gateway.app")
 

@@ -12,8 +12,8 @@ import socket
 import uvicorn
 from starlette.applications import Starlette
 
-from vlgate.gateway.drain import DrainingServer
-from vlgate.gateway.protocol import FrontDoorLimits, guarded_protocol
+from vlgate.gateway.frontdoor.drain import DrainingServer
+from vlgate.gateway.frontdoor.protocol import FrontDoorLimits, guarded_protocol
 
 
 class PortInUse(Exception):

@@ -117,7 +117,7 @@ def render(plan: Plan, config: Config, *, gateway: bool) -> str:
 
 def demo_config(config: Config) -> Config:
     """The tiny generated model on CPU: two backends of one thread each, free ports, short answers."""
-    from vlgate.launcher.tinymodel import write_tiny_model
+    from vlgate.tinymodel.model import write_tiny_model
 
     tiny = write_tiny_model(cache_root() / "demo")
     data = config.model_dump()

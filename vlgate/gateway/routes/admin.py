@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute, Route
 
 from vlgate.backends import BackendState
 from vlgate.errors import APIError
-from vlgate.gateway.state import Gateway, authorized
+from vlgate.gateway.gateway import Gateway, authorized
 
 
 async def unpark(request: Request) -> Response:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from vlgate.gateway.proxy import ProxyEndpoint
-from vlgate.gateway.routes.chat import prepare_chat
-from vlgate.gateway.routes.responses import prepare_responses
-from vlgate.gateway.state import Gateway
+from vlgate.gateway.endpoint.endpoint import ProxyEndpoint
+from vlgate.gateway.apis.openai.chat import prepare_chat
+from vlgate.gateway.apis.responses.routes import prepare_responses
+from vlgate.gateway.gateway import Gateway
 
 
 def routes(gw: Gateway) -> list[BaseRoute]:

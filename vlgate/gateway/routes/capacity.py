@@ -11,8 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from vlgate.gateway.capacity import slots_document
-from vlgate.gateway.state import Gateway, authorized
+from vlgate.gateway.fleet.capacity import slots_document
+from vlgate.gateway.gateway import Gateway, authorized
 
 
 async def slots(request: Request) -> Response:

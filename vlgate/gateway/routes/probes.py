@@ -11,9 +11,9 @@ from starlette.routing import BaseRoute, Route
 
 from vlgate.backends import Backend
 from vlgate.errors import APIError
-from vlgate.gateway.auth import bearer_matches, header_credentials
-from vlgate.gateway.metrics import CONTENT_TYPE
-from vlgate.gateway.state import Gateway, gateway_of
+from vlgate.gateway.frontdoor.auth import bearer_matches, header_credentials
+from vlgate.gateway.observe.metrics import CONTENT_TYPE
+from vlgate.gateway.gateway import Gateway, gateway_of
 
 
 async def health(request: Request) -> Response:

@@ -1,0 +1,1 @@
+"""One subpackage per API dialect (OpenAI, Responses, Anthropic): schemas, answers, streams, errors."""

@@ -1,0 +1,1 @@
+"""The Anthropic Messages dialect: its request rules, errors and stream events."""

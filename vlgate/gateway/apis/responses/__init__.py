@@ -1,0 +1,1 @@
+"""The OpenAI Responses dialect: its request rules, answer completion and stream events."""

@@ -1,0 +1,42 @@
+"""What one request carries along the path: for routing, post-processing and the access-log line."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from vlgate.gateway.routing.affinity import Affinity
+
+
+class StreamEnds(Protocol):
+    def feed(self, chunk: bytes) -> None: ...
+
+
+class StreamTap(Protocol):
+    def feed(self, chunk: bytes) -> bytes: ...
+    def flush(self) -> bytes: ...
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What one request carries along the path (for routing, post-processing and the log line)."""
+
+    route: str
+    started: float
+    id: str = ""
+    body_changed: bool = False
+    stream: bool = False
+    affinity: Affinity | None = None  # the prefix keys, most specific first (gateway/affinity.py)
+    backend: str | None = None
+    attempts: int = 0
+    ttfb: float | None = None
+    mid_stream_error: bool = False
+    key: str | None = None  # the API key's name (usage per key); never the key
+    release_key: Callable[[], None] | None = None  # the key's concurrency place (gateway/keylimits.py)
+    images: int = 0  # images in the request (usage per key)
+    answer: bytes | None = None  # the non-stream answer as sent (usage is read from it at finish)
+    tail: StreamEnds | None = None  # a stream's first and last bytes (usage is read from them at finish)
+    finish: Callable[[bytes], bytes] | None = None  # non-stream post-processing (presets)
+    stream_tap: StreamTap | None = None  # stream post-processing (presets)
+    respond: Callable[[Any], Awaitable[int]] | None = None  # answers itself, given `send` (pipeline presets)

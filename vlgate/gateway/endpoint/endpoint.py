@@ -1,0 +1,202 @@
+"""The OpenAI POST routes as raw ASGI endpoints: read (bounded), check, forward, answer.
+
+Raw ASGI rather than Request/Response objects: the body is read with its size limit enforced as it
+arrives, and a client disconnect is watched for the whole request so the upstream connection (and
+with it the llama-server slot) is dropped at once, for streams and non-streams alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from vlgate.backends import BackendState
+from vlgate.errors import APIError
+from vlgate.gateway.endpoint import bodyjson
+from vlgate.gateway.frontdoor.auth import credentials
+from vlgate.gateway.apis.openai.backend_errors import complete_error
+from vlgate.gateway.endpoint.context import RequestContext
+from vlgate.gateway.gateway import Gateway
+from vlgate.gateway.endpoint.respond import send_error, send_json_bytes, stream_upstream
+from vlgate.gateway.forward.forwarder import Upstream
+from vlgate.gateway.forward.wire import WireError
+
+log = logging.getLogger("vlgate.gateway.endpoint.endpoint")
+
+Prepare = Callable[[Gateway, RequestContext, dict[str, Any]], Awaitable[None]]
+
+
+class ClientGone(Exception):
+    pass
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, refusing (413) as soon as it passes `limit` — never buffering more."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                raise APIError(400, "Invalid Content-Length header.") from None
+            if declared > limit:
+                raise APIError(413, f"Request body of {declared} bytes exceeds the limit of {limit} bytes.",
+                               code="request_too_large")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise APIError(413, f"Request body exceeds the limit of {limit} bytes.", code="request_too_large")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def check_json_content_type(scope: Scope) -> None:
+    """415 unless the body is declared JSON: a web page can make a browser POST text/plain or a form to a
+    gateway on localhost without a CORS preflight, but not application/json."""
+    value = header(scope, b"content-type") or b""
+    if value.split(b";", 1)[0].strip().lower() != b"application/json":
+        shown = value.decode("latin-1")[:100] or "none"
+        raise APIError(415, f"Content-Type must be application/json (got {shown}).", param="Content-Type",
+                       code="unsupported_media_type")
+
+
+def request_id(scope: Scope) -> str:
+    """The client's X-Request-ID when it is sane (to follow one request across systems), else a new one."""
+    given = header(scope, b"x-request-id")
+    if given and len(given) <= 128 and given.isascii() and given.replace(b"-", b"").replace(b"_", b"").isalnum():
+        return given.decode()
+    return f"{_ID_PREFIX}{next(_ids):08x}"
+
+
+# new request ids: random per process (replicas differ), then a counter (os.urandom costs a syscall a request)
+_ID_PREFIX = os.urandom(4).hex()
+_ids = itertools.count(1)
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+class ProxyEndpoint:
+    """POST /v1/<route>: validate, let `prepare` rewrite the body (model, presets, images), forward."""
+
+    def __init__(self, gateway: Gateway, route: str, upstream_path: str, prepare: Prepare) -> None:
+        self.gateway = gateway
+        self.route = route
+        self.upstream_path = upstream_path
+        self.prepare = prepare
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gw = self.gateway
+        ctx = RequestContext(route=self.route, started=time.perf_counter(), id=request_id(scope))
+        status = 500
+        try:
+            status = await self._handle(scope, receive, send, ctx)
+        except (ClientGone, ConnectionError):  # the client left (a send to a closed connection)
+            status = 499
+        except APIError as exc:
+            status = exc.status
+            await send_error(send, exc, ctx.id)
+        except Exception:  # a bug of ours: still an OpenAI-shaped answer, and the gateway keeps serving
+            log.exception("unexpected error on %s", self.route)
+            status = 500
+            await send_error(send, APIError(500, "Internal gateway error.", type="server_error"), ctx.id)
+        finally:
+            gw.finish(ctx, status)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> int:
+        gw = self.gateway
+        ctx.key = gw.keys.check(credentials(header(scope, b"authorization"), header(scope, b"x-api-key")))
+        check_json_content_type(scope)
+        raw = await read_body(scope, receive, gw.config.gateway.max_body_bytes)
+        try:
+            body = bodyjson.loads(raw)  # data: URLs of MBs cost the loop little
+        except orjson.JSONDecodeError as exc:
+            raise APIError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+        ctx.release_key = await gw.key_limits.admit(ctx.key)  # released in Gateway.finish
+        await self.prepare(gw, ctx, body)
+        if ctx.body_changed:
+            raw = orjson.dumps(body)
+        ctx.stream = body.get("stream") is True
+
+        # a client that goes away cancels this task: the upstream connection drops and the slot frees
+        task = asyncio.current_task()
+        assert task is not None
+        disconnect = asyncio.ensure_future(_wait_disconnect(receive))
+        on_gone = lambda _f: task.cancel() if not _f.cancelled() else None  # noqa: E731
+        disconnect.add_done_callback(on_gone)
+        upstream = None
+        try:
+            if ctx.respond is not None:  # a preset pipeline: several backend requests, answered by the gateway
+                return await ctx.respond(send)
+            upstream = await gw.forwarder.send(self.upstream_path, raw, ctx.affinity, ctx.stream)
+            ctx.backend = upstream.backend.name
+            ctx.attempts = upstream.attempts
+            ctx.ttfb = time.perf_counter() - ctx.started
+            if upstream.response.content_type == "text/event-stream":
+                await stream_upstream(send, upstream, ctx)
+            else:
+                data = ctx.answer = await read_answer(upstream)
+                upstream.response.release()
+                upstream.release()
+                status = upstream.status
+                headers = upstream.headers() + [(b"x-request-id", ctx.id.encode())]
+                if status == 200 and ctx.finish is not None:
+                    data = ctx.finish(data)
+                elif status >= 400:
+                    status, data = complete_error(status, data)
+                    if status >= 500:  # final: our retries already ran, the SDK's must not multiply them
+                        headers.append((b"x-should-retry", b"false"))
+                        upstream.failed(BackendState.SUSPECT, f"answered {status}")
+                if status < 500:
+                    upstream.succeeded()
+                disconnect.remove_done_callback(on_gone)
+                await send_json_bytes(send, status, data, headers)
+                return status
+            return upstream.status
+        except asyncio.CancelledError:
+            if disconnect.done() and not disconnect.cancelled():
+                task.uncancel()
+                raise ClientGone() from None
+            raise
+        finally:
+            disconnect.remove_done_callback(on_gone)
+            disconnect.cancel()
+            if upstream is not None:
+                upstream.close()  # no-op after a clean finish; drops the connection otherwise
+
+
+async def read_answer(upstream: Upstream) -> bytes:
+    """A non-stream body; a backend that dies while sending it is a 503 (nothing reached the client)."""
+    try:
+        return await upstream.response.read()
+    except (WireError, TimeoutError) as exc:
+        upstream.failed(BackendState.SUSPECT, f"failed while answering: {type(exc).__name__}")
+        raise APIError(503, f"The backend failed while sending its answer ({type(exc).__name__}).",
+                       code="backend_error", headers={"Retry-After": "1"}) from None
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,88 @@
+"""Write answers to the ASGI `send`: JSON bodies, errors, and SSE streams passed through as bytes.
+
+Stream chunks go out as they arrive, unparsed. Only when a preset needs the model's text is the
+stream tapped (see `SSETap`). A backend failing mid-stream ends the stream with an SSE error
+event: a silent close would look like a complete answer to the openai SDK.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from starlette.types import Send
+
+from vlgate.backends import BackendState
+from vlgate.errors import APIError
+from vlgate.gateway.apis.openai.backend_errors import complete_stream_errors
+from vlgate.gateway.observe.usage import StreamEnds
+from vlgate.gateway.forward.wire import WireError
+
+if TYPE_CHECKING:
+    from vlgate.gateway.endpoint.context import RequestContext
+    from vlgate.gateway.forward.forwarder import Upstream
+
+log = logging.getLogger("vlgate.gateway.endpoint.respond")
+
+_JSON = (b"content-type", b"application/json")
+
+
+async def send_json_bytes(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None,
+                          ) -> None:
+    out = [(k, v) for k, v in headers or () if k != b"content-type"]
+    out.append(_JSON)
+    out.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": out})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Send, exc: APIError, request_id: str = "") -> None:
+    headers = [(k.lower().encode(), v.encode()) for k, v in exc.response_headers().items()]
+    if request_id:
+        headers.append((b"x-request-id", request_id.encode()))
+    try:
+        await send_json_bytes(send, exc.status, exc.to_bytes(), headers)
+    except (OSError, RuntimeError):  # the response had already started or the client is gone
+        pass
+
+
+async def stream_upstream(send: Send, upstream: Upstream, ctx: RequestContext) -> None:
+    """Pass the SSE body through; on a mid-stream backend failure, end with an error event."""
+    headers = upstream.headers()
+    headers.append((b"x-accel-buffering", b"no"))
+    headers.append((b"x-request-id", ctx.id.encode()))
+    await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+    tap = ctx.stream_tap
+    response = upstream.response
+    ends = ctx.tail = StreamEnds()  # the backend's own usage/timings events, read at finish
+    try:
+        while True:
+            chunk = await response.readany()
+            if not chunk:
+                break
+            ends.feed(chunk)
+            if tap is not None:
+                chunk = tap.feed(chunk)
+                if not chunk:
+                    continue
+            else:
+                chunk = complete_stream_errors(chunk)  # one substring search unless an error event is there
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except (WireError, TimeoutError) as exc:
+        backend = upstream.backend
+        log.warning("backend %s failed mid-stream: %s", backend.name, exc)
+        upstream.failed(BackendState.SUSPECT, f"failed mid-stream: {type(exc).__name__}")
+        upstream.close()
+        ctx.mid_stream_error = True
+        err = APIError(502, f"The backend failed while streaming ({type(exc).__name__}); the answer is incomplete.",
+                       type="server_error", code="backend_stream_error")
+        await send({"type": "http.response.body", "body": err.sse_event(), "more_body": True})
+    else:
+        if tap is not None:
+            rest = tap.flush()
+            if rest:
+                await send({"type": "http.response.body", "body": rest, "more_body": True})
+        upstream.response.release()
+        upstream.release()
+        upstream.succeeded()
+    await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -1,0 +1,1 @@
+"""The backends as a fleet: polling, slots, membership, DNS discovery, watchdog, reload."""

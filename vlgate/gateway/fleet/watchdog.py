@@ -1,0 +1,129 @@
+"""The wedged-generation watchdog: llama-server can answer `/health` 200 while a slot makes no progress
+(llama.cpp #27388), and `/slots` itself may hang. Neither shows in a health check.
+
+Every `stall_s / 4` the watchdog reads each ready backend's `/slots`. A slot that is processing with the
+same task, decoded tokens and processed prompt tokens for `stall_s` is wedged; so is a backend whose
+`/slots` times out `slots_timeouts` times in a row. A wedged backend is reported (log, its `/ready`
+reason, `vlgate_wedged_total`) and then restarted by the launcher under `vlgate up` (it sets
+`Backend.restart`), or ejected for `stall_s` under `vlgate serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter
+
+from vlgate.backends import Backend, BackendState
+from vlgate.config import WatchdogConfig
+
+log = logging.getLogger("vlgate.gateway.fleet.watchdog")
+
+Progress = tuple[object, object, object]  # (id_task, n_decoded, n_prompt_tokens_processed)
+
+
+def slot_progress(slot: dict[str, Any]) -> Progress:
+    decoded = None
+    next_token = slot.get("next_token")
+    if isinstance(next_token, list) and next_token and isinstance(next_token[0], dict):
+        decoded = next_token[0].get("n_decoded")
+    return slot.get("id_task"), decoded, slot.get("n_prompt_tokens_processed")
+
+
+class SlotWatchdog:
+    def __init__(self, backends: Callable[[], list[Backend]], cfg: WatchdogConfig, registry: CollectorRegistry,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.backends = backends
+        self.cfg = cfg
+        self.clock = clock
+        self.wedged = Counter("vlgate_wedged", "Backends found wedged (a slot without progress, or /slots hanging)",
+                              ["backend"], registry=registry)
+        self._since: dict[tuple[str, object], tuple[Progress, float]] = {}  # (backend, slot id) -> progress, since
+        self._timeouts: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def observe(self, backend: Backend, slots: Any) -> str | None:
+        """Record a `/slots` answer; the reason when a slot has made no progress for `stall_s`."""
+        self._timeouts[backend.name] = 0
+        if not isinstance(slots, list):
+            return None
+        now = self.clock()
+        seen = set()
+        reason = None
+        for slot in slots:
+            if not isinstance(slot, dict):
+                continue
+            key = (backend.name, slot.get("id"))
+            if slot.get("is_processing") is not True:
+                self._since.pop(key, None)
+                continue
+            seen.add(key)
+            progress = slot_progress(slot)
+            last = self._since.get(key)
+            if last is None or last[0] != progress:
+                self._since[key] = (progress, now)
+            elif now - last[1] >= self.cfg.stall_s:
+                reason = (f"wedged: slot {slot.get('id')} processing with no progress for {now - last[1]:.0f}s "
+                          f"(task {progress[0]}, {progress[1]} tokens decoded)")
+        for key in [k for k in self._since if k[0] == backend.name and k not in seen]:
+            del self._since[key]
+        return reason
+
+    def timed_out(self, backend: Backend) -> str | None:
+        n = self._timeouts.get(backend.name, 0) + 1
+        self._timeouts[backend.name] = n
+        if n >= self.cfg.slots_timeouts:
+            return f"wedged: /slots did not answer within {self.cfg.slots_timeout_s:g}s, {n} times in a row"
+        return None
+
+    def act(self, backend: Backend, reason: str) -> None:
+        self.wedged.labels(backend.name).inc()
+        for key in [k for k in self._since if k[0] == backend.name]:
+            del self._since[key]
+        self._timeouts[backend.name] = 0
+        if backend.restart is not None:
+            log.error("backend %s %s: restarting it", backend.name, reason)
+            backend.restart(reason)
+        else:
+            log.error("backend %s %s: ejected for %gs", backend.name, reason, self.cfg.stall_s)
+            backend.ejected_until = self.clock() + self.cfg.stall_s
+            backend.mark_failed(BackendState.SUSPECT, reason)
+
+    async def check(self, client: httpx.AsyncClient, backend: Backend) -> None:
+        try:
+            r = await client.get(backend.url + "/slots", headers=backend.auth_headers(),
+                                 timeout=self.cfg.slots_timeout_s)
+            slots = r.json() if r.status_code == 200 else None
+        except httpx.TimeoutException:
+            reason = self.timed_out(backend)
+        except (httpx.HTTPError, ValueError):
+            return  # down or odd: the health poller's business
+        else:
+            reason = self.observe(backend, slots)
+        if reason is not None and backend.state is BackendState.READY:
+            self.act(backend, reason)
+
+    def start(self, client: httpx.AsyncClient) -> None:
+        self._task = asyncio.create_task(self._loop(client), name="watchdog")
+
+    async def _loop(self, client: httpx.AsyncClient) -> None:
+        interval = max(0.2, self.cfg.stall_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            ready = [b for b in self.backends() if b.state is BackendState.READY]
+            try:
+                await asyncio.gather(*(self.check(client, b) for b in ready))
+            except Exception:  # never let one odd answer stop the watchdog
+                log.exception("watchdog round failed")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,1 @@
+"""What operators see: metrics, usage per key, timelines, fleet scrapes, the status page."""

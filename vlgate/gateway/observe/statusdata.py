@@ -1,0 +1,86 @@
+"""The status snapshot (`GET /status`): the gateway, every backend, usage per key — one JSON for page and CLI."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter
+
+from vlgate import __version__
+from vlgate.backends import Backend
+
+if TYPE_CHECKING:
+    from vlgate.gateway.gateway import Gateway
+
+
+def _rate(hits: int, total: int) -> float | None:
+    return round(hits / total, 4) if total else None
+
+
+def _counter_total(counter: Counter) -> float:
+    return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
+
+
+def _sample(families: list[Any], name: str) -> float | None:
+    return next((s.value for f in families for s in f.samples if s.name == name), None)
+
+
+def describe_backend(gw: Gateway, backend: Backend) -> dict[str, Any]:
+    obs = gw.observer
+    scrape = obs.scraper.last.get(backend.name)
+    events = obs.events.get(backend.name)
+    check = gw.token_checks.get(backend.name)
+    line = obs.timelines.of(backend.name)
+    families = scrape.families if scrape else []
+    return {
+        **backend.describe(),
+        "gpu": backend.gpu,
+        "since_s": round(time.monotonic() - backend.changed_at, 1),
+        "slots_busy": scrape.slots_busy if scrape else None,
+        "processing": _sample(families, "llamacpp:requests_processing"),
+        "deferred": _sample(families, "llamacpp:requests_deferred"),
+        "restarts": events.restarts if events else 0,
+        "last_error": events.last_error if events else "",
+        "last_error_at": events.last_error_at if events else None,
+        "structure_tokens": None if check is None else {"ok": check.ok, "reason": check.reason},
+        "gpu_stats": scrape.gpu.describe() if scrape and scrape.gpu else None,
+        "scrape_ms": round(scrape.seconds * 1000, 2) if scrape else None,
+        **line.rates(),
+        "series": line.series(),
+    }
+
+
+def snapshot(gw: Gateway) -> dict[str, Any]:
+    b = gw.balancer
+    obs = gw.observer
+    ok = not b.draining and bool(b.ready_backends())
+    cache = gw.images.cache
+    served = sum(x.served for x in gw.backends)
+    statuses = obs.statuses
+    return {
+        "version": __version__,
+        "model": gw.config.gateway.model,
+        "time": time.time(),
+        "uptime_s": round(time.time() - obs.started, 1),
+        "status": "ready" if ok else "unavailable",
+        "reason": "" if ok else b.not_ready_reason(),
+        "draining": b.draining,
+        "gateway": {
+            "in_flight": b.in_flight(),
+            "queued": b.queued,
+            "queue_size": b.queue_size,
+            "requests": sum(statuses.values()),
+            "status_429": statuses.get(429, 0),
+            "status_503": statuses.get(503, 0),
+            "errors_5xx": sum(n for s, n in statuses.items() if s >= 500),
+            "retries": int(_counter_total(gw.metrics.retries)),
+            "image_cache": {"hits": cache.hits, "misses": cache.misses,
+                            "hit_rate": _rate(cache.hits, cache.hits + cache.misses)},
+            "affinity": {"hits": b.affinity_hits, "served": served, "hit_rate": _rate(b.affinity_hits, served)},
+            **obs.timelines.gateway.rates(),
+        },
+        "series": obs.timelines.gateway.series(),
+        "backends": [describe_backend(gw, x) for x in gw.backends],
+        "keys": obs.usage.describe(),
+    }

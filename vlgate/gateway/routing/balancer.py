@@ -1,0 +1,300 @@
+"""Pick a backend for each request: the one holding its prefix (bounded load), else most free slots; a FIFO queue.
+
+The gateway is the only client of its backends, so `Backend.in_flight` is exact; a request only
+goes to a backend with a free slot, so llama-server never holds more than it has slots. When no
+slot is free the request waits in a FIFO queue (size + deadline) instead of piling on.
+
+Affinity (bench/fleet_sim.py measured it): a request's keys (its conversation, then each image) name
+the backend that last served them, whose KV cache holds that prefix. The holder gets the request
+while its load stays within `affinity_load` x the mean (bounded-load consistent hashing's rule). A
+full holder is waited for (up to `affinity_wait_s`, with at most twice its slots in line) only while
+the fleet is busy (smoothed demand >= 0.72 of the slots): then the slot left free elsewhere is soon
+taken by someone else and the cached prefix saves prefill; on a quieter fleet waiting only adds
+latency, so the backend with the most free slots wins. A freed slot goes first to a queued request
+whose prefix it holds (while the queue's head has waited under 2 s: no one starves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vlgate.backends import Backend, BackendState
+from vlgate.errors import APIError
+from vlgate.gateway.routing.affinity import Affinity
+
+# a full prefix holder is waited for only while requests (running + queued) fill this share of the slots
+# on average: below it the slot the request leaves free elsewhere stays idle and the wait is pure added
+# latency (bench/fleet_sim.py, 4x4 slots: 70% load = 0.66 busy with affinity, 90% = 0.82; at 0.6-0.7 the
+# 70% load's p99 loses to least connections, at 0.8 the 90% load's locality falls under 90%)
+_WAIT_ABOVE_UTILIZATION = 0.72
+_UTILIZATION_WEIGHT = 1 / 500  # per arriving request: about the last 500 requests
+# freed slots go to the requests whose prefix they hold first, while the queue's head has waited less than
+# this (unbounded, the others starve: 90% load's p99 went from 6.6 to 11.4 s in bench/fleet_sim.py)
+_HOLDER_FIRST_S = 2.0
+
+# states from which a backend will soon be ready again: worth queueing for. Not DOWN (connection refused)
+# nor FAILED (parked): when every backend is one of those, requests fail fast with 503 + Retry-After
+_HOPEFUL = {BackendState.STARTING, BackendState.LOADING, BackendState.RESTARTING, BackendState.SUSPECT,
+            BackendState.CRASHED}
+
+
+@dataclass(eq=False)
+class _Waiter:
+    future: asyncio.Future[Backend]
+    affinity: Affinity | None
+    exclude: frozenset[Backend]
+    enqueued: float
+
+
+class Balancer:
+    def __init__(
+        self,
+        backends: list[Backend],
+        *,
+        queue_size: int = 256,
+        queue_timeout_s: float = 30.0,
+        affinity_load: float = 1.5,
+        affinity_wait_s: float = 5.0,
+        affinity_entries: int = 16384,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backends = backends
+        self.queue_size = queue_size
+        self.queue_timeout_s = queue_timeout_s
+        self.affinity_load = affinity_load
+        self.affinity_wait_s = affinity_wait_s
+        self.draining = False
+        self._waiters: deque[_Waiter] = deque()
+        self._affinity: OrderedDict[object, Backend] = OrderedDict()
+        self._affinity_entries = affinity_entries
+        self._rr = itertools.count()
+        self.affinity_hits = 0
+        self._clock = clock  # bench/fleet_sim.py runs the balancer in virtual time
+        self.utilization = 0.0  # smoothed (running + queued) / ready slots, as arrivals find it
+        self._samples = 0
+        self._capacity = 0
+        self._own_in_flight = 0
+        for backend in backends:
+            self.attach(backend)
+
+    def attach(self, backend: Backend) -> None:
+        """Follow a backend's state (also one that joins later: discovery, reload)."""
+        backend.listeners.append(self._on_state_change)
+
+    # -- reading -------------------------------------------------------------------------------
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    def in_flight(self) -> int:
+        return sum(b.in_flight for b in self.backends)
+
+    def ready_backends(self) -> list[Backend]:
+        return [b for b in self.backends if b.available]
+
+    def not_ready_reason(self) -> str:
+        if self.draining:
+            return "gateway is draining (shutting down)"
+        if not self.backends:
+            return "no backends configured"
+        return "; ".join(f"{b.name}: {b.state.value}{' (' + b.reason + ')' if b.reason else ''}" for b in self.backends)
+
+    # -- choosing ------------------------------------------------------------------------------
+    def _pick(self, affinity: Affinity | None, exclude: frozenset[Backend], waited_s: float | None = None,
+              ahead: dict[Backend, int] | None = None) -> Backend | None:
+        """The backend for a request, or None: wait (no free slot, or its prefix holder is worth waiting for).
+
+        `waited_s`: how long it has queued (None: a new request); `ahead` counts, per holder, the queued
+        requests before this one that chose to wait for it."""
+        best: Backend | None = None
+        best_free = 0
+        candidates = self.backends
+        n = len(candidates)
+        start = next(self._rr) % n if n > 1 else 0
+        load = 0
+        capacity = 0
+        for i in range(n):
+            b = candidates[(start + i) % n]
+            if b.state is not BackendState.READY or b in exclude:
+                continue
+            free = b.free_slots  # other replicas' work on it counts too
+            load += b.slots - free
+            capacity += b.slots
+            if free > best_free:
+                best, best_free = b, free
+        self._capacity = capacity
+        holder = self._holder(affinity, exclude)
+        if holder is None or holder is best:
+            return best
+        # bounded load: the holder may run ahead of the mean, but not by more than affinity_load x
+        bound = self.affinity_load * (load * holder.slots / capacity + 1)
+        busy = holder.slots - holder.free_slots
+        if busy + 1 > bound:
+            return best
+        if holder.free_slots > 0:
+            self.affinity_hits += 1
+            return holder
+        # the holder is full. Waiting for it leaves a free slot elsewhere idle unless the fleet is busy
+        # enough that another request takes it: only then, for a while, and not behind a long line; never
+        # while a backend sits entirely idle (one just joined or restarted: the smoothed demand lags)
+        queued = ahead.get(holder, 0) if ahead else 0
+        if best is None or (self.utilization >= _WAIT_ABOVE_UTILIZATION and (waited_s or 0.0) < self.affinity_wait_s
+                            and queued < 2 * holder.slots and best_free < best.slots):
+            if ahead is not None and best is not None:
+                ahead[holder] = queued + 1
+            return None
+        return best
+
+    def _holder(self, affinity: Affinity | None, exclude: frozenset[Backend]) -> Backend | None:
+        """The ready backend that last served one of the request's keys (most specific key first)."""
+        for key in affinity or ():
+            b = self._affinity.get(key)
+            if b is not None and b.state is BackendState.READY and b not in exclude:
+                return b
+        return None
+
+    def _take(self, backend: Backend, affinity: Affinity | None) -> Backend:
+        backend.in_flight += 1
+        backend.served += 1
+        self._own_in_flight += 1
+        for key in affinity or ():
+            self._affinity[key] = backend
+            self._affinity.move_to_end(key)
+        while len(self._affinity) > self._affinity_entries:
+            self._affinity.popitem(last=False)
+        return backend
+
+    def _retry_after(self) -> str:
+        return str(max(1, math.ceil(min(self.queue_timeout_s, 5.0))))
+
+    def try_acquire(self, affinity: Affinity | None = None, exclude: frozenset[Backend] = frozenset()) -> Backend | None:
+        """A backend at once (its slot reserved), or None: the request must queue (never ahead of waiters)."""
+        if self._capacity:  # sampled at arrivals: the time average (Poisson arrivals see time averages)
+            n = self._samples = self._samples + 1  # a plain mean at first, then exponential
+            demand = (self._own_in_flight + len(self._waiters)) / self._capacity  # our own: other replicas' not
+            self.utilization += (demand - self.utilization) * (_UTILIZATION_WEIGHT if n > 500 else 1 / n)
+        if self._waiters:
+            return None
+        backend = self._pick(affinity, exclude)
+        return None if backend is None else self._take(backend, affinity)
+
+    def enqueue(self, future: asyncio.Future[Backend], affinity: Affinity | None, exclude: frozenset[Backend]) -> _Waiter:
+        """Queue a request; it may get a slot the waiters ahead of it pass over (they wait for their prefix holder)."""
+        waiter = _Waiter(future, affinity, exclude, self._clock())
+        self._waiters.append(waiter)
+        if len(self._waiters) > 1 and self._any_free_slot():
+            self._dispatch()
+        return waiter
+
+    async def acquire(self, affinity: Affinity | None = None, exclude: frozenset[Backend] = frozenset()) -> Backend:
+        """A backend with a slot reserved for this request; release() it when done.
+
+        While draining, new requests are refused at the door (gateway/drain.py): one that gets here was
+        admitted before, and is served."""
+        backend = self.try_acquire(affinity, exclude)
+        if backend is not None:
+            return backend
+        if not self._can_serve(exclude):
+            raise self._no_backend()
+        if len(self._waiters) >= self.queue_size:
+            raise APIError(429, f"All {sum(b.slots for b in self.ready_backends())} slots are busy and the queue "
+                           f"({self.queue_size}) is full; retry later.",
+                           code="queue_full", headers={"Retry-After": self._retry_after()})
+        loop = asyncio.get_running_loop()
+        waiter = self.enqueue(loop.create_future(), affinity, exclude)
+        if affinity is not None:  # it may be waiting for its prefix holder: look again once that wait is over
+            loop.call_later(self.affinity_wait_s + 0.01, self.wake)
+        try:
+            async with asyncio.timeout(self.queue_timeout_s):
+                return await waiter.future
+        except TimeoutError:
+            self._abandon(waiter)
+            raise APIError(503, f"No slot became free within {self.queue_timeout_s:g}s "
+                           f"(backends: {self.not_ready_reason()}).",
+                           code="queue_timeout", headers={"Retry-After": self._retry_after()}) from None
+        except BaseException:
+            self._abandon(waiter)
+            raise
+
+    def _can_serve(self, exclude: frozenset[Backend] = frozenset()) -> bool:
+        """Some backend is ready, or will be soon (a slot can become free)."""
+        return any(b.state is BackendState.READY or b.state in _HOPEFUL for b in self.backends if b not in exclude)
+
+    def _no_backend(self) -> APIError:
+        return APIError(503, f"No backend can take work: {self.not_ready_reason()}",
+                        code="no_backend", headers={"Retry-After": self._retry_after()})
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """A waiter that gave up; if a slot reached it at the same moment, give the slot back."""
+        if waiter.future.done() and not waiter.future.cancelled():
+            self.release(waiter.future.result())
+            return
+        waiter.future.cancel()
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass
+
+    def release(self, backend: Backend) -> None:
+        backend.in_flight -= 1
+        self._own_in_flight -= 1
+        if self._waiters:
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand free slots to waiters: first, in FIFO order, those whose prefix holder has one; then the
+        rest in FIFO order (skipping those whose exclusions rule a slot out, and those that wait for their
+        holder). A slot goes to a request whose prefix it holds before one that would prefill it again."""
+        now = self._clock()
+        if self._waiters and now - self._waiters[0].enqueued < _HOLDER_FIRST_S and any(self._holder_free(w) for w in self._waiters):
+            self._serve(now, holders_only=True)
+        self._serve(now, holders_only=False)
+
+    def _any_free_slot(self) -> bool:
+        return any(b.state is BackendState.READY and b.free_slots > 0 for b in self.backends)
+
+    def _holder_free(self, waiter: _Waiter) -> bool:
+        """Whether the waiter's prefix holder has a free slot."""
+        holder = self._holder(waiter.affinity, waiter.exclude) if waiter.affinity else None
+        return holder is not None and holder.free_slots > 0
+
+    def _serve(self, now: float, holders_only: bool) -> None:
+        """One FIFO pass over the queue; `ahead` counts who already waits for each holder (its line)."""
+        ahead: dict[Backend, int] = {}
+        for waiter in list(self._waiters):
+            if waiter.future.done():
+                self._waiters.remove(waiter)
+                continue
+            if holders_only and not self._holder_free(waiter):
+                continue
+            backend = self._pick(waiter.affinity, waiter.exclude, now - waiter.enqueued, ahead)
+            if backend is None:
+                if not self._any_free_slot():
+                    return
+                continue
+            self._waiters.remove(waiter)
+            waiter.future.set_result(self._take(backend, waiter.affinity))
+
+    def _on_state_change(self, backend: Backend) -> None:
+        if backend.state is not BackendState.READY:
+            for key in [k for k, b in self._affinity.items() if b is backend]:
+                del self._affinity[key]
+        if self._waiters:
+            if self._can_serve():
+                self._dispatch()
+            else:  # nothing can free a slot any more: fail the queue now, not at its deadline
+                while self._waiters:
+                    waiter = self._waiters.popleft()
+                    if not waiter.future.done():
+                        waiter.future.set_exception(self._no_backend())
+
+    def wake(self) -> None:
+        """Slots or states changed outside a release (health poll): serve waiters."""
+        if self._waiters:
+            self._dispatch()
