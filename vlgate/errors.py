@@ -1,11 +1,12 @@
-"""OpenAI-shaped errors: `{"error": {"message", "type", "param", "code"}}` with the right status."""
+"""`APIError`: an error the gateway answers itself, raised anywhere on the request path.
+
+It carries the status, message and OpenAI's classification (`type`, `param`, `code`); how it looks on
+the wire is each API dialect's business (`gateway/apis/<api>/errors.py`), so it is built there only.
+"""
 
 from __future__ import annotations
 
-import json
 from typing import Any
-
-from starlette.responses import Response
 
 _TYPES = {
     400: "invalid_request_error",
@@ -54,23 +55,9 @@ class APIError(Exception):
         self.code = code
         self.headers = headers or {}
 
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-    def to_bytes(self) -> bytes:
-        return json.dumps(self.body()).encode()
-
     def response_headers(self) -> dict[str, str]:
         headers = dict(self.headers)
         if self.status >= 500 or self.status == 429:
             # our own retries already ran: tell the openai SDK not to multiply them
             headers.setdefault("x-should-retry", "false")
         return headers
-
-    def response(self) -> Response:
-        return Response(self.to_bytes(), status_code=self.status, media_type="application/json",
-                        headers=self.response_headers())
-
-    def sse_event(self) -> bytes:
-        """A mid-stream error event: the SDK raises on it (a silent close would look complete)."""
-        return b"data: " + self.to_bytes() + b"\n\n"

@@ -132,3 +132,53 @@ def test_sigterm_with_streams_in_flight(llama_server, tmp_path: Path) -> None:
               f"{t_exit - last_end:.2f}s after the last stream")
     finally:
         gw.stop()
+
+
+# every declared API route drains, aliases and utilities included (the endpoint applies each route's `drains`)
+LATE_REQUESTS = [
+    ("/chat/completions", {"model": "youtu-vl", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}),
+    ("/responses", {"model": "youtu-vl", "max_output_tokens": 4, "input": "hi"}),
+    ("/tokenize", {"content": "hello"}),
+    ("/detokenize", {"tokens": [1, 2]}),
+    ("/apply-template", {"messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1/messages", {"model": "youtu-vl", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}),
+]
+
+
+@pytest.mark.slow
+def test_aliases_drain_like_v1(llama_server, tmp_path: Path) -> None:
+    """Streams on the `/chat/completions` alias are waited for (they end with [DONE], not cut), and new
+    requests on the aliases and utility routes are refused with 503 `draining`, as on `/v1/...`."""
+    server = llama_server(slots=1, ctx=2048)
+    gw = GatewayProcess({"backends": [{"url": server.url}], "gateway": {"drain_delay_s": 0.2, "drain_grace_s": 60}},
+                        tmp_path).start()
+    try:
+        gw.wait_ready()
+        tails: dict[int, tuple[int, list[str]]] = {}
+        body = {"model": "youtu-vl", "max_tokens": 2000, "stream": True,
+                "messages": [{"role": "user", "content": "a long story"}]}
+
+        def stream(i: int) -> None:
+            with httpx.stream("POST", gw.url + "/chat/completions", json=body, timeout=120) as r:
+                lines = [x for x in r.iter_lines() if x]
+            tails[i] = (r.status_code, lines[-1:])
+
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(STREAMS)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: (r := gw.ready())["in_flight"] == 1 and r["queued"] == STREAMS - 1, 20, "alias streams")
+        assert gw.proc is not None
+        gw.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: probe(gw.url) == 503, 2, "draining")
+        for path, late in LATE_REQUESTS:
+            r = httpx.post(gw.url + path, json=late, timeout=10)
+            assert r.status_code == 503, (path, r.status_code, r.text)
+            err = r.json()["error"]
+            assert (err["type"] if path == "/v1/messages" else err["code"]) in ("draining", "overloaded_error"), (path, r.text)
+            assert r.headers["retry-after"] == "1"
+        for t in threads:
+            t.join(90)
+        assert tails == {i: (200, ["data: [DONE]"]) for i in range(STREAMS)}  # counted, waited for, whole
+        assert gw.proc.wait(20) == 0
+    finally:
+        gw.stop()

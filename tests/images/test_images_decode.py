@@ -19,6 +19,7 @@ from support.images import (
     settings,
 )
 
+from vlgate.gateway.apis.openai.errors import error_object
 from vlgate.images import GridRule
 from vlgate.images.decode import TRANSPOSE, available_formats
 
@@ -268,7 +269,7 @@ def test_resize_filters_all_reach_the_grid() -> None:
 def test_non_images_refused_with_reason(data: bytes, word: str) -> None:
     e = error_of(data, mime="image/jpeg")
     assert word in e.message, e.message
-    assert e.body()["error"]["param"] == "messages[1].content[0].image_url"
+    assert error_object(e)["error"]["param"] == "messages[1].content[0].image_url"
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP"])

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
+from vlgate.gateway.apis.openai.errors import error_object
 from vlgate.images import ImageError, ImageInfo, ImageNormalizer, ImageSettings
 
 T = TypeVar("T")
@@ -71,7 +72,7 @@ def error_of(data: bytes | str, s: ImageSettings | None = None, mime: str = "ima
         normalize(data, s, mime)
     except ImageError as e:
         assert e.status == 400
-        assert e.body()["error"]["type"] == "invalid_request_error"
+        assert error_object(e)["error"]["type"] == "invalid_request_error"
         return e
     raise AssertionError("expected ImageError")
 

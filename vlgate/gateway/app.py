@@ -1,4 +1,4 @@
-"""Assemble the Starlette app from plain parts: routes, the gateway state, OpenAI-shaped errors."""
+"""Assemble the Starlette app from plain parts: the declared API routes, the GET routes, the gateway state."""
 
 from __future__ import annotations
 
@@ -14,39 +14,43 @@ from starlette.responses import Response
 from vlgate.backends import Backend
 from vlgate.config import Config
 from vlgate.errors import APIError
-from vlgate.gateway.endpoint.dispatch import GatewayApp
-from vlgate.gateway.apis.anthropic import routes as messages
-from vlgate.gateway.apis.openai import chat, completions, embeddings, models, tokens
+from vlgate.gateway.apis.anthropic import routes as anthropic
+from vlgate.gateway.apis.openai import models
+from vlgate.gateway.apis.openai import routes as openai
 from vlgate.gateway.apis.responses import routes as responses
-from vlgate.gateway.observe import page as status
-from vlgate.gateway.routes import admin, aliases, capacity, probes
+from vlgate.gateway.apis.openai.errors import response
+from vlgate.gateway.endpoint.dispatch import GatewayApp, api_endpoints, starlette_routes
+from vlgate.gateway.endpoint.route import ApiRoute
 from vlgate.gateway.gateway import Gateway, backends_from_config
+from vlgate.gateway.observe import page
+from vlgate.gateway.routes import admin, capacity, probes
 
 log = logging.getLogger("vlgate.gateway.app")
 
-# every API surface the gateway serves: a new route is one module in routes/ and one entry here
-ROUTE_MODULES = (chat, completions, embeddings, models, probes, status, responses, messages, tokens, aliases,
-                 capacity, admin)
+# every POST API route, declared by its API (apis/<api>/routes.py): a new route is one declaration there
+API_ROUTES: tuple[ApiRoute, ...] = (*openai.ROUTES, *responses.ROUTES, *anthropic.ROUTES)
+# the GET routes (models, probes, the status page, capacity) and the operator's /admin
+GET_ROUTE_MODULES = (models, probes, page, capacity, admin)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
-    return exc.response()
+    return response(exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        return APIError(404, f"Unknown route {request.method} {request.url.path}.", code="unknown_url").response()
+        return response(APIError(404, f"Unknown route {request.method} {request.url.path}.", code="unknown_url"))
     if exc.status_code == 405:
-        return APIError(405, f"Method {request.method} is not allowed on {request.url.path}.",
-                        code="method_not_allowed").response()
-    return APIError(exc.status_code, str(exc.detail)).response()
+        return response(APIError(405, f"Method {request.method} is not allowed on {request.url.path}.",
+                                 code="method_not_allowed"))
+    return response(APIError(exc.status_code, str(exc.detail)))
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s", request.url.path, exc_info=exc)
-    return APIError(500, "Internal gateway error.", type="server_error").response()
+    return response(APIError(500, "Internal gateway error.", type="server_error"))
 
 
 def create_app(config: Config, backends: list[Backend] | None = None, *, poll_health: bool = True,
@@ -64,12 +68,14 @@ def create_app(config: Config, backends: list[Backend] | None = None, *, poll_he
         finally:
             await gw.shutdown()
 
-    # the drain gate (on SIGTERM: new API requests 503 `draining`, admitted ones go on) and the fast POST
-    # routes sit in front of Starlette's stack (gateway/fastpath.py)
+    # the declared API routes are dispatched in front of Starlette's stack (endpoint/dispatch.py); their
+    # endpoint applies what each declares (drain, auth, key limits, accounting, error dialect)
+    endpoints = api_endpoints(gw, API_ROUTES)
     app = GatewayApp(
-        routes=[route for module in ROUTE_MODULES for route in module.routes(gw)],
+        routes=[*starlette_routes(endpoints), *(route for module in GET_ROUTE_MODULES for route in module.routes(gw))],
         exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,
     )
+    app.api_endpoints = endpoints
     app.state.gateway = gw
     return app

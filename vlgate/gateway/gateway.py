@@ -28,7 +28,7 @@ from vlgate.gateway.observe.observer import Observer
 from vlgate.gateway.fleet.poller import HealthPoller
 from vlgate.gateway.fleet.reload import Reloader
 from vlgate.gateway.forward.forwarder import Forwarder, new_client
-from vlgate.gateway.observe.usage import answer_tokens
+from vlgate.gateway.observe.usage import charged_tokens
 from vlgate.gateway.fleet.watchdog import SlotWatchdog
 from vlgate.gateway.forward.wire import Client
 from vlgate.images import ImageNormalizer
@@ -75,7 +75,7 @@ class Gateway:
         self.members = Membership(backends, self.balancer, self.poller, self._on_backend_state)
         self.discovery = DnsDiscovery(config, self.members) if manage_state else None
         self.reloader = Reloader(self, reload_config)
-        self.admitted = 0  # API requests in progress: a drain waits for them (gateway/drain.py DrainGate)
+        self.admitted = 0  # requests of draining routes in progress: a drain waits for them (endpoint/endpoint.py)
         self.metrics.registry.register(ModelServerGauges(self.node_load))  # Inference Extension gauges
 
     def node_load(self) -> NodeLoad:
@@ -150,12 +150,12 @@ class Gateway:
         duration = time.perf_counter() - ctx.started
         self.metrics.observe(ctx.route, status, duration, ctx.ttfb)
         # the usage the backend reported, read once: for the per-key counters and the tokens-per-minute limit
-        tokens = answer_tokens(ctx.answer, ctx.tail) if status < 400 else None
+        tokens = charged_tokens(ctx.answer, ctx.tail, ctx.spent, status)
         self.observer.finish(ctx, status, duration, tokens)
         if ctx.release_key is not None:
             ctx.release_key()
-            if tokens is not None:
-                self.key_limits.record_tokens(ctx.key, tokens.prompt + tokens.completion)
+        if tokens is not None and ctx.charges.tokens:
+            self.key_limits.record_tokens(ctx.key, tokens.prompt + tokens.completion)
         if self.config.gateway.log_json:
             access_log.info(json.dumps({
                 "id": ctx.id, "route": ctx.route, "status": status,

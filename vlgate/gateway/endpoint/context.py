@@ -6,11 +6,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from vlgate.gateway.observe.usage import StreamEnds, Tokens
+
+from vlgate.gateway.apis.dialect import Dialect
+from vlgate.gateway.apis.openai.errors import OPENAI
+from vlgate.gateway.endpoint.route import GENERATION, Charges
 from vlgate.gateway.routing.affinity import Affinity
-
-
-class StreamEnds(Protocol):
-    def feed(self, chunk: bytes) -> None: ...
 
 
 class StreamTap(Protocol):
@@ -25,6 +26,8 @@ class RequestContext:
     route: str
     started: float
     id: str = ""
+    dialect: Dialect = OPENAI  # how this route's errors look (the route's declaration)
+    charges: Charges = GENERATION  # what it costs the key (the route's declaration)
     body_changed: bool = False
     stream: bool = False
     affinity: Affinity | None = None  # the prefix keys, most specific first (gateway/affinity.py)
@@ -40,3 +43,4 @@ class RequestContext:
     finish: Callable[[bytes], bytes] | None = None  # non-stream post-processing (presets)
     stream_tap: StreamTap | None = None  # stream post-processing (presets)
     respond: Callable[[Any], Awaitable[int]] | None = None  # answers itself, given `send` (pipeline presets)
+    spent: Tokens | None = None  # summed usage of the backend calls a pipeline made itself (charged at finish)

@@ -1,8 +1,10 @@
-"""The OpenAI POST routes as raw ASGI endpoints: read (bounded), check, forward, answer.
+"""The one endpoint every POST API route goes through, applying what the route declares (`route.py`).
 
-Raw ASGI rather than Request/Response objects: the body is read with its size limit enforced as it
-arrives, and a client disconnect is watched for the whole request so the upstream connection (and
-with it the llama-server slot) is dropped at once, for streams and non-streams alike.
+drain (refuse or count) -> auth -> content type -> bounded body -> JSON -> key limits -> prepare (the
+API's own rules, presets, images) -> forward -> answer (whole, or streamed as bytes) -> accounting.
+Every error leaves in the route's dialect. Raw ASGI rather than Request/Response objects: the body is
+read with its size limit enforced as it arrives, and a client disconnect is watched for the whole
+request so the upstream connection (and with it the llama-server slot) is dropped at once.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -21,21 +21,22 @@ from starlette.types import Receive, Scope, Send
 from vlgate.backends import BackendState
 from vlgate.errors import APIError
 from vlgate.gateway.endpoint import bodyjson
-from vlgate.gateway.frontdoor.auth import credentials
-from vlgate.gateway.apis.openai.backend_errors import complete_error
 from vlgate.gateway.endpoint.context import RequestContext
+from vlgate.gateway.endpoint.respond import read_answer, send_error, send_json_bytes, stream_upstream
+from vlgate.gateway.endpoint.route import ApiRoute
+from vlgate.gateway.frontdoor.auth import credentials
 from vlgate.gateway.gateway import Gateway
-from vlgate.gateway.endpoint.respond import send_error, send_json_bytes, stream_upstream
-from vlgate.gateway.forward.forwarder import Upstream
-from vlgate.gateway.forward.wire import WireError
 
-log = logging.getLogger("vlgate.gateway.endpoint.endpoint")
-
-Prepare = Callable[[Gateway, RequestContext, dict[str, Any]], Awaitable[None]]
+log = logging.getLogger("vlgate.gateway.endpoint")
 
 
 class ClientGone(Exception):
     pass
+
+
+DRAINING = APIError(503, "The gateway is shutting down; retry on another instance.", code="draining",
+                    # the SDK may retry this one (unlike our final failures), on a new connection
+                    headers={"Retry-After": "1", "x-should-retry": "true", "Connection": "close"})
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -96,18 +97,23 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-class ProxyEndpoint:
-    """POST /v1/<route>: validate, let `prepare` rewrite the body (model, presets, images), forward."""
+class ApiEndpoint:
+    """Serves one declared `ApiRoute` (at each of its paths)."""
 
-    def __init__(self, gateway: Gateway, route: str, upstream_path: str, prepare: Prepare) -> None:
+    def __init__(self, gateway: Gateway, route: ApiRoute) -> None:
         self.gateway = gateway
         self.route = route
-        self.upstream_path = upstream_path
-        self.prepare = prepare
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gw = self.gateway
-        ctx = RequestContext(route=self.route, started=time.perf_counter(), id=request_id(scope))
+        gw, route = self.gateway, self.route
+        ctx = RequestContext(route=route.label, started=time.perf_counter(), id=request_id(scope),
+                             dialect=route.dialect, charges=route.charges)
+        if route.drains:
+            if gw.balancer.draining:
+                gw.finish(ctx, 503)
+                await send_error(send, DRAINING, ctx)
+                return
+            gw.admitted += 1
         status = 500
         try:
             status = await self._handle(scope, receive, send, ctx)
@@ -115,16 +121,18 @@ class ProxyEndpoint:
             status = 499
         except APIError as exc:
             status = exc.status
-            await send_error(send, exc, ctx.id)
-        except Exception:  # a bug of ours: still an OpenAI-shaped answer, and the gateway keeps serving
-            log.exception("unexpected error on %s", self.route)
+            await send_error(send, exc, ctx)
+        except Exception:  # a bug of ours: still an answer in the API's shape, and the gateway keeps serving
+            log.exception("unexpected error on %s", route.label)
             status = 500
-            await send_error(send, APIError(500, "Internal gateway error.", type="server_error"), ctx.id)
+            await send_error(send, APIError(500, "Internal gateway error.", type="server_error"), ctx)
         finally:
+            if route.drains:
+                gw.admitted -= 1
             gw.finish(ctx, status)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> int:
-        gw = self.gateway
+        gw, route = self.gateway, self.route
         ctx.key = gw.keys.check(credentials(header(scope, b"authorization"), header(scope, b"x-api-key")))
         check_json_content_type(scope)
         raw = await read_body(scope, receive, gw.config.gateway.max_body_bytes)
@@ -132,8 +140,8 @@ class ProxyEndpoint:
             body = bodyjson.loads(raw)  # data: URLs of MBs cost the loop little
         except orjson.JSONDecodeError as exc:
             raise APIError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
-        ctx.release_key = await gw.key_limits.admit(ctx.key)  # released in Gateway.finish
-        await self.prepare(gw, ctx, body)
+        ctx.release_key = await gw.key_limits.admit(ctx.key, route.charges)  # released in Gateway.finish
+        await route.prepare(gw, ctx, body)
         if ctx.body_changed:
             raw = orjson.dumps(body)
         ctx.stream = body.get("stream") is True
@@ -148,31 +156,30 @@ class ProxyEndpoint:
         try:
             if ctx.respond is not None:  # a preset pipeline: several backend requests, answered by the gateway
                 return await ctx.respond(send)
-            upstream = await gw.forwarder.send(self.upstream_path, raw, ctx.affinity, ctx.stream)
+            upstream = await gw.forwarder.send(route.upstream, raw, ctx.affinity, ctx.stream)
             ctx.backend = upstream.backend.name
             ctx.attempts = upstream.attempts
             ctx.ttfb = time.perf_counter() - ctx.started
             if upstream.response.content_type == "text/event-stream":
                 await stream_upstream(send, upstream, ctx)
-            else:
-                data = ctx.answer = await read_answer(upstream)
-                upstream.response.release()
-                upstream.release()
-                status = upstream.status
-                headers = upstream.headers() + [(b"x-request-id", ctx.id.encode())]
-                if status == 200 and ctx.finish is not None:
-                    data = ctx.finish(data)
-                elif status >= 400:
-                    status, data = complete_error(status, data)
-                    if status >= 500:  # final: our retries already ran, the SDK's must not multiply them
-                        headers.append((b"x-should-retry", b"false"))
-                        upstream.failed(BackendState.SUSPECT, f"answered {status}")
-                if status < 500:
-                    upstream.succeeded()
-                disconnect.remove_done_callback(on_gone)
-                await send_json_bytes(send, status, data, headers)
-                return status
-            return upstream.status
+                return upstream.status
+            data = ctx.answer = await read_answer(upstream)
+            upstream.response.release()
+            upstream.release()
+            status = upstream.status
+            headers = upstream.headers() + route.dialect.id_headers(ctx.id.encode())
+            if status == 200 and ctx.finish is not None:
+                data = ctx.finish(data)
+            elif status >= 400:
+                status, data = route.dialect.backend_error(status, data)
+                if status >= 500:  # final: our retries already ran, the SDK's must not multiply them
+                    headers.append((b"x-should-retry", b"false"))
+                    upstream.failed(BackendState.SUSPECT, f"answered {status}")
+            if status < 500:
+                upstream.succeeded()
+            disconnect.remove_done_callback(on_gone)
+            await send_json_bytes(send, status, data, headers)
+            return status
         except asyncio.CancelledError:
             if disconnect.done() and not disconnect.cancelled():
                 task.uncancel()
@@ -183,16 +190,6 @@ class ProxyEndpoint:
             disconnect.cancel()
             if upstream is not None:
                 upstream.close()  # no-op after a clean finish; drops the connection otherwise
-
-
-async def read_answer(upstream: Upstream) -> bytes:
-    """A non-stream body; a backend that dies while sending it is a 503 (nothing reached the client)."""
-    try:
-        return await upstream.response.read()
-    except (WireError, TimeoutError) as exc:
-        upstream.failed(BackendState.SUSPECT, f"failed while answering: {type(exc).__name__}")
-        raise APIError(503, f"The backend failed while sending its answer ({type(exc).__name__}).",
-                       code="backend_error", headers={"Retry-After": "1"}) from None
 
 
 async def _wait_disconnect(receive: Receive) -> None:

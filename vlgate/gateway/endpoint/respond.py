@@ -14,9 +14,8 @@ from starlette.types import Send
 
 from vlgate.backends import BackendState
 from vlgate.errors import APIError
-from vlgate.gateway.apis.openai.backend_errors import complete_stream_errors
-from vlgate.gateway.observe.usage import StreamEnds
 from vlgate.gateway.forward.wire import WireError
+from vlgate.gateway.observe.usage import StreamEnds
 
 if TYPE_CHECKING:
     from vlgate.gateway.endpoint.context import RequestContext
@@ -36,21 +35,31 @@ async def send_json_bytes(send: Send, status: int, body: bytes, headers: list[tu
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, exc: APIError, request_id: str = "") -> None:
+async def send_error(send: Send, exc: APIError, ctx: RequestContext) -> None:
+    """The error in the route's dialect, with the request id; nothing when the answer already started."""
     headers = [(k.lower().encode(), v.encode()) for k, v in exc.response_headers().items()]
-    if request_id:
-        headers.append((b"x-request-id", request_id.encode()))
+    headers += ctx.dialect.id_headers(ctx.id.encode())
     try:
-        await send_json_bytes(send, exc.status, exc.to_bytes(), headers)
+        await send_json_bytes(send, exc.status, ctx.dialect.error_body(exc), headers)
     except (OSError, RuntimeError):  # the response had already started or the client is gone
         pass
+
+
+async def read_answer(upstream: Upstream) -> bytes:
+    """A non-stream body; a backend that dies while sending it is a 503 (nothing reached the client)."""
+    try:
+        return await upstream.response.read()
+    except (WireError, TimeoutError) as exc:
+        upstream.failed(BackendState.SUSPECT, f"failed while answering: {type(exc).__name__}")
+        raise APIError(503, f"The backend failed while sending its answer ({type(exc).__name__}).",
+                       code="backend_error", headers={"Retry-After": "1"}) from None
 
 
 async def stream_upstream(send: Send, upstream: Upstream, ctx: RequestContext) -> None:
     """Pass the SSE body through; on a mid-stream backend failure, end with an error event."""
     headers = upstream.headers()
     headers.append((b"x-accel-buffering", b"no"))
-    headers.append((b"x-request-id", ctx.id.encode()))
+    headers += ctx.dialect.id_headers(ctx.id.encode())
     await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
     tap = ctx.stream_tap
     response = upstream.response
@@ -66,7 +75,7 @@ async def stream_upstream(send: Send, upstream: Upstream, ctx: RequestContext) -
                 if not chunk:
                     continue
             else:
-                chunk = complete_stream_errors(chunk)  # one substring search unless an error event is there
+                chunk = ctx.dialect.stream_errors(chunk)  # one substring search unless an error event is there
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except (WireError, TimeoutError) as exc:
         backend = upstream.backend
@@ -76,7 +85,7 @@ async def stream_upstream(send: Send, upstream: Upstream, ctx: RequestContext) -
         ctx.mid_stream_error = True
         err = APIError(502, f"The backend failed while streaming ({type(exc).__name__}); the answer is incomplete.",
                        type="server_error", code="backend_stream_error")
-        await send({"type": "http.response.body", "body": err.sse_event(), "more_body": True})
+        await send({"type": "http.response.body", "body": ctx.dialect.error_event(err), "more_body": True})
     else:
         if tap is not None:
             rest = tap.flush()

@@ -2,10 +2,10 @@
 
 Closing the listener at once would turn the seconds before a balancer notices (a Kubernetes
 endpoint update, an L4 health check) into "connection refused". Instead, on SIGTERM:
-`/ready` answers 503 at once and new API requests get a 503 `draining` with `Retry-After` (the
-ones admitted before go on), while the listener stays open for at least `gateway.drain_delay_s` and
-as long as requests and streams are in flight (up to `gateway.drain_grace_s`); only then does
-uvicorn close the listener. SIGINT
+`/ready` answers 503 at once and new requests on every route that declares `drains` get a 503
+`draining` with `Retry-After` (the endpoint applies it, `endpoint/endpoint.py`; admitted ones go on),
+while the listener stays open for at least `gateway.drain_delay_s` and as long as requests and streams
+are in flight (up to `gateway.drain_grace_s`); only then does uvicorn close the listener. SIGINT
 (Ctrl-C: nobody's balancer is watching) skips the delay; a second signal closes at once.
 """
 
@@ -18,19 +18,17 @@ import time
 from typing import Any, Protocol
 
 import uvicorn
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vlgate.config import Config
-from vlgate.errors import APIError
 from vlgate.gateway.routing.balancer import Balancer
 
 
 class Gateway(Protocol):
-    """What a drain needs of the gateway (gateway/state.py)."""
+    """What a drain needs of the gateway (gateway/gateway.py)."""
 
     config: Config
     balancer: Balancer
-    admitted: int  # API requests in progress (DrainGate counts them)
+    admitted: int  # requests of draining routes in progress (the endpoint counts them)
 
     def start_draining(self) -> None: ...
 
@@ -42,33 +40,6 @@ _TICK_S = 0.05
 def busy(gw: Gateway) -> int:
     """API requests admitted and not finished (streams included): what a drain waits for."""
     return gw.admitted
-
-
-class DrainGate:
-    """ASGI middleware at the door of the API (`/v1/...`): counts the requests in progress, and while
-    draining answers new ones 503 `draining` + `Retry-After` (the client retries on another replica).
-    Requests admitted before the signal go on to the end, retries and queue waits included."""
-
-    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
-        self.app = app
-        self.gateway = gateway
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
-            await self.app(scope, receive, send)
-            return
-        gw = self.gateway
-        if gw.balancer.draining:
-            # retry elsewhere: the SDK may retry (unlike our final failures), on a new connection
-            refusal = APIError(503, "The gateway is shutting down; retry on another instance.", code="draining",
-                               headers={"Retry-After": "1", "x-should-retry": "true", "Connection": "close"})
-            await refusal.response()(scope, receive, send)
-            return
-        gw.admitted += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            gw.admitted -= 1
 
 
 async def wait_drained(gw: Gateway, delay_s: float, grace_s: float) -> float:

@@ -2,7 +2,9 @@
 
 A key over its concurrency waits in its own bounded FIFO instead of failing at once; the wait is
 per key, before the balancer's queue, so one busy key cannot starve the others. Rates are sliding
-one-minute windows; tokens are what the backends reported (counted when a request finishes).
+one-minute windows; tokens are what the backends reported (counted when a request finishes). What a
+request counts is its route's declared `Charges`; a pipeline preset's further backend calls take spare
+places (`take_spare`) and count against the rate (`charge_call`).
 Limits are per gateway replica; shared quotas across replicas would belong in Redis.
 """
 
@@ -16,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from vlgate.config import KeyLimitConfig
+from vlgate.gateway.endpoint.route import GENERATION, Charges
 from vlgate.errors import APIError
 
 WINDOW_S = 60.0
@@ -65,24 +68,25 @@ class KeyLimiter:
         return APIError(429, f"API key '{key}' is over its {what}; retry in {math.ceil(wait_s)}s.",
                         code="rate_limit_exceeded", headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
 
-    async def admit(self, key: str | None) -> Callable[[], None] | None:
-        """Wait for the key's turn (or raise 429); returns the release to call when the request ends."""
+    async def admit(self, key: str | None, charges: Charges = GENERATION) -> Callable[[], None] | None:
+        """Wait for the key's turn (or raise 429); returns the release to call when the request ends.
+        What is counted is the route's declared `charges`."""
         cfg = self.limit_of(key)
         if cfg is None or key is None:
             return None
         st = self._state(key)
         now = self.clock()
-        self._expire(st, now)
-        if cfg.requests_per_minute is not None and len(st.requests) >= cfg.requests_per_minute:
-            raise self._refuse(key, f"{cfg.requests_per_minute} requests per minute",
-                               WINDOW_S - (now - st.requests[0]))
-        if cfg.tokens_per_minute is not None and st.token_sum >= cfg.tokens_per_minute:
-            raise self._refuse(key, f"{cfg.tokens_per_minute} tokens per minute", WINDOW_S - (now - st.tokens[0][0]))
+        self._check_rates(key, cfg, st, now)
+        if not charges.concurrency:
+            if charges.requests:
+                st.requests.append(now)
+            return None
         if cfg.concurrency is not None and (st.running >= cfg.concurrency or st.waiters):
             await self._wait_turn(key, st, cfg.concurrency)
         else:
             st.running += 1
-        st.requests.append(now)
+        if charges.requests:
+            st.requests.append(now)
         released = False
 
         def release() -> None:
@@ -92,6 +96,44 @@ class KeyLimiter:
                 _pass_on(st)
 
         return release
+
+    def _check_rates(self, key: str, cfg: KeyLimitConfig, st: _KeyState, now: float) -> None:
+        self._expire(st, now)
+        if cfg.requests_per_minute is not None and len(st.requests) >= cfg.requests_per_minute:
+            raise self._refuse(key, f"{cfg.requests_per_minute} requests per minute",
+                               WINDOW_S - (now - st.requests[0]))
+        if cfg.tokens_per_minute is not None and st.token_sum >= cfg.tokens_per_minute:
+            raise self._refuse(key, f"{cfg.tokens_per_minute} tokens per minute", WINDOW_S - (now - st.tokens[0][0]))
+
+    def charge_call(self, key: str | None) -> None:
+        """One more backend call of a request already admitted (a pipeline's next step): counted against the
+        key's request rate, refused (429) once the key is over its rate or token budget."""
+        cfg = self.limit_of(key)
+        if cfg is None or key is None:
+            return
+        st = self._state(key)
+        now = self.clock()
+        self._check_rates(key, cfg, st, now)
+        st.requests.append(now)
+
+    def take_spare(self, key: str | None, wanted: int) -> int:
+        """Up to `wanted` more concurrency places of the key, without waiting (none while others wait);
+        `wanted` when the key has no concurrency limit. Give them back with `give_back`."""
+        cfg = self.limit_of(key)
+        if cfg is None or key is None or cfg.concurrency is None:
+            return wanted
+        st = self._state(key)
+        taken = 0 if st.waiters else max(0, min(wanted, cfg.concurrency - st.running))
+        st.running += taken
+        return taken
+
+    def give_back(self, key: str | None, places: int) -> None:
+        cfg = self.limit_of(key)
+        if cfg is None or key is None or cfg.concurrency is None:
+            return
+        st = self._state(key)
+        for _ in range(places):
+            _pass_on(st)
 
     async def _wait_turn(self, key: str, st: _KeyState, concurrency: int) -> None:
         if len(st.waiters) >= self.queue_size:

@@ -29,14 +29,16 @@ _USAGE, _TIMINGS = b'"usage"', b'"timings"'
 class StreamEnds:
     """The first and last bytes of a stream, bounded (a long stream costs no memory)."""
 
-    __slots__ = ("head", "tail", "tail_size")
+    __slots__ = ("events", "head", "tail", "tail_size")
 
     def __init__(self) -> None:
         self.head = b""
         self.tail: deque[bytes] = deque()
         self.tail_size = 0
+        self.events = 0  # `data:` events so far: llama-server streams one per generated token
 
     def feed(self, chunk: bytes) -> None:
+        self.events += chunk.count(b"data: ")
         if len(self.head) < _HEAD_BYTES:
             self.head += chunk[: _HEAD_BYTES - len(self.head)]
         self.tail.append(chunk)
@@ -115,6 +117,20 @@ def answer_tokens(answer: bytes | None, ends: StreamEnds | None) -> Tokens | Non
         usage = find_object(answer, _USAGE)
         return tokens_of([usage], None) if usage else tokens_of([], find_object(answer, _TIMINGS))
     return None
+
+
+def charged_tokens(answer: bytes | None, ends: StreamEnds | None, spent: Tokens | None, status: int) -> Tokens | None:
+    """What a request cost in tokens: the summed usage of a pipeline's own backend calls (`spent`), else
+    what the backend reported; a stream the client left (499) before its usage came is charged the
+    events generated so far (one token each: a slight over-count of the few non-token events)."""
+    if spent is not None:
+        return spent
+    if status >= 400 and status != 499:
+        return None
+    tokens = answer_tokens(answer, ends)
+    if tokens is None and status == 499 and ends is not None and ends.events:
+        return Tokens(0, ends.events)
+    return tokens
 
 
 @dataclass

@@ -25,12 +25,12 @@ from vlgate.backends import BackendState
 from vlgate.errors import APIError
 from vlgate.gateway.apis.openai import completion
 from vlgate.gateway.routing.affinity import Affinity
-from vlgate.gateway.apis.openai.backend_errors import complete_error
+from vlgate.gateway.apis.openai.errors import complete_error
 from vlgate.gateway.endpoint.context import RequestContext
 from vlgate.gateway.presetrun.source import image_of_data_url, original_pixels
-from vlgate.gateway.endpoint.endpoint import read_answer
 from vlgate.gateway.gateway import Gateway
-from vlgate.gateway.endpoint.respond import send_json_bytes
+from vlgate.gateway.endpoint.respond import read_answer, send_json_bytes
+from vlgate.gateway.observe.usage import Tokens
 from vlgate.images.parts import find_images
 from vlgate.images.types import ImageInfo
 from vlgate.presets import overlay
@@ -105,7 +105,10 @@ class PresetResponder:
 
     # -- backend requests ------------------------------------------------------------------------
     async def call(self, body: dict[str, Any], affinity: Affinity | None) -> dict[str, Any]:
-        """One non-stream backend request; an APIError carries the backend's complaint."""
+        """One non-stream backend request; an APIError carries the backend's complaint. The first is the
+        request's own (admitted at the door); each later one counts against the key's request rate."""
+        if self.requests and self.ctx.charges.requests:
+            self.gw.key_limits.charge_call(self.ctx.key)
         self.requests += 1
         upstream = await self.gw.forwarder.send(CHAT_PATH, orjson.dumps(body), affinity, False)
         self.ctx.backend, self.ctx.attempts = upstream.backend.name, self.ctx.attempts + upstream.attempts  # log line
@@ -134,6 +137,8 @@ class PresetResponder:
         upstream.succeeded()
         for key in self.usage:
             self.usage[key] += int((response.get("usage") or {}).get(key) or 0)
+        # charged at finish, stream or not, also when a later step fails
+        self.ctx.spent = Tokens(self.usage["prompt_tokens"], self.usage["completion_tokens"])
         return response
 
     def step_body(self, image_url: str, prompt: str) -> dict[str, Any]:
@@ -225,10 +230,20 @@ class PresetResponder:
 
     async def for_each(self, step: PipelineStep, items: list[Item], labels: list[str], ext: dict[str, Any],
                        log: StepLog) -> None:
-        """One crop request per item, at most `pipeline_parallel` at once; pasted in item order."""
+        """One crop request per item, at most `pipeline_parallel` at once and never more than the key's
+        concurrency allows (the request's own place plus the spare ones it can take); pasted in item order."""
         assert self.image is not None
         pixels = await self.pixels()
-        gate = asyncio.Semaphore(self.gw.config.gateway.pipeline_parallel)
+        limits, key = self.gw.key_limits, self.ctx.key
+        spare = limits.take_spare(key, self.gw.config.gateway.pipeline_parallel - 1) if self.ctx.charges.concurrency else 0
+        try:
+            await self._for_each(step, items, labels, ext, log, pixels, asyncio.Semaphore(1 + spare))
+        finally:
+            if self.ctx.charges.concurrency:
+                limits.give_back(key, spare)
+
+    async def _for_each(self, step: PipelineStep, items: list[Item], labels: list[str], ext: dict[str, Any],
+                        log: StepLog, pixels: Any, gate: asyncio.Semaphore) -> None:
         found: list[tuple[tuple[int, int, int, int], Any] | None] = [None] * len(items)
         label_map = LabelMap(self.image.orig_width, self.image.orig_height)
 

@@ -1,5 +1,5 @@
-"""One module per API surface. Each has `routes(gw) -> list[Route]`; `gateway/app.py` lists the modules.
+"""The operator's GET and admin routes (probes, capacity, /admin): each module has `routes(gw)`.
 
-A POST route is a `ProxyEndpoint` plus a `prepare` function (validate, model, presets, images,
-affinity); the endpoint does the rest (body limit, auth, balancing, retries, streaming, metrics).
+The POST API routes are declared data in their API's package (`apis/<api>/routes.py`), served by the
+one endpoint (`endpoint/`); these are plain Starlette routes, listed in `gateway/app.py`.
 """

@@ -1,8 +1,8 @@
-"""Errors on the Anthropic routes in Anthropic's shape: `{"type": "error", "error": {"type", "message"}}`.
+"""The Anthropic error dialect: `{"type": "error", "error": {"type", "message"}}`, built here and nowhere else.
 
-The gateway's own errors and llama-server's (which are OpenAI-shaped on `/v1/messages` too) are
-rewritten on the way out by an ASGI wrapper around the endpoint, so the request path stays the one
-chat uses. Mid-stream failures become an Anthropic `error` event, which the anthropic SDK raises.
+The gateway's own errors are rendered in this shape directly; llama-server's (OpenAI-shaped on
+`/v1/messages` too) are read and rewritten. Mid-stream failures become an Anthropic `event: error`,
+which the anthropic SDK raises on. The SDK reads the request id from `request-id`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vlgate.errors import APIError
+from vlgate.gateway.apis.openai.errors import backend_status
 from vlgate.gateway.endpoint import sse
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -24,74 +25,65 @@ def error_type(status: int) -> str:
     return _TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
 
 
-def anthropic_error(status: int, data: Any) -> dict[str, Any]:
-    """Anthropic's error object for an error body in any shape (ours or llama-server's)."""
-    if isinstance(data, dict) and data.get("type") == "error" and isinstance(data.get("error"), dict):
-        return data
-    err = data.get("error") if isinstance(data, dict) else None
-    if isinstance(err, dict):
-        message = str(err.get("message") or err)
-    elif isinstance(err, str):
-        message = err
-    else:
-        message = f"The request failed with status {status}."
+def error_object(status: int, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": error_type(status), "message": message}}
 
 
-def _from_bytes(status: int, body: bytes) -> bytes:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        data = {"error": body.decode("utf-8", "replace")[:500] or None}
-    return orjson.dumps(anthropic_error(status, data))
+def message_of(status: int, data: Any) -> str:
+    """The message of an error body in any shape (OpenAI's, llama-server's, Anthropic's, or none)."""
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("message") or err)
+    if isinstance(err, str):
+        return err
+    return f"The request failed with status {status}."
 
 
 def stream_error(event: bytes) -> bytes:
     """An SSE error event (`data: {"error": ...}`, or b11434's `event: error` with OpenAI fields) in
     Anthropic's form; the status of the error it carries, else 500."""
     _, data = sse.parse(event)
+    if isinstance(data, dict) and data.get("type") == "error" and isinstance(data.get("error"), dict):
+        return sse.event("error", data)  # already Anthropic's
     inner = data.get("error") if isinstance(data, dict) and isinstance(data.get("error"), dict) else data
     status = inner.get("code") if isinstance(inner, dict) and isinstance(inner.get("code"), int) else 500
     wrapped = data if isinstance(data, dict) and "error" in data else {"error": data}
-    return sse.event("error", anthropic_error(status, wrapped))
+    return sse.event("error", error_object(status, message_of(status, wrapped)))
 
 
 def is_error(event: bytes) -> bool:
-    """An SSE error event, in b11434's or the gateway's chat form."""
+    """An SSE error event, in b11434's or OpenAI's chat form."""
     return event.startswith((b"event: error", b'data: {"error"'))
 
 
-class AnthropicErrors:
-    """ASGI wrapper: error responses and mid-stream error events of `app` leave in Anthropic's shape."""
+class AnthropicDialect:
+    """Errors in Anthropic's shape (`/v1/messages`, `/v1/messages/count_tokens`)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    name = "anthropic"
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        held: Message | None = None  # an error response's start, sent once its body is rewritten
-        body: list[bytes] = []
+    def error_body(self, exc: APIError) -> bytes:
+        return orjson.dumps(error_object(exc.status, exc.message))
 
-        async def rewrite(message: Message) -> None:
-            nonlocal held
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                # the anthropic SDK reads `request-id`
-                headers += [(b"request-id", v) for k, v in headers if k == b"x-request-id"]
-                message = {**message, "headers": headers}
-                if message["status"] >= 400:
-                    held = message
-                    return
-            elif held is not None:
-                body.append(message.get("body", b""))
-                if message.get("more_body"):
-                    return
-                data = _from_bytes(held["status"], b"".join(body))
-                headers = [(k, v) for k, v in held["headers"] if k not in (b"content-length", b"content-type")]
-                headers += [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-                await send({**held, "headers": headers})
-                message = {"type": "http.response.body", "body": data}
-            elif is_error(message.get("body", b"")):  # the gateway's own mid-stream error event
-                message = {**message, "body": stream_error(message["body"].rstrip(b"\n"))}
-            await send(message)
+    def error_event(self, exc: APIError) -> bytes:
+        return sse.event("error", error_object(exc.status, exc.message))
 
-        await self.app(scope, receive, rewrite)
+    def backend_error(self, status: int, data: bytes) -> tuple[int, bytes]:
+        status = backend_status(status, data)
+        try:
+            parsed: Any = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            parsed = {"error": data.decode("utf-8", "replace")[:500] or None}
+        if isinstance(parsed, dict) and parsed.get("type") == "error" and isinstance(parsed.get("error"), dict):
+            return status, data
+        return status, orjson.dumps(error_object(status, message_of(status, parsed)))
+
+    def stream_errors(self, chunk: bytes) -> bytes:
+        if b"error" not in chunk:
+            return chunk
+        return b"\n\n".join(stream_error(e).rstrip(b"\n") if is_error(e) else e for e in chunk.split(b"\n\n"))
+
+    def id_headers(self, request_id: bytes) -> list[tuple[bytes, bytes]]:
+        return [(b"x-request-id", request_id), (b"request-id", request_id)]
+
+
+ANTHROPIC = AnthropicDialect()

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.routing import BaseRoute, Route
-
 from vlgate.gateway.apis.openai import completion, schemas
 from vlgate.gateway.routing.affinity import chat_affinity
 from vlgate.gateway.endpoint.context import RequestContext
 from vlgate.gateway.presetrun.pipelines import PresetResponder, source_image_url
 from vlgate.gateway.presetrun.postprocess import attach_preset, resolve_preset
-from vlgate.gateway.endpoint.endpoint import ProxyEndpoint
 from vlgate.gateway.apis.openai.models import check_model
 from vlgate.gateway.gateway import Gateway
 from vlgate.gateway.apis.toolchoice import pin_named_tool
@@ -36,8 +33,3 @@ async def prepare_chat(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -
     elif run is not None:
         attach_preset(ctx, run, images, body)
     ctx.affinity = chat_affinity(body["messages"], [i.sha256 for i in images])
-
-
-def routes(gw: Gateway) -> list[BaseRoute]:
-    endpoint = ProxyEndpoint(gw, "chat", "/v1/chat/completions", prepare_chat)
-    return [Route("/v1/chat/completions", endpoint, methods=["POST"])]

@@ -69,22 +69,3 @@ def complete_text(data: bytes) -> bytes:
         if isinstance(choice, dict):
             choice.setdefault("logprobs", None)
     return orjson.dumps(body)
-
-
-# llama-server answers some bad input with 500 (a C++ exception that is not invalid_argument);
-# to the client that is a 400: the request, not the server, is at fault, and retrying cannot help.
-_CLIENT_FAULTS = (b"Failed to parse", b"Unsupported", b"Failed to load image", b"failed to process image",
-                  b"Invalid", b"invalid", b"not supported")
-
-
-def client_fault(status: int, data: bytes) -> bytes | None:
-    """A 400 body for a backend 500 that is really a bad request; None when it is a real server error."""
-    if status != 500 or not any(marker in data for marker in _CLIENT_FAULTS):
-        return None
-    try:
-        err = orjson.loads(data)["error"]
-        message = str(err["message"])
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return None
-    return orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                   "code": "invalid_request"}})

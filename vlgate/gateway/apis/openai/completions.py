@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.routing import BaseRoute, Route
-
 from vlgate.gateway.apis.openai import completion, schemas
 from vlgate.gateway.routing.affinity import prompt_affinity
 from vlgate.gateway.endpoint.context import RequestContext
-from vlgate.gateway.endpoint.endpoint import ProxyEndpoint
 from vlgate.gateway.apis.openai.models import check_model
 from vlgate.gateway.gateway import Gateway
 
@@ -19,8 +16,3 @@ async def prepare_completion(gw: Gateway, ctx: RequestContext, body: dict[str, A
     check_model(gw, body)
     ctx.finish = completion.complete_text
     ctx.affinity = prompt_affinity(body.get("prompt"))
-
-
-def routes(gw: Gateway) -> list[BaseRoute]:
-    endpoint = ProxyEndpoint(gw, "completions", "/v1/completions", prepare_completion)
-    return [Route("/v1/completions", endpoint, methods=["POST"])]

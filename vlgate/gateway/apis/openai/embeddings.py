@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.routing import BaseRoute, Route
-
 from vlgate.gateway.apis.openai import schemas
 from vlgate.gateway.endpoint.context import RequestContext
-from vlgate.gateway.endpoint.endpoint import ProxyEndpoint
 from vlgate.gateway.apis.openai.models import check_model
 from vlgate.gateway.gateway import Gateway
 
@@ -16,8 +13,3 @@ from vlgate.gateway.gateway import Gateway
 async def prepare_embedding(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> None:
     schemas.validate(schemas.EmbeddingRequest, body)
     check_model(gw, body)
-
-
-def routes(gw: Gateway) -> list[BaseRoute]:
-    endpoint = ProxyEndpoint(gw, "embeddings", "/v1/embeddings", prepare_embedding)
-    return [Route("/v1/embeddings", endpoint, methods=["POST"])]

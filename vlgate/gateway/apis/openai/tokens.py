@@ -1,6 +1,6 @@
 """Token counting and llama-server's template/tokenizer utilities, authenticated and balanced like chat.
 
-`POST /v1/chat/completions/input_tokens`, `POST /v1/responses/input_tokens`, `POST /apply-template`
+`POST /v1/chat/completions/input_tokens` and `POST /apply-template`
 load the request's images to count them, so they go through image normalization first (the backend
 would otherwise fetch URLs itself). `POST /tokenize` and `/detokenize` carry only text and token ids.
 """
@@ -9,14 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.routing import BaseRoute, Route
-
 from vlgate.gateway.apis.openai import schemas
 from vlgate.gateway.endpoint.context import RequestContext
-from vlgate.gateway.endpoint.endpoint import Prepare, ProxyEndpoint
 from vlgate.gateway.apis.openai.models import check_model
 from vlgate.gateway.apis.openai.schemas import _Open
-from vlgate.gateway.apis.responses.schemas import validate_responses
 from vlgate.gateway.gateway import Gateway
 
 
@@ -42,30 +38,9 @@ async def prepare_chat_count(gw: Gateway, ctx: RequestContext, body: dict[str, A
     await _images(gw, ctx, body)
 
 
-async def prepare_responses_count(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> None:
-    validate_responses(body)
-    check_model(gw, body)
-    await _images(gw, ctx, body)
-
-
 async def prepare_tokenize(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> None:
     schemas.validate(TokenizeRequest, body)
 
 
 async def prepare_detokenize(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> None:
     schemas.validate(DetokenizeRequest, body)
-
-
-_ROUTES: dict[str, tuple[str, Prepare]] = {
-    # path: (metrics route label, prepare); the upstream path is the same path
-    "/v1/chat/completions/input_tokens": ("chat_input_tokens", prepare_chat_count),
-    "/v1/responses/input_tokens": ("responses_input_tokens", prepare_responses_count),
-    "/apply-template": ("apply_template", prepare_chat_count),
-    "/tokenize": ("tokenize", prepare_tokenize),
-    "/detokenize": ("detokenize", prepare_detokenize),
-}
-
-
-def routes(gw: Gateway) -> list[BaseRoute]:
-    return [Route(path, ProxyEndpoint(gw, label, path, prepare), methods=["POST"])
-            for path, (label, prepare) in _ROUTES.items()]

@@ -1,0 +1,58 @@
+"""A route as declared data: what applies to it is said where it is declared, and applied in one place.
+
+The endpoint (`endpoint.py`) reads these fields and nothing else: no policy is attached by matching
+path prefixes or by wrapping endpoints. A new route is one `ApiRoute` in its API's `routes.py`; an alias
+is the same route at a second path (same label, same policies, same metrics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from vlgate.gateway.apis.dialect import Dialect
+
+if TYPE_CHECKING:
+    from vlgate.gateway.endpoint.context import RequestContext
+    from vlgate.gateway.gateway import Gateway
+
+Prepare = Callable[["Gateway", "RequestContext", dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Charges:
+    """What one request of a route costs its API key's limits (`frontdoor/keylimits.py`).
+
+    `requests`: counts against `requests_per_minute`, once per backend call (a pipeline preset's steps
+    each count). `tokens`: the tokens the backends reported, or for a stream the client left, the ones
+    generated so far, count against `tokens_per_minute`. `concurrency`: each backend call in flight holds
+    one of the key's `concurrency` places.
+    """
+
+    requests: bool = True
+    tokens: bool = True
+    concurrency: bool = True
+
+
+GENERATION = Charges()
+UTILITY = Charges(tokens=False)  # token counting, templates: a backend call, no generation
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRoute:
+    """A POST API route: where it is, what it speaks, and which policies apply to it."""
+
+    path: str
+    label: str  # the route's name in metrics, usage and the access log (aliases share it)
+    dialect: Dialect  # error bodies and stream error events (apis/<api>/errors.py)
+    prepare: Prepare  # validate, resolve the model, presets and images, set affinity (apis/<api>/)
+    upstream: str  # the backend path it forwards to
+    aliases: tuple[str, ...] = ()  # more paths for the same route (llama-server's unprefixed ones)
+    drains: bool = True  # refused with 503 `draining` once SIGTERM came; counted while in flight
+    takes_slot: bool = True  # waits for a free backend slot in the balancer's queue
+    charges: Charges = field(default=GENERATION)
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return (self.path, *self.aliases)
