@@ -96,6 +96,11 @@ class LimitsConfig(_Strict):
     max_headers: int = Field(default=100, ge=8, description="request header count; beyond: 431")
     header_timeout_s: float = Field(default=10.0, gt=0, description="headers must arrive within this (slowloris)")
     max_connections: int = Field(default=4096, ge=1, description="open connections; beyond: 503 and close")
+    body_timeout_s: float = Field(default=60.0, gt=0, description="a request body must arrive whole within this "
+                                  "(a client that declares a body and goes silent); beyond: 408")
+    max_buffered_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024,
+                                    description="request bodies held at once across all connections; a new "
+                                    "request past it: 503 + Retry-After")
 
 
 class OutlierConfig(_Strict):

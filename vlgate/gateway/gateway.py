@@ -15,6 +15,7 @@ from starlette.requests import Request
 
 from vlgate.backends import Backend, BackendState
 from vlgate.config import Config
+from vlgate.gateway.frontdoor.bodies import BodyBudget
 from vlgate.gateway.frontdoor.auth import KeyChecker, header_credentials
 from vlgate.gateway.routing.balancer import Balancer
 from vlgate.gateway.fleet.capacity import ModelServerGauges, NodeLoad, node_load
@@ -49,6 +50,7 @@ class Gateway:
         self.config = config
         self.backends = backends
         self.keys = KeyChecker(config.resolved_api_keys())
+        self.bodies = BodyBudget(g.limits.max_buffered_bytes)  # request bodies held at once (frontdoor/bodies.py)
         self.key_limits = KeyLimiter(g.key_limits, queue_size=g.queue.size, queue_timeout_s=g.queue.timeout_s)
         self.balancer = Balancer(backends, queue_size=g.queue.size, queue_timeout_s=g.queue.timeout_s,
                                  affinity_load=g.affinity.load, affinity_wait_s=g.affinity.wait_s)

@@ -1,6 +1,7 @@
 """The one endpoint every POST API route goes through, applying what the route declares (`route.py`).
 
-drain (refuse or count) -> auth -> content type -> bounded body -> JSON -> key limits -> prepare (the
+drain (refuse or count) -> auth -> content type -> bounded body (size, time, bytes held across
+connections: frontdoor/bodies.py) -> JSON -> key limits -> prepare (the
 API's own rules, presets, images) -> forward -> answer (whole, or streamed as bytes) -> accounting.
 Every error leaves in the route's dialect. Raw ASGI rather than Request/Response objects: the body is
 read with its size limit enforced as it arrives, and a client disconnect is watched for the whole
@@ -25,46 +26,15 @@ from vlgate.gateway.endpoint.context import RequestContext
 from vlgate.gateway.endpoint.respond import read_answer, send_error, send_json_bytes, stream_upstream
 from vlgate.gateway.endpoint.route import ApiRoute
 from vlgate.gateway.frontdoor.auth import credentials
+from vlgate.gateway.frontdoor.bodies import BodyReader, ClientGone
 from vlgate.gateway.gateway import Gateway
 
 log = logging.getLogger("vlgate.gateway.endpoint")
 
 
-class ClientGone(Exception):
-    pass
-
-
 DRAINING = APIError(503, "The gateway is shutting down; retry on another instance.", code="draining",
                     # the SDK may retry this one (unlike our final failures), on a new connection
                     headers={"Retry-After": "1", "x-should-retry": "true", "Connection": "close"})
-
-
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The request body, refusing (413) as soon as it passes `limit` — never buffering more."""
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                declared = int(value)
-            except ValueError:
-                raise APIError(400, "Invalid Content-Length header.") from None
-            if declared > limit:
-                raise APIError(413, f"Request body of {declared} bytes exceeds the limit of {limit} bytes.",
-                               code="request_too_large")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise APIError(413, f"Request body exceeds the limit of {limit} bytes.", code="request_too_large")
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def check_json_content_type(scope: Scope) -> None:
@@ -115,8 +85,10 @@ class ApiEndpoint:
                 return
             gw.admitted += 1
         status = 500
+        limits = gw.config.gateway.limits
+        body = BodyReader(gw.bodies, gw.config.gateway.max_body_bytes, limits.body_timeout_s)
         try:
-            status = await self._handle(scope, receive, send, ctx)
+            status = await self._handle(scope, receive, send, ctx, body)
         except (ClientGone, ConnectionError):  # the client left (a send to a closed connection)
             status = 499
         except APIError as exc:
@@ -127,15 +99,17 @@ class ApiEndpoint:
             status = 500
             await send_error(send, APIError(500, "Internal gateway error.", type="server_error"), ctx)
         finally:
+            body.release()
             if route.drains:
                 gw.admitted -= 1
             gw.finish(ctx, status)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> int:
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext,
+                      reader: BodyReader) -> int:
         gw, route = self.gateway, self.route
         ctx.key = gw.keys.check(credentials(header(scope, b"authorization"), header(scope, b"x-api-key")))
         check_json_content_type(scope)
-        raw = await read_body(scope, receive, gw.config.gateway.max_body_bytes)
+        raw = await reader.read(scope, receive)
         try:
             body = bodyjson.loads(raw)  # data: URLs of MBs cost the loop little
         except orjson.JSONDecodeError as exc:

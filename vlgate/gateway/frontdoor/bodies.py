@@ -1,0 +1,104 @@
+"""Request bodies, bounded: in size, in time, and in bytes held across all connections at once.
+
+A client can declare a large body, send part of it and go silent: without a deadline it keeps its
+connection and its buffer forever (`limits.body_timeout_s`, then 408). Many clients doing it at once
+could still fill the host, each within `max_body_bytes`: the bytes held by bodies being read and by the
+requests they belong to are counted against one budget (`limits.max_buffered_bytes`); a request that
+would pass it gets 503 + Retry-After before its body is buffered, and the others go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.types import Receive, Scope
+
+from vlgate.errors import APIError
+
+
+class ClientGone(Exception):
+    """The client disconnected while the gateway was reading or answering."""
+
+
+class BodyBudget:
+    """Bytes of request bodies held at once, across every connection; one per gateway."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.refused = 0
+
+    def take(self, size: int) -> None:
+        if self.held + size > self.limit:
+            self.refused += 1
+            raise APIError(503, f"The gateway holds {self.held} bytes of request bodies (limit "
+                           f"{self.limit}); retry shortly.", code="server_busy", headers={"Retry-After": "1"})
+        self.held += size
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
+
+
+class BodyReader:
+    """One request's body, read against its limits; `held` bytes stay counted until `release()`."""
+
+    def __init__(self, budget: BodyBudget, limit: int, timeout_s: float) -> None:
+        self.budget = budget
+        self.limit = limit
+        self.timeout_s = timeout_s
+        self.held = 0
+
+    async def read(self, scope: Scope, receive: Receive) -> bytes:
+        declared = _declared_length(scope)
+        if declared is not None:
+            if declared > self.limit:
+                raise APIError(413, f"Request body of {declared} bytes exceeds the limit of {self.limit} bytes.",
+                               code="request_too_large")
+            self._hold(declared)  # before buffering: a refusal costs nothing
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self._chunks(receive, declared)
+        except TimeoutError:
+            raise APIError(408, f"The request body did not arrive within {self.timeout_s:g}s.",
+                           code="request_timeout", headers={"Connection": "close"}) from None
+
+    async def _chunks(self, receive: Receive, declared: int | None) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > self.limit:
+                    raise APIError(413, f"Request body exceeds the limit of {self.limit} bytes.",
+                                   code="request_too_large")
+                if declared is None:  # chunked: counted as it comes
+                    self._hold(len(chunk))
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _hold(self, size: int) -> None:
+        self.budget.take(size)
+        self.held += size
+
+    def release(self) -> None:
+        self.budget.give_back(self.held)
+        self.held = 0
+
+
+def _declared_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                raise APIError(400, "Invalid Content-Length header.") from None
+            if declared < 0:
+                raise APIError(400, "Invalid Content-Length header.")
+            return declared
+    return None
