@@ -163,6 +163,10 @@ class GatewayConfig(_Strict):
     default_slots: int = Field(default=1, ge=1, description="slots assumed until a backend's /props answers")
     pipeline_parallel: int = Field(default=4, ge=1, le=64,
                                    description="pipeline presets: most step requests one client request runs at once")
+    pipeline_full_size: int = Field(default=2, ge=1, le=64,
+                                    description="pipeline steps and overlays that hold an image's full-size pixels "
+                                    "at once, gateway-wide (up to ~7 bytes a pixel each: 280 MB at 40 MP); "
+                                    "more wait within the request's deadline (restart to change)")
     log_json: bool = Field(default=False, description="one JSON line per request")
     drain_grace_s: float = Field(default=30.0, ge=0, description="on SIGTERM: how long in-flight requests may finish")
     drain_delay_s: float = Field(default=5.0, ge=0, description="on SIGTERM: /ready answers 503 (listener open) at "

@@ -50,6 +50,8 @@ class Gateway:
         self.config = config
         self.backends = backends
         self.keys = KeyChecker(config.resolved_api_keys())
+        # pipeline steps and overlays holding an image's full-size pixels at once (presetrun/pipelines.py)
+        self.full_size = asyncio.Semaphore(g.pipeline_full_size)
         self.bodies = BodyBudget(g.limits.max_buffered_bytes)  # request bodies held at once (frontdoor/bodies.py)
         self.key_limits = KeyLimiter(g.key_limits, queue_size=g.queue.size, queue_timeout_s=g.queue.timeout_s)
         self.balancer = Balancer(backends, queue_size=g.queue.size, queue_timeout_s=g.queue.timeout_s,

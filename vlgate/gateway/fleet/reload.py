@@ -34,7 +34,7 @@ from vlgate.presets import PresetRegistry
 
 log = logging.getLogger("vlgate.gateway.fleet.reload")
 
-_RESTART_ONLY = ("host", "port", "limits")  # the listener and its front door are set up once
+_RESTART_ONLY = ("host", "port", "limits", "pipeline_full_size")  # set up once: the listener, its front door
 
 
 class Reloadable(Protocol):

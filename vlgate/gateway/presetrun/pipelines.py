@@ -163,7 +163,8 @@ class PresetResponder:
             await self.follow_up(ext, text, steps, remaining)
             ext["pipeline"] = {"steps": steps, "requests": self.requests}
         if self.run.overlay:
-            ext["overlay"] = await self.draw(ext)
+            async with self.gw.full_size:  # drawn at the user's size
+                ext["overlay"] = await self.draw(ext)
         ext["parse_errors"] = list(dict.fromkeys(self.errors))
         response["usage"] = {**(response.get("usage") or {}), **self.usage}
         response["vlgate"] = ext
@@ -233,6 +234,11 @@ class PresetResponder:
         """One crop request per item, at most `pipeline_parallel` at once and never more than the key's
         concurrency allows (the request's own place plus the spare ones it can take); pasted in item order."""
         assert self.image is not None
+        async with self.gw.full_size:  # full-size pixels and label map: a few pipelines at once (memory)
+            await self._crops(step, items, labels, ext, log)
+
+    async def _crops(self, step: PipelineStep, items: list[Item], labels: list[str], ext: dict[str, Any],
+                     log: StepLog) -> None:
         pixels = await self.pixels()
         limits, key = self.gw.key_limits, self.ctx.key
         spare = limits.take_spare(key, self.gw.config.gateway.pipeline_parallel - 1) if self.ctx.charges.concurrency else 0
@@ -241,6 +247,7 @@ class PresetResponder:
         finally:
             if self.ctx.charges.concurrency:
                 limits.give_back(key, spare)
+            self._pixels = None  # the full-size pixels go with the step, not with the request
 
     async def _for_each(self, step: PipelineStep, items: list[Item], labels: list[str], ext: dict[str, Any],
                         log: StepLog, pixels: Any, gate: asyncio.Semaphore) -> None:
