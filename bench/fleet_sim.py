@@ -4,14 +4,16 @@ what users would otherwise run?
     python bench/fleet_sim.py                      # loads 50/70/90%, every policy, markdown tables
     python bench/fleet_sim.py --loads 0.9 --backends 4 --slots 4 --seconds 1800 --seeds 1,2,3,4,5
     python bench/fleet_sim.py --quick --markdown PATH   # one seed, 600 s simulated; a markdown section
+    python bench/fleet_sim.py --generic            # vlgate rows through the generic plug-in path: same tables
 
 Fake llama-servers with N slots each: prefill time proportional to the prompt tokens NOT in that
 backend's prefix cache (an LRU of recent prefixes, image hashes included), decode at a fixed rate per
 slot, log-normal answer lengths, multi-turn conversations sharing system prompts, repeated images.
 The `vlgate` policies run the gateway's real Balancer in virtual time (try_acquire / enqueue / release:
 the prefix holder within bounded load, a full one waited for while the fleet is busy, else most free
-slots); the others are what users run instead (nginx round robin, random, least connections),
-which send at once and let llama-server queue (defer) on its own.
+slots); the others are what users run instead (nginx round robin, random, least connections): the
+same scheduler with their profiles (routing/plugins/profile.py), sending at once and letting
+llama-server queue (defer) on its own.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from common import emit, machine
 
 from vlgate.backends import Backend, BackendState
 from vlgate.gateway.routing.balancer import Balancer
+from vlgate.gateway.routing.plugins.profile import DEFAULT, PROFILES
+from vlgate.gateway.routing.scheduler import make_scheduler
 
 PREFILL_TOK_S = 3000.0
 DECODE_TOK_S = 40.0
@@ -164,11 +168,9 @@ def make_requests(w: Workload, rate_conv: float, seconds: float) -> list[Request
 
 
 class Sim:
-    def __init__(self, policy: str, nodes: int, slots: int, seed: int) -> None:
+    def __init__(self, policy: str, nodes: int, slots: int, seed: int, generic: bool = False) -> None:
         self.policy = policy
         self.nodes = [Node(i, slots, PrefixCache(CACHE_TOKENS)) for i in range(nodes)]
-        self.rng = random.Random(seed)
-        self.rr = itertools.count()
         self.events: list[tuple[float, int, str, object]] = []
         self.seq = itertools.count()
         self.done: list[Request] = []
@@ -177,24 +179,26 @@ class Sim:
             b.set_state(BackendState.READY)
         self.now = 0.0
         self.balancer = Balancer(self.backends, clock=lambda: self.now)
+        if generic:  # the default profile's plug-ins one by one instead of its fused fast path
+            self.balancer.scheduler = make_scheduler(DEFAULT, self.balancer.tuning, self.balancer.holders, fused=False)
         self.loop = asyncio.new_event_loop()  # futures only (never run): Balancer.enqueue resolves them
         self.waiting: dict[asyncio.Future[Backend], Request] = {}
+        # the baselines: the same scheduler, their profile; `in_flight` counts what each proxy connection
+        # holds open (running + deferred by llama-server), all a least-connections proxy can see
+        self.baseline = (None if policy.startswith("vlgate")
+                         else make_scheduler(PROFILES[policy], rng=random.Random(seed)))
 
     def push(self, t: float, kind: str, obj: object) -> None:
         heapq.heappush(self.events, (t, next(self.seq), kind, obj))
 
     # -- policies ------------------------------------------------------------------------------
-    def choose(self, req: Request) -> Node:
+    def choose(self) -> Node:
         """The baselines: send at once; llama-server queues (defers) what finds no free slot."""
-        if self.policy == "round robin":
-            return self.nodes[next(self.rr) % len(self.nodes)]
-        if self.policy == "random":
-            return self.rng.choice(self.nodes)
-        if self.policy == "least connections":
-            start = next(self.rr) % len(self.nodes)
-            order = self.nodes[start:] + self.nodes[:start]
-            return min(order, key=lambda n: n.busy + len(n.queue))
-        raise ValueError(self.policy)
+        assert self.baseline is not None
+        backend = self.baseline.pick(self.backends).backend
+        assert backend is not None  # no filters: every READY backend is a candidate
+        backend.in_flight += 1
+        return self.nodes[self.backends.index(backend)]
 
     def affinity(self, req: Request) -> tuple[object, ...] | None:
         return req.affinity if self.policy == "vlgate" else None
@@ -218,7 +222,7 @@ class Sim:
 
     def arrive(self, req: Request, now: float) -> None:
         if not self.policy.startswith("vlgate"):
-            node = self.choose(req)
+            node = self.choose()
             if node.busy < node.slots:
                 self.start(node, req, now)
             else:
@@ -249,8 +253,10 @@ class Sim:
         if self.policy.startswith("vlgate"):
             self.balancer.release(self.backends[node.index])
             self.started(now)
-        elif node.queue:
-            self.start(node, node.queue.popleft(), now)
+        else:
+            self.backends[node.index].in_flight -= 1
+            if node.queue:
+                self.start(node, node.queue.popleft(), now)
 
     def run(self, requests: list[Request]) -> None:
         for r in requests:
@@ -306,7 +312,7 @@ def simulate(load: float, args: argparse.Namespace, seed: int, out: list[str]) -
                  "| repeated images local | max/mean load |"), "|---|---|---|---|---|---|---|---|"]
     rows = {}
     for policy in POLICIES:
-        sim = Sim(policy, args.backends, args.slots, seed)
+        sim = Sim(policy, args.backends, args.slots, seed, args.generic)
         sim.run([Request(**{k: getattr(r, k) for k in ("conv", "turn", "arrival", "prefixes", "answer_tokens",
                                                          "affinity", "image")}) for r in requests])
         m = rows[policy] = report(sim, args.seconds)
@@ -327,6 +333,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=1200)
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--markdown", help="write the result as a markdown section here")
+    ap.add_argument("--generic", action="store_true", help="vlgate rows without the fused fast path")
     ap.add_argument("--quick", action="store_true", help="one seed, 600 s simulated (a few seconds)")
     args = ap.parse_args()
     if args.quick:

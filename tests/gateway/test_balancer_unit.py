@@ -42,10 +42,10 @@ def test_most_free_slots_then_the_prefix_holder_within_bounded_load() -> None:
         assert bal.affinity_hits == 2
         # a new conversation about an image the holder already has: its image key finds it
         assert await bal.acquire(affinity=("new conversation", "image")) is not None
-        bal._affinity["image"] = other
-        assert bal._holder(("unknown", "image"), frozenset()) is other
-        assert bal._holder(("unknown",), frozenset()) is None
-        assert bal._holder(None, frozenset()) is None
+        bal.holders.record(("image",), other)
+        assert bal.holders.holder(("unknown", "image"), frozenset()) is other
+        assert bal.holders.holder(("unknown",), frozenset()) is None
+        assert bal.holders.holder(None, frozenset()) is None
 
     asyncio.run(scenario())
 
@@ -56,11 +56,11 @@ def test_a_full_holder_is_not_waited_for_while_the_fleet_is_quiet() -> None:
     async def scenario() -> None:
         a, b = ready("a", 1), ready("b", 3)
         bal = Balancer([a, b])
-        bal._affinity["conv"] = a
+        bal.holders.record(("conv",), a)
         assert await bal.acquire(affinity=("conv",)) is a
         assert bal.utilization < 0.72  # two of four slots busy at most
         assert await bal.acquire(affinity=("conv",)) is b and bal.queued == 0
-        assert bal._affinity["conv"] is b  # the conversation's prefix now lives there
+        assert bal.holders.get("conv") is b  # the conversation's prefix now lives there
 
     asyncio.run(scenario())
 
@@ -101,11 +101,11 @@ def test_a_busy_fleet_waits_for_the_holder_a_while_and_not_behind_a_long_line() 
         clock = Clock()
         bal = Balancer([a, b], affinity_wait_s=5, clock=clock)
         assert await bal.acquire() is b
-        bal._affinity["conv"] = a
+        bal.holders.record(("conv",), a)
         assert [await bal.acquire(affinity=("conv",)) for _ in range(2)] == [a, a]  # a is full, within its bound
         bal.utilization, bal._samples = 0.9, 500  # busy for the last 500 arrivals: a free slot is soon taken
         for i in range(5):  # five other conversations a holds
-            bal._affinity[f"c{i}"] = a
+            bal.holders.record((f"c{i}",), a)
         line = [asyncio.create_task(bal.acquire(affinity=(f"c{i}",))) for i in range(5)]
         await asyncio.sleep(0)
         # four wait for their prefix holder (twice its slots); the fifth would wait behind them: it goes to b
@@ -121,7 +121,7 @@ def test_a_busy_fleet_waits_for_the_holder_a_while_and_not_behind_a_long_line() 
         bal.wake()
         await asyncio.sleep(0)
         assert line[1].done() and line[1].result() is b and not line[2].done()  # b had one free slot
-        assert bal._affinity["c1"] is b  # that conversation's prefix now lives there
+        assert bal.holders.get("c1") is b  # that conversation's prefix now lives there
         for t in line[2:4]:
             t.cancel()
 
@@ -136,9 +136,9 @@ def test_a_busy_fleet_never_waits_while_a_backend_sits_idle() -> None:
         bal = Balancer([a, b], affinity_wait_s=5, clock=Clock())
         bal.utilization, bal._samples = 1.0, 500
         for conv in ("c0", "c1"):
-            bal._affinity[conv] = a
+            bal.holders.record((conv,), a)
             assert await bal.acquire(affinity=(conv,)) is a
-        bal._affinity["c2"] = bal._affinity["c3"] = a
+        bal.holders.record(("c2", "c3"), a)
         assert await bal.acquire(affinity=("c2",)) is b  # a is full, b entirely idle: no wait
         waiting = asyncio.create_task(bal.acquire(affinity=("c3",)))
         await asyncio.sleep(0)
@@ -155,7 +155,7 @@ def test_a_freed_slot_goes_first_to_the_request_whose_prefix_it_holds() -> None:
         clock = Clock()
         bal = Balancer([a, b], clock=clock)
         assert {await bal.acquire(), await bal.acquire()} == {a, b}  # the fleet is full
-        bal._affinity["held by b"] = b
+        bal.holders.record(("held by b",), b)
         plain = asyncio.create_task(bal.acquire())
         await asyncio.sleep(0)
         prefixed = asyncio.create_task(bal.acquire(affinity=("held by b",)))
@@ -168,7 +168,7 @@ def test_a_freed_slot_goes_first_to_the_request_whose_prefix_it_holds() -> None:
         await asyncio.sleep(0)
         assert plain.result() is a
         # but not past a head of the queue that has waited 2 s: FIFO again (no one starves)
-        bal._affinity["held by a"] = a
+        bal.holders.record(("held by a",), a)
         plain = asyncio.create_task(bal.acquire())
         await asyncio.sleep(0)
         prefixed = asyncio.create_task(bal.acquire(affinity=("held by a",)))

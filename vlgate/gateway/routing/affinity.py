@@ -15,7 +15,7 @@ Affinity = tuple[object, ...]
 
 def chat_affinity(messages: list[Any], image_hashes: list[str]) -> Affinity | None:
     """Keys of a chat-shaped request: the conversation, then system prompt + each image."""
-    key: list[object] = []
+    key: list[tuple[object, object]] = []
     for message in messages:
         if not isinstance(message, dict):
             return None

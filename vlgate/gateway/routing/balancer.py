@@ -1,38 +1,35 @@
-"""Pick a backend for each request: the one holding its prefix (bounded load), else most free slots; a FIFO queue.
+"""The balancer: reserves a slot for each request on the backend its scheduler picks, else queues it (FIFO).
 
 The gateway is the only client of its backends, so `Backend.in_flight` is exact; a request only
 goes to a backend with a free slot, so llama-server never holds more than it has slots. When no
 slot is free the request waits in a FIFO queue (size + deadline) instead of piling on.
 
-Affinity (bench/fleet_sim.py measured it): a request's keys (its conversation, then each image) name
-the backend that last served them, whose KV cache holds that prefix. The holder gets the request
-while its load stays within `affinity_load` x the mean (bounded-load consistent hashing's rule). A
-full holder is waited for (up to `affinity_wait_s`, with at most twice its slots in line) only while
-the fleet is busy (smoothed demand >= 0.72 of the slots): then the slot left free elsewhere is soon
-taken by someone else and the cached prefix saves prefill; on a quieter fleet waiting only adds
-latency, so the backend with the most free slots wins. A freed slot goes first to a queued request
+Which backend is policy, and lives elsewhere: the scheduler (routing/scheduler.py) runs a profile's
+filters, scorers and picker (routing/plugins/); by default the prefix holder within bounded load,
+else the most free slots. This module owns what happens around a pick: reserving the slot, the
+prefix-holder table, the queue and its wakeups, and the decision to wait for a full prefix holder
+(routing/waiting.py; only while the fleet is busy). A freed slot goes first to a queued request
 whose prefix it holds (while the queue's head has waited under 2 s: no one starves).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from vlgate.backends import Backend, BackendState
 from vlgate.errors import APIError
 from vlgate.gateway.routing.affinity import Affinity
+from vlgate.gateway.routing.holders import HolderTable
+from vlgate.gateway.routing.plugins.profile import DEFAULT, ProfileSpec
+from vlgate.gateway.routing.scheduler import make_scheduler
+from vlgate.gateway.routing.tuning import Tuning
+from vlgate.gateway.routing.waiting import waits_for_holder
 
-# a full prefix holder is waited for only while requests (running + queued) fill this share of the slots
-# on average: below it the slot the request leaves free elsewhere stays idle and the wait is pure added
-# latency (bench/fleet_sim.py, 4x4 slots: 70% load = 0.66 busy with affinity, 90% = 0.82; at 0.6-0.7 the
-# 70% load's p99 loses to least connections, at 0.8 the 90% load's locality falls under 90%)
-_WAIT_ABOVE_UTILIZATION = 0.72
 _UTILIZATION_WEIGHT = 1 / 500  # per arriving request: about the last 500 requests
 # freed slots go to the requests whose prefix they hold first, while the queue's head has waited less than
 # this (unbounded, the others starve: 90% load's p99 went from 6.6 to 11.4 s in bench/fleet_sim.py)
@@ -63,17 +60,16 @@ class Balancer:
         affinity_wait_s: float = 5.0,
         affinity_entries: int = 16384,
         clock: Callable[[], float] = time.monotonic,
+        profile: ProfileSpec = DEFAULT,
     ) -> None:
         self.backends = backends
         self.queue_size = queue_size
         self.queue_timeout_s = queue_timeout_s
-        self.affinity_load = affinity_load
-        self.affinity_wait_s = affinity_wait_s
+        self.tuning = Tuning(affinity_load, affinity_wait_s)
         self.draining = False
         self._waiters: deque[_Waiter] = deque()
-        self._affinity: OrderedDict[object, Backend] = OrderedDict()
-        self._affinity_entries = affinity_entries
-        self._rr = itertools.count()
+        self.holders = HolderTable(affinity_entries)
+        self.scheduler = make_scheduler(profile, self.tuning, self.holders)
         self.affinity_hits = 0
         self._clock = clock  # bench/fleet_sim.py runs the balancer in virtual time
         self.utilization = 0.0  # smoothed (running + queued) / ready slots, as arrivals find it
@@ -86,6 +82,23 @@ class Balancer:
     def attach(self, backend: Backend) -> None:
         """Follow a backend's state (also one that joins later: discovery, reload)."""
         backend.listeners.append(self._on_state_change)
+
+    # a config reload sets these; the plug-ins read them through the shared Tuning
+    @property
+    def affinity_load(self) -> float:
+        return self.tuning.affinity_load
+
+    @affinity_load.setter
+    def affinity_load(self, value: float) -> None:
+        self.tuning.affinity_load = value
+
+    @property
+    def affinity_wait_s(self) -> float:
+        return self.tuning.affinity_wait_s
+
+    @affinity_wait_s.setter
+    def affinity_wait_s(self, value: float) -> None:
+        self.tuning.affinity_wait_s = value
 
     # -- reading -------------------------------------------------------------------------------
     @property
@@ -108,66 +121,21 @@ class Balancer:
     # -- choosing ------------------------------------------------------------------------------
     def _pick(self, affinity: Affinity | None, exclude: frozenset[Backend], waited_s: float | None = None,
               ahead: dict[Backend, int] | None = None) -> Backend | None:
-        """The backend for a request, or None: wait (no free slot, or its prefix holder is worth waiting for).
-
-        `waited_s`: how long it has queued (None: a new request); `ahead` counts, per holder, the queued
-        requests before this one that chose to wait for it."""
-        best: Backend | None = None
-        best_free = 0
-        candidates = self.backends
-        n = len(candidates)
-        start = next(self._rr) % n if n > 1 else 0
-        load = 0
-        capacity = 0
-        for i in range(n):
-            b = candidates[(start + i) % n]
-            if b.state is not BackendState.READY or b in exclude:
-                continue
-            free = b.free_slots  # other replicas' work on it counts too
-            load += b.slots - free
-            capacity += b.slots
-            if free > best_free:
-                best, best_free = b, free
-        self._capacity = capacity
-        holder = self._holder(affinity, exclude)
-        if holder is None or holder is best:
-            return best
-        # bounded load: the holder may run ahead of the mean, but not by more than affinity_load x
-        bound = self.affinity_load * (load * holder.slots / capacity + 1)
-        busy = holder.slots - holder.free_slots
-        if busy + 1 > bound:
-            return best
-        if holder.free_slots > 0:
+        """The scheduler's backend for a request, or None: wait (no free slot, or its full prefix holder
+        is worth waiting for: routing/waiting.py, whose `waited_s` and `ahead` these are)."""
+        pick = self.scheduler.pick(self.backends, affinity, exclude)
+        self._capacity = pick.capacity
+        if pick.affinity_hit:
             self.affinity_hits += 1
-            return holder
-        # the holder is full. Waiting for it leaves a free slot elsewhere idle unless the fleet is busy
-        # enough that another request takes it: only then, for a while, and not behind a long line; never
-        # while a backend sits entirely idle (one just joined or restarted: the smoothed demand lags)
-        queued = ahead.get(holder, 0) if ahead else 0
-        if best is None or (self.utilization >= _WAIT_ABOVE_UTILIZATION and (waited_s or 0.0) < self.affinity_wait_s
-                            and queued < 2 * holder.slots and best_free < best.slots):
-            if ahead is not None and best is not None:
-                ahead[holder] = queued + 1
+        if pick.backend is None or waits_for_holder(pick, self.tuning, self.utilization, waited_s, ahead):
             return None
-        return best
-
-    def _holder(self, affinity: Affinity | None, exclude: frozenset[Backend]) -> Backend | None:
-        """The ready backend that last served one of the request's keys (most specific key first)."""
-        for key in affinity or ():
-            b = self._affinity.get(key)
-            if b is not None and b.state is BackendState.READY and b not in exclude:
-                return b
-        return None
+        return pick.backend
 
     def _take(self, backend: Backend, affinity: Affinity | None) -> Backend:
         backend.in_flight += 1
         backend.served += 1
         self._own_in_flight += 1
-        for key in affinity or ():
-            self._affinity[key] = backend
-            self._affinity.move_to_end(key)
-        while len(self._affinity) > self._affinity_entries:
-            self._affinity.popitem(last=False)
+        self.holders.record(affinity, backend)
         return backend
 
     def _retry_after(self) -> str:
@@ -261,7 +229,7 @@ class Balancer:
 
     def _holder_free(self, waiter: _Waiter) -> bool:
         """Whether the waiter's prefix holder has a free slot."""
-        holder = self._holder(waiter.affinity, waiter.exclude) if waiter.affinity else None
+        holder = self.holders.holder(waiter.affinity, waiter.exclude) if waiter.affinity else None
         return holder is not None and holder.free_slots > 0
 
     def _serve(self, now: float, holders_only: bool) -> None:
@@ -283,8 +251,7 @@ class Balancer:
 
     def _on_state_change(self, backend: Backend) -> None:
         if backend.state is not BackendState.READY:
-            for key in [k for k, b in self._affinity.items() if b is backend]:
-                del self._affinity[key]
+            self.holders.forget(backend)
         if self._waiters:
             if self._can_serve():
                 self._dispatch()
