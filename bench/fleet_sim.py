@@ -29,6 +29,7 @@ import sys
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -270,7 +271,7 @@ class Sim:
                 self.balancer.wake()
                 self.started(now)
             else:
-                node, req = obj  # type: ignore[misc]
+                node, req = cast(tuple[Node, Request], obj)
                 self.finish(node, req, now)
         self.loop.close()
 

@@ -2,10 +2,12 @@
 
 Same picks as the generic scheduler running DEFAULT's plug-ins (free-slot filter; prefix holder within
 bounded load, weight 2; free slots, weight 1; max score, ties to the rotation's earliest), proved by
-tests/gateway/test_routing_plugins.py over many random fleet states. Kept because the generic path
-costs more per pick than the ~1 µs budget allows: bench/pick_bench.py, 16 backends, 2-core VM (AMD
-EPYC, Python 3.11): before (the old fused _pick) 3.5 µs, this path 3.8 µs, generic 13 µs. A pick
-runs for every arriving request and again per queued request on every freed slot.
+tests/gateway/test_routing_plugins.py over many random fleet states (and bench/fleet_sim.py --generic
+gives the same tables). Kept because the generic path costs far more than the ~1 µs per pick allowed:
+bench/pick_bench.py, 16 backends x 4 slots, 2-core AMD EPYC VM, Python 3.11: the old fused
+Balancer._pick (d426147) 4.1-4.3 µs; Balancer._pick now (this path + the wait rule) 3.2 µs; this path
+alone 3.1 µs; the generic plug-ins 12.2-12.8 µs (+8 µs). A pick runs for every arriving request, and
+again for each queued request on every freed slot.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ READY forgets its keys (its cache is gone or unreachable)."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import ItemsView
 
 from vlgate.backends import Backend, BackendState
 from vlgate.gateway.routing.affinity import Affinity
@@ -18,6 +19,9 @@ class HolderTable:
 
     def __len__(self) -> int:
         return len(self._holders)
+
+    def items(self) -> ItemsView[object, Backend]:
+        return self._holders.items()
 
     def get(self, key: object) -> Backend | None:
         return self._holders.get(key)
