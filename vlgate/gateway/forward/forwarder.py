@@ -23,10 +23,16 @@ from tenacity import (
 from vlgate.backends import Backend, BackendState
 from vlgate.config import GatewayConfig
 from vlgate.errors import APIError
+from vlgate.gateway.forward.outlier import OutlierDetector
+from vlgate.gateway.forward.wire import (
+    BadResponse,
+    Client,
+    Disconnected,
+    HeadTooLarge,
+    Response,
+)
 from vlgate.gateway.routing.affinity import Affinity
 from vlgate.gateway.routing.balancer import Balancer
-from vlgate.gateway.forward.outlier import OutlierDetector
-from vlgate.gateway.forward.wire import BadResponse, Client, Disconnected, Response
 
 log = logging.getLogger("vlgate.gateway.forward.forwarder")
 
@@ -112,11 +118,13 @@ class Forwarder:
         # llama-server sends a stream's headers with its first token, but a non-stream answer's only when
         # the whole answer is ready: the first-byte timeout can only judge streams
         wait = self.cfg.retry.first_byte_timeout_s if stream else self.cfg.request_timeout_s
+        # a non-stream answer is whole within request_timeout_s, its body too (a read past it raises TimeoutError)
+        deadline = None if stream else asyncio.get_running_loop().time() + wait
         try:
             async with asyncio.timeout(wait):
                 # a stream that stalls stream_idle_timeout_s ends with an error event (the read raises TimeoutError)
                 resp = await self.client.pool(backend.url).post(
-                    path, body, headers, self.cfg.stream_idle_timeout_s if stream else None)
+                    path, body, headers, self.cfg.stream_idle_timeout_s if stream else None, deadline)
         except TimeoutError:
             release()
             if not stream:  # a slow answer, not a broken backend: replaying it elsewhere would double the load
@@ -131,6 +139,9 @@ class Forwarder:
         except BadResponse as exc:  # an answer that is not HTTP: nothing reached the client yet
             release()
             self.outliers.failure(backend, BackendState.SUSPECT, f"bad response: {type(exc).__name__}")
+            if isinstance(exc, HeadTooLarge):  # as NGINX and Envoy: a 502, not replayed elsewhere
+                raise APIError(502, f"The backend's response head is too large ({exc}).",
+                               code="backend_response_too_large") from None
             raise Retryable(f"{backend.name}: bad response ({type(exc).__name__})", backend)
         except BaseException:
             release()

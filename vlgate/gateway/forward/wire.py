@@ -16,23 +16,18 @@ import ssl
 import time
 from urllib.parse import urlsplit
 
-import httptools
+from vlgate.gateway.forward.http1 import (
+    BadResponse,
+    Disconnected,
+    Framing,
+    HeadTooLarge,
+    WireError,
+)
 
+__all__ = ["BadResponse", "Client", "Disconnected", "HeadTooLarge", "Pool", "Response", "WireError"]
 _IDLE_S = 4.0  # llama-server (cpp-httplib) closes idle keep-alive connections after 5 s
 _PAUSE_BYTES = 1 << 20  # a slow client: stop reading the backend past this much buffered
 _SMALL_BODY = 1 << 16  # below this, head + body go out in one write (one copy, one syscall)
-
-
-class WireError(Exception):
-    """The backend's connection failed, or what it sent is not HTTP."""
-
-
-class Disconnected(WireError):
-    """The backend closed the connection before its answer was complete."""
-
-
-class BadResponse(WireError):
-    """The backend's answer is not valid HTTP/1.1."""
 
 
 class Response:
@@ -42,17 +37,19 @@ class Response:
         "_buffered",
         "_chunks",
         "_conn",
+        "_deadline",
         "_done",
         "_error",
         "_read_timeout",
         "_settled",
         "_waiter",
+        "_whole",
         "content_type",
         "headers",
         "status",
     )
 
-    def __init__(self, conn: _Connection, read_timeout: float | None) -> None:
+    def __init__(self, conn: _Connection, read_timeout: float | None, deadline: float | None = None) -> None:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []  # names lower-case, in the backend's order
         self.content_type = ""
@@ -63,6 +60,8 @@ class Response:
         self._error: WireError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._read_timeout = read_timeout
+        self._deadline = deadline
+        self._whole = False  # read() takes the body whole: never pause for it
         self._settled = False  # released or closed
 
     def header(self, name: bytes) -> bytes | None:
@@ -73,7 +72,7 @@ class Response:
 
     async def readany(self) -> bytes:
         """What has arrived (waiting for something), or b"" at the end. TimeoutError after `read_timeout`
-        without a byte; a `WireError` when the backend fails before the end."""
+        without a byte, or at the deadline; a `WireError` when the backend fails before the end."""
         while not self._chunks:
             if self._error is not None:
                 raise self._error
@@ -83,12 +82,14 @@ class Response:
         return self._take_buffered()
 
     async def read(self) -> bytes:
-        """The whole body."""
+        """The whole body (TimeoutError at the deadline: a backend that stalls mid-body holds nothing)."""
+        self._whole = True
+        self._conn.resume()
         while not self._done:  # a failure ends it too (_finish), with _error set
             await self._wait()
         if self._error is not None:
             raise self._error
-        return self._take_buffered()
+        return self._take_buffered() if self._chunks else b""
 
     def release(self) -> None:
         """Done with it: a complete answer leaves its connection for the next request, anything else drops it."""
@@ -103,12 +104,17 @@ class Response:
             self._conn.finished(reusable=False)
 
     async def _wait(self) -> None:
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        timeout = self._read_timeout
+        if self._deadline is not None:
+            left = self._deadline - loop.time()
+            timeout = left if timeout is None or left < timeout else timeout
+        waiter = self._waiter = loop.create_future()
         try:
-            if self._read_timeout is None:
+            if timeout is None:
                 await waiter
             else:
-                async with asyncio.timeout(self._read_timeout):
+                async with asyncio.timeout(timeout):
                     await waiter
         finally:
             self._waiter = None
@@ -120,7 +126,7 @@ class Response:
     def _feed(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
-        if self._buffered > _PAUSE_BYTES:
+        if self._buffered > _PAUSE_BYTES and not self._whole:
             self._conn.pause()
         self._wake()
 
@@ -141,12 +147,12 @@ class Response:
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection; one request at a time."""
+    """One keep-alive connection; one request at a time. http1.Framing says where each answer ends."""
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        self.framing = Framing(self)
         self.response: Response | None = None
         self.headers_ready: asyncio.Future[None] | None = None
         self.lost = False
@@ -159,56 +165,54 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport subclass
 
     def data_received(self, data: bytes) -> None:
-        if self.response is None:  # bytes nobody asked for (on an idle connection): it cannot be trusted
-            self.close()
-            return
         self.received = True
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(BadResponse(f"not HTTP/1.1: {exc}"))
+        framing = self.framing
+        framing.feed(data)
+        if framing.extra:  # bytes no request asked for (idle, or after the answer): the connection is not sane
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.pool.forget(self)
-        resp = self.response
-        if resp is not None and resp.status and not resp._done and self._reads_to_eof(resp):
-            resp._finish()  # no length, no chunks: the body ends with the connection
-        else:
-            self._fail(Disconnected("the backend closed the connection" + (f" ({exc})" if exc else "")))
+        if exc is None and self.framing.eof():
+            return  # no length, no chunks: the body ended with the connection
+        self._fail(Disconnected("the backend closed the connection" + (f" ({exc})" if exc else "")))
 
-    # -- httptools callbacks ---------------------------------------------------------------------
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.response is not None:
-            self.response.headers.append((name.lower(), value))
-
-    def on_headers_complete(self) -> None:
+    # -- http1.Sink ------------------------------------------------------------------------------
+    def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         resp = self.response
         if resp is None:
             return
-        resp.status = self.parser.get_status_code()
+        resp.status = status
+        resp.headers = headers
         content_type = resp.header(b"content-type") or b""
         resp.content_type = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
         if self.headers_ready is not None and not self.headers_ready.done():
             self.headers_ready.set_result(None)
 
-    def on_body(self, body: bytes) -> None:
+    def on_body(self, data: bytes) -> None:
         if self.response is not None:
-            self.response._feed(body)
+            self.response._feed(data)
 
-    def on_message_complete(self) -> None:
+    def on_done(self) -> None:
+        if self.transport is not None and self.transport.get_write_buffer_size():
+            self.framing.keep_alive = False  # answered before the request was all out: its rest is in the way
+        if not self.framing.keep_alive:
+            self.pool.forget(self)  # "Connection: close" (cpp-httplib says so on its 100th answer), HTTP/1.0
+            self.lost = True
         if self.response is not None:
             self.response._finish()
-        if not self.parser.should_keep_alive():
-            self.pool.forget(self)  # "Connection: close" (cpp-httplib says so on its 100th answer)
-            self.lost = True
+
+    def on_error(self, error: WireError) -> None:
+        self._fail(error)
+        self.close()
 
     # -- for the pool ----------------------------------------------------------------------------
     def start(self, response: Response, head: bytes, body: bytes) -> asyncio.Future[None]:
         assert self.transport is not None
         self.response = response
         self.received = False
+        self.framing.expect()
         self.headers_ready = asyncio.get_running_loop().create_future()
         if len(body) < _SMALL_BODY:
             self.transport.write(head + body)
@@ -219,7 +223,8 @@ class _Connection(asyncio.Protocol):
     def finished(self, reusable: bool) -> None:
         self.response = None
         self.headers_ready = None
-        if reusable and not self.lost:
+        if reusable and not self.lost and self.framing.reusable:
+            self.framing.idle()
             self.resume()
             self.pool.put_idle(self)
         else:
@@ -238,8 +243,13 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         self.lost = True
         self.pool.forget(self)
-        if self.transport is not None:
-            self.transport.close()
+        self.framing.abandon()
+        transport = self.transport
+        if transport is not None:
+            if transport.get_write_buffer_size():
+                transport.abort()  # a backend that stopped reading would keep the socket until it drained
+            else:
+                transport.close()
 
     def _fail(self, error: WireError) -> None:
         if self.headers_ready is not None and not self.headers_ready.done():
@@ -247,9 +257,6 @@ class _Connection(asyncio.Protocol):
             self.headers_ready.exception()  # retrieved: no "never retrieved" warning when nobody awaits
         if self.response is not None:
             self.response._finish(error)
-
-    def _reads_to_eof(self, resp: Response) -> bool:
-        return resp.header(b"content-length") is None and resp.header(b"transfer-encoding") is None
 
 
 class Pool:
@@ -269,24 +276,28 @@ class Pool:
         self.open: set[_Connection] = set()
         self.connects = 0  # connections made: keep-alive at work shows as few
 
-    async def post(self, path: str, body: bytes, headers: bytes = b"", read_timeout: float | None = None) -> Response:
-        """POST `body` (JSON) to `path`; returns once the answer's headers are in. `headers`: extra header
-        lines, each ending in CRLF. A kept-alive connection the backend closed meanwhile is replaced once."""
+    async def post(self, path: str, body: bytes, headers: bytes = b"", read_timeout: float | None = None,
+                   deadline: float | None = None) -> Response:
+        """POST `body` (JSON) to `path`; returns once the answer's headers are in (the caller bounds that
+        wait). `headers`: extra header lines, each ending in CRLF. `read_timeout`: the longest wait for a byte
+        of the body (a stream's idle timeout); `deadline` (loop time): when the whole body must be in (a
+        non-stream answer). A kept-alive connection the backend closed meanwhile is replaced once."""
         head = b"".join((b"POST ", (self.base_path + path).encode(), b" HTTP/1.1\r\nHost: ", self.host_header,
                          b"\r\nContent-Type: application/json\r\nContent-Length: ", str(len(body)).encode(),
                          b"\r\n", headers, b"\r\n"))
         conn = self._take_idle()
         if conn is not None:
             try:
-                return await self._send(conn, head, body, read_timeout)
+                return await self._send(conn, head, body, read_timeout, deadline)
             except Disconnected:
                 if conn.received:
                     raise
                 # closed while idle (its keep-alive timeout): nothing was processed, a new connection is safe
-        return await self._send(await self._connect(), head, body, read_timeout)
+        return await self._send(await self._connect(), head, body, read_timeout, deadline)
 
-    async def _send(self, conn: _Connection, head: bytes, body: bytes, read_timeout: float | None) -> Response:
-        response = Response(conn, read_timeout)
+    async def _send(self, conn: _Connection, head: bytes, body: bytes, read_timeout: float | None,
+                    deadline: float | None) -> Response:
+        response = Response(conn, read_timeout, deadline)
         try:
             await conn.start(response, head, body)
         except BaseException:  # failed, timed out or cancelled before the headers: the connection is spent
