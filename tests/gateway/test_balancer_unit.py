@@ -225,3 +225,20 @@ def test_a_backend_becoming_ready_serves_the_queue() -> None:
         assert await asyncio.wait_for(waiting, 1) is a
 
     asyncio.run(scenario())
+
+
+def test_a_reload_of_the_affinity_knobs_reaches_the_policy() -> None:
+    """gateway/fleet/reload.py sets them on the balancer; the scheduler and the wait rule read them at each pick."""
+
+    async def scenario() -> None:
+        a, b = ready("a", 4), ready("b", 4)
+        bal = Balancer([a, b], affinity_load=1.0)
+        a.in_flight = 2
+        bal.holders.record(("conv",), a)
+        assert await bal.acquire(affinity=("conv",)) is b  # 3 > 1.0 x (2 x 4 / 8 + 1)
+        bal.affinity_load, bal.affinity_wait_s = 2.0, 1.0
+        assert bal.tuning.affinity_load == 2.0 and bal.tuning.affinity_wait_s == 1.0
+        bal.holders.record(("conv",), a)
+        assert await bal.acquire(affinity=("conv",)) is a and bal.affinity_hits == 1
+
+    asyncio.run(scenario())

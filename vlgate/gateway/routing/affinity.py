@@ -3,7 +3,7 @@
 A request's keys go from the most specific prefix to the least: its conversation (system prompt +
 first user turn + images: every later turn starts with it), then each image with the system prompt
 (a new conversation about an image another one already sent). The balancer sends the request to
-the backend that last served the first key it knows (gateway/balancer.py).
+the backend that last served the first key it knows (routing/holders.py, routing/plugins/scorers.py).
 """
 
 from __future__ import annotations

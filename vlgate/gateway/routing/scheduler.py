@@ -12,7 +12,7 @@ from vlgate.backends import Backend, BackendState
 from vlgate.gateway.routing.affinity import Affinity
 from vlgate.gateway.routing.fused import FusedDefault
 from vlgate.gateway.routing.holders import HolderTable
-from vlgate.gateway.routing.plugins.base import Cycle, Pick, most_free
+from vlgate.gateway.routing.plugins.base import Cycle, Pick
 from vlgate.gateway.routing.plugins.profile import DEFAULT, Profile, ProfileSpec, build
 from vlgate.gateway.routing.rotation import Rotation
 from vlgate.gateway.routing.tuning import Tuning
@@ -23,6 +23,11 @@ class Scheduler(Protocol):
              exclude: frozenset[Backend] = frozenset()) -> Pick:
         """Choose among `backends` (reserving nothing)."""
         ...
+
+
+def most_free(candidates: list[Backend]) -> Backend | None:
+    """The first candidate with the most free slots: what an affinity hit is counted against (the metric)."""
+    return max(candidates, key=lambda b: b.free_slots, default=None)  # max keeps the first of equals
 
 
 class GenericScheduler:

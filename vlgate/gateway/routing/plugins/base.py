@@ -53,7 +53,3 @@ class Picker(Protocol):
         """One of the candidates (never called with none); `scores` are the weighted sums."""
         ...
 
-
-def most_free(candidates: list[Backend]) -> Backend | None:
-    """The first candidate with the most free slots (the reference an affinity hit is counted against)."""
-    return max(candidates, key=lambda b: b.free_slots, default=None)  # max keeps the first of equals
