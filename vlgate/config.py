@@ -115,7 +115,7 @@ class OutlierConfig(_Strict):
 
 
 class AffinityConfig(_Strict):
-    """Sending a request to the backend that holds its prefix (gateway/balancer.py, bench/fleet_sim.py)."""
+    """Sending a request to the backend that holds its prefix (gateway/routing/, bench/fleet_sim.py)."""
 
     load: float = Field(default=1.5, ge=1.0, description="the holder is preferred while its load <= this x the mean")
     wait_s: float = Field(default=5.0, ge=0, description="a busy holder is waited for this long (0: never)")

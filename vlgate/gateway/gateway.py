@@ -22,7 +22,7 @@ from vlgate.gateway.fleet.capacity import ModelServerGauges, NodeLoad, node_load
 from vlgate.gateway.endpoint.context import RequestContext
 from vlgate.gateway.fleet.discovery import DnsDiscovery
 from vlgate.gateway.frontdoor.keylimits import KeyLimiter
-from vlgate.gateway.fleet.membership import Membership, static_backends
+from vlgate.gateway.fleet.membership import STATIC, Membership, static_backends
 from vlgate.gateway.observe.metrics import FaultCollector, Metrics
 from vlgate.gateway.fleet.model_names import BackendModels
 from vlgate.gateway.observe.observer import Observer
@@ -68,6 +68,7 @@ class Gateway:
         self.forwarder: Forwarder = None  # type: ignore[assignment]  # set in startup (needs a loop)
         # images.enabled=false makes the normalizer refuse images (400); they never pass raw
         self.images = ImageNormalizer(config.images)
+        self._retired_images: list[ImageNormalizer] = []  # replaced by reloads, closed at shutdown
         self.presets = PresetRegistry.load(config.presets)
         self.created = time.time()
         self.token_checks: dict[str, TokenCheck | None] = {}  # None: check running
@@ -145,7 +146,31 @@ class Gateway:
         self.observer.close()
         if self.backend_client is not None:
             await self.backend_client.close()
-        await self.images.aclose()
+        for images in (*self._retired_images, self.images):
+            await images.aclose()
+
+    def apply_config(self, config: Config, keys: KeyChecker, presets: PresetRegistry) -> list[str]:
+        """A reloaded config (fleet/reload.py checked it): each part re-configured by its own method, for
+        requests that start from now on; returns the backends that join or drain."""
+        g, old = config.gateway, self.config
+        self.keys, self.presets = keys, presets
+        if config.images != old.images:
+            self._retired_images.append(self.images)  # in-flight requests may still use it; closed at shutdown
+            self.images = ImageNormalizer(config.images)
+        self.balancer.configure(queue_size=g.queue.size, queue_timeout_s=g.queue.timeout_s,
+                                affinity_load=g.affinity.load, affinity_wait_s=g.affinity.wait_s)
+        self.key_limits.configure(g.key_limits, queue_size=g.queue.size, queue_timeout_s=g.queue.timeout_s)
+        self.poller.configure(interval_s=g.health.interval_s, busy_interval_s=g.health.busy_interval_s)
+        if self.watchdog is not None:
+            self.watchdog.configure(g.watchdog)
+        if self.forwarder is not None:
+            self.forwarder.configure(g)
+        self.config = config
+        if self.discovery is None:  # `vlgate up`: the launcher owns the backend list
+            return []
+        added, removed = self.members.sync(STATIC, static_backends(config.backends, g.default_slots))
+        self.discovery.configure(config)
+        return [f"backend {n} joins" for n in added] + [f"backend {n} drains" for n in removed]
 
     def start_draining(self) -> None:
         self.balancer.draining = True

@@ -70,6 +70,10 @@ class HealthPoller:
         await asyncio.gather(*(check_backend(self.client, b, self.manage_all) for b in self.backends))
         self.balancer.wake()
 
+    def configure(self, *, interval_s: float, busy_interval_s: float) -> None:
+        """New polling intervals (a config reload), from the next round on."""
+        self.interval_s, self.busy_interval_s = interval_s, busy_interval_s
+
     def start(self) -> None:
         for backend in self.backends:
             self.watch(backend)

@@ -22,14 +22,7 @@ from pydantic import ValidationError
 
 from vlgate.config import Config, ConfigError, GatewayConfig
 from vlgate.gateway.frontdoor.auth import KeyChecker
-from vlgate.gateway.routing.balancer import Balancer
 from vlgate.gateway.fleet.discovery import DnsDiscovery
-from vlgate.gateway.frontdoor.keylimits import KeyLimiter
-from vlgate.gateway.fleet.membership import STATIC, Membership, static_backends
-from vlgate.gateway.fleet.poller import HealthPoller
-from vlgate.gateway.forward.forwarder import Forwarder
-from vlgate.gateway.fleet.watchdog import SlotWatchdog
-from vlgate.images import ImageNormalizer
 from vlgate.presets import PresetRegistry
 
 log = logging.getLogger("vlgate.gateway.fleet.reload")
@@ -38,19 +31,13 @@ _RESTART_ONLY = ("host", "port", "limits", "pipeline_full_size")  # set up once:
 
 
 class Reloadable(Protocol):
-    """The parts of the gateway (gateway/state.py) a reload swaps or re-configures."""
+    """What a reload needs of the gateway (gateway/gateway.py): its config, and one way to apply a new one.
+    The gateway re-configures its own parts; the reloader only reads, checks and reports."""
 
     config: Config
-    keys: KeyChecker
-    key_limits: KeyLimiter
-    presets: PresetRegistry
-    images: ImageNormalizer
-    balancer: Balancer
-    poller: HealthPoller
-    forwarder: Forwarder
-    members: Membership
     discovery: DnsDiscovery | None
-    watchdog: SlotWatchdog | None
+
+    def apply_config(self, config: Config, keys: KeyChecker, presets: PresetRegistry) -> list[str]: ...
 
 
 @dataclass
@@ -83,7 +70,6 @@ class Reloader:
         self.load = load
         self.status = ConfigStatus()
         self._lock = asyncio.Lock()
-        self._retired: list[ImageNormalizer] = []
         self._tasks: set[asyncio.Task[bool]] = set()
 
     def install_signal(self) -> None:
@@ -125,7 +111,7 @@ class Reloader:
         return _Prepared(config, KeyChecker(config.resolved_api_keys()), PresetRegistry.load(config.presets))
 
     def _apply(self, p: _Prepared) -> list[str]:
-        gw, new, old = self.gw, p.config, self.gw.config
+        new, old = p.config, self.gw.config
         changes = [f"gateway.{k} changed: needs a restart" for k in _RESTART_ONLY
                    if getattr(new.gateway, k) != getattr(old.gateway, k)]
         if new.launcher != old.launcher:
@@ -134,30 +120,8 @@ class Reloader:
                     if k not in _RESTART_ONLY and getattr(new.gateway, k) != getattr(old.gateway, k)]
         changes += [f"{section} applied" for section in ("presets", "images")
                     if getattr(new, section) != getattr(old, section)]
-        gw.keys = p.keys
-        gw.presets = p.presets
-        if new.images != old.images:
-            self._retired.append(gw.images)  # in-flight requests may still use it; closed at shutdown
-            gw.images = ImageNormalizer(new.images)
-        g = new.gateway
-        gw.balancer.queue_size, gw.balancer.queue_timeout_s = g.queue.size, g.queue.timeout_s
-        gw.balancer.affinity_load, gw.balancer.affinity_wait_s = g.affinity.load, g.affinity.wait_s
-        gw.key_limits.configure(g.key_limits, queue_size=g.queue.size, queue_timeout_s=g.queue.timeout_s)
-        if gw.watchdog is not None:
-            gw.watchdog.cfg = g.watchdog
-        gw.key_limits.configure(g.key_limits, queue_size=g.queue.size, queue_timeout_s=g.queue.timeout_s)
-        gw.poller.interval_s, gw.poller.busy_interval_s = g.health.interval_s, g.health.busy_interval_s
-        if gw.forwarder is not None:
-            gw.forwarder.configure(g)
-        if gw.watchdog is not None:
-            gw.watchdog.cfg = g.watchdog
-        gw.config = new
-        if gw.discovery is not None:  # `vlgate serve`: the backend list is the config's
-            added, removed = gw.members.sync(STATIC, static_backends(new.backends, g.default_slots))
-            gw.discovery.configure(new)
-            changes += [f"backend {n} joins" for n in added] + [f"backend {n} drains" for n in removed]
-        return changes
+        return changes + self.gw.apply_config(new, p.keys, p.presets)
 
     async def aclose(self) -> None:
-        for images in self._retired:
-            await images.aclose()
+        for task in list(self._tasks):
+            task.cancel()

@@ -48,6 +48,10 @@ class SlotWatchdog:
         self._timeouts: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
 
+    def configure(self, cfg: WatchdogConfig) -> None:
+        """New stall window and /slots timeouts (a config reload), from the next round on."""
+        self.cfg = cfg
+
     def observe(self, backend: Backend, slots: Any) -> str | None:
         """Record a `/slots` answer; the reason when a slot has made no progress for `stall_s`."""
         self._timeouts[backend.name] = 0

@@ -83,7 +83,13 @@ class Balancer:
         """Follow a backend's state (also one that joins later: discovery, reload)."""
         backend.listeners.append(self._on_state_change)
 
-    # a config reload sets these; the plug-ins read them through the shared Tuning
+    def configure(self, *, queue_size: int, queue_timeout_s: float, affinity_load: float, affinity_wait_s: float,
+                  ) -> None:
+        """New queue bounds and affinity knobs (a config reload); waiting requests keep their places."""
+        self.queue_size, self.queue_timeout_s = queue_size, queue_timeout_s
+        self.tuning.affinity_load, self.tuning.affinity_wait_s = affinity_load, affinity_wait_s
+
+    # the plug-ins read these through the shared Tuning
     @property
     def affinity_load(self) -> float:
         return self.tuning.affinity_load
