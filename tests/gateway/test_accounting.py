@@ -14,8 +14,6 @@ from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
 from support.pipeline_answers import core_answer, image_of, picture, png_data_url, prompt_of
 
-from vlgate.gateway.app import API_ROUTES
-from vlgate.gateway.endpoint.route import UTILITY
 
 KEY = {"Authorization": "Bearer k1"}
 CORE_DELAY_S = 0.3
@@ -149,13 +147,3 @@ def test_a_stream_the_client_leaves_is_charged_what_was_generated(llama_server, 
         assert "30 tokens per minute" in refused.json()["error"]["message"]
     finally:
         gw.stop()
-
-
-def test_every_route_declares_its_policies() -> None:
-    """Routes are data: aliases are the same route (one label), utilities charge no tokens."""
-    by_path = {p: r for r in API_ROUTES for p in r.paths}
-    assert by_path["/chat/completions"] is by_path["/v1/chat/completions"]
-    assert by_path["/responses"] is by_path["/v1/responses"]
-    assert by_path["/v1/messages"].dialect.name == "anthropic"
-    assert all(by_path[p].charges is UTILITY for p in ("/tokenize", "/detokenize", "/apply-template"))
-    assert all(r.drains for r in API_ROUTES)

@@ -130,7 +130,7 @@ class ApiEndpoint:
         try:
             if ctx.respond is not None:  # a preset pipeline: several backend requests, answered by the gateway
                 return await ctx.respond(send)
-            upstream = await gw.forwarder.send(route.upstream, raw, ctx.affinity, ctx.stream)
+            upstream = await gw.forwarder.send(route.upstream, raw, ctx.affinity, ctx.stream, route.takes_slot)
             ctx.backend = upstream.backend.name
             ctx.attempts = upstream.attempts
             ctx.ttfb = time.perf_counter() - ctx.started

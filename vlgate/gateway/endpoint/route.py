@@ -50,7 +50,9 @@ class ApiRoute:
     upstream: str  # the backend path it forwards to
     aliases: tuple[str, ...] = ()  # more paths for the same route (llama-server's unprefixed ones)
     drains: bool = True  # refused with 503 `draining` once SIGTERM came; counted while in flight
-    takes_slot: bool = True  # waits for a free backend slot in the balancer's queue
+    # waits for a free backend slot in the balancer's queue; False: work llama-server does in its HTTP handler
+    # without a slot (tokenizing, templates, token counts) goes to the least loaded backend at once
+    takes_slot: bool = True
     charges: Charges = field(default=GENERATION)
 
     @property

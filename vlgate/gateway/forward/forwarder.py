@@ -101,12 +101,12 @@ class Forwarder:
         self.outliers.cfg = cfg.outlier
 
     async def _attempt(self, path: str, body: bytes, affinity: Affinity | None, tried: set[Backend],
-                       attempt: int, stream: bool) -> Upstream:
+                       attempt: int, stream: bool, slot: bool = True) -> Upstream:
         # prefer a backend not yet tried; fall back to any when every one has been tried
         untried = frozenset(tried) if any(b.available and b not in tried for b in self.balancer.backends) else frozenset()
-        backend = await self.balancer.acquire(affinity, untried)
+        backend = await self.balancer.acquire(affinity, untried) if slot else self.balancer.least_loaded(untried)
         tried.add(backend)
-        released = False
+        released = not slot  # nothing to give back for work that took no slot
 
         def release() -> None:
             nonlocal released
@@ -167,17 +167,20 @@ class Forwarder:
         o = self.cfg.outlier
         return self.retrying < max(o.min_retry_concurrency, o.retry_budget_ratio * active)
 
-    async def send(self, path: str, body: bytes, affinity: Affinity | None = None, stream: bool = False) -> Upstream:
-        """The first backend response with headers, after bounded jittered retries on other backends."""
+    async def send(self, path: str, body: bytes, affinity: Affinity | None = None, stream: bool = False,
+                   slot: bool = True) -> Upstream:
+        """The first backend response with headers, after bounded jittered retries on other backends.
+        `slot`: the work takes a backend slot (waits in the balancer's queue for one); else it goes to the
+        least loaded available backend at once (a route declaring `takes_slot=False`)."""
         tried: set[Backend] = set()
         try:
             # the first attempt outside tenacity: its machinery costs ~4% of a core at c=16 (py-spy)
-            return await self._attempt(path, body, affinity, tried, 1, stream)
+            return await self._attempt(path, body, affinity, tried, 1, stream, slot)
         except Retryable as exc:
-            return await self._retry(path, body, affinity, tried, stream, exc)
+            return await self._retry(path, body, affinity, tried, stream, exc, slot)
 
     async def _retry(self, path: str, body: bytes, affinity: Affinity | None, tried: set[Backend], stream: bool,
-                     first: Retryable) -> Upstream:
+                     first: Retryable, slot: bool) -> Upstream:
         retry = self.cfg.retry
         attempt = 0
         try:
@@ -202,7 +205,7 @@ class Forwarder:
                         self.on_retry(path)
                     self.retrying += 1
                     try:
-                        return await self._attempt(path, body, affinity, tried, attempt, stream)
+                        return await self._attempt(path, body, affinity, tried, attempt, stream, slot)
                     finally:
                         self.retrying -= 1
         except Retryable as exc:

@@ -117,6 +117,14 @@ class Balancer:
     def ready_backends(self) -> list[Backend]:
         return [b for b in self.backends if b.available]
 
+    def least_loaded(self, exclude: frozenset[Backend] = frozenset()) -> Backend:
+        """A backend for work that takes no slot (tokenizing, templates): the available one with the fewest
+        requests in flight; 503 when none is available."""
+        ready = [b for b in self.backends if b.available and b not in exclude] or self.ready_backends()
+        if not ready:
+            raise self._no_backend()
+        return min(ready, key=lambda b: b.in_flight)
+
     def not_ready_reason(self) -> str:
         if self.draining:
             return "gateway is draining (shutting down)"

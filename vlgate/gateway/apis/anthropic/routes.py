@@ -9,5 +9,5 @@ from vlgate.gateway.endpoint.route import UTILITY, ApiRoute
 ROUTES = (
     ApiRoute("/v1/messages", "messages", ANTHROPIC, prepare_messages, "/v1/messages"),
     ApiRoute("/v1/messages/count_tokens", "messages_count_tokens", ANTHROPIC, prepare_count,
-             "/v1/messages/count_tokens", charges=UTILITY),
+             "/v1/messages/count_tokens", charges=UTILITY, takes_slot=False),
 )

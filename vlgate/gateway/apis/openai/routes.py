@@ -15,9 +15,12 @@ ROUTES = (
              aliases=("/chat/completions",)),
     ApiRoute("/v1/completions", "completions", OPENAI, prepare_completion, "/v1/completions"),
     ApiRoute("/v1/embeddings", "embeddings", OPENAI, prepare_embedding, "/v1/embeddings"),
+    # llama-server tokenizes and applies templates in its HTTP handler, without a slot
     ApiRoute("/v1/chat/completions/input_tokens", "chat_input_tokens", OPENAI, prepare_chat_count,
-             "/v1/chat/completions/input_tokens", charges=UTILITY),
-    ApiRoute("/apply-template", "apply_template", OPENAI, prepare_chat_count, "/apply-template", charges=UTILITY),
-    ApiRoute("/tokenize", "tokenize", OPENAI, prepare_tokenize, "/tokenize", charges=UTILITY),
-    ApiRoute("/detokenize", "detokenize", OPENAI, prepare_detokenize, "/detokenize", charges=UTILITY),
+             "/v1/chat/completions/input_tokens", charges=UTILITY, takes_slot=False),
+    ApiRoute("/apply-template", "apply_template", OPENAI, prepare_chat_count, "/apply-template",
+             charges=UTILITY, takes_slot=False),
+    ApiRoute("/tokenize", "tokenize", OPENAI, prepare_tokenize, "/tokenize", charges=UTILITY, takes_slot=False),
+    ApiRoute("/detokenize", "detokenize", OPENAI, prepare_detokenize, "/detokenize", charges=UTILITY,
+             takes_slot=False),
 )

@@ -9,5 +9,5 @@ from vlgate.gateway.endpoint.route import UTILITY, ApiRoute
 ROUTES = (
     ApiRoute("/v1/responses", "responses", OPENAI, prepare_responses, "/v1/responses", aliases=("/responses",)),
     ApiRoute("/v1/responses/input_tokens", "responses_input_tokens", OPENAI, prepare_responses_count,
-             "/v1/responses/input_tokens", charges=UTILITY),
+             "/v1/responses/input_tokens", charges=UTILITY, takes_slot=False),
 )
