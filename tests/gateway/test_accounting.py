@@ -3,7 +3,7 @@ concurrency per call and count each call against its rate; streams (piped or cut
 
 from __future__ import annotations
 
-import threading
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -12,34 +12,20 @@ import httpx
 import pytest
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
-from support.pipeline_answers import core_answer, image_of, picture, png_data_url, prompt_of
-
+from support.pipeline_answers import (
+    OpenSetScript,
+    core_answer,
+    image_of,
+    picture,
+    png_data_url,
+)
 
 KEY = {"Authorization": "Bearer k1"}
 CORE_DELAY_S = 0.3
 
 
-class Segmenting:
-    """Open-set segmentation answers (3 boxes -> 3 core-target calls, each answered after CORE_DELAY_S)."""
-
-    def __init__(self) -> None:
-        self.core_arrivals: list[float] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, req: dict[str, Any]) -> Any:
-        if "messages" not in req:
-            return "?"
-        prompt = prompt_of(req)
-        if prompt == "Segment all objects in this image.":
-            return "<ref>green thing</ref><ref>red thing</ref><mask>(0,2816)</mask>"
-        if prompt.startswith("Detect every objects"):
-            boxes = "".join(f"<ref>red thing</ref><box><x_{x}><y_100><x_{x + 100}><y_200></box>" for x in (100, 300, 500))
-            return boxes
-        if prompt == "Segment the core target.":
-            with self.lock:
-                self.core_arrivals.append(time.monotonic())
-            return (CORE_DELAY_S, core_answer(image_of(req)))
-        return "?"
+def Segmenting() -> OpenSetScript:
+    return OpenSetScript(core_delay_s=CORE_DELAY_S, core=lambda req: core_answer(image_of(req)))
 
 
 def gateway(tmp_path: Path, fb: FakeBackend, limits: dict[str, Any]) -> GatewayProcess:
@@ -71,7 +57,7 @@ def test_a_pipeline_under_concurrency_1_makes_one_backend_call_at_a_time(tmp_pat
         assert r.status_code == 200, r.text
         arrivals = script.core_arrivals
         assert len(arrivals) == 3
-        gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(arrivals)]
         # each call starts only after the one before was answered (CORE_DELAY_S): never two in flight
         assert min(gaps) >= CORE_DELAY_S * 0.9, gaps
     finally:

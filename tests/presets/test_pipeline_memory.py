@@ -11,23 +11,10 @@ import pytest
 from PIL import Image
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
-from support.pipeline_answers import png_data_url, prompt_of
+from support.pipeline_answers import OpenSetScript, png_data_url
 
 SIZE = (6000, 5000)  # 30 MP: 90 MB of RGB, 60 MB of label map per pipeline at full size
 REQUESTS = 4
-
-
-def script(req: dict) -> object:
-    if "messages" not in req:
-        return "?"
-    prompt = prompt_of(req)
-    if prompt == "Segment all objects in this image.":
-        return "<ref>thing</ref><mask>(0,2816)</mask>"
-    if prompt.startswith("Detect every objects"):
-        return "".join(f"<ref>thing</ref><box><x_{x}><y_200><x_{x + 300}><y_900></box>" for x in (100, 700, 1300))
-    if prompt == "Segment the core target.":
-        return (0.3, "<ref><FG></ref><ref><BG></ref><mask>(0,100)(1,100)</mask>")
-    return "?"
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -39,7 +26,7 @@ def peak_rss_mb(pid: int) -> float:
 
 def run(tmp_path: Path, full_size: int, url: str) -> float:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    fb = FakeBackend(script=script, slots=16).start()
+    fb = FakeBackend(script=OpenSetScript(xs=(100, 700, 1300), core_delay_s=0.3), slots=16).start()
     gw = GatewayProcess({"backends": [{"url": fb.url}],
                          "gateway": {"pipeline_full_size": full_size, "request_timeout_s": 120},
                          "images": {"limits": {"max_request_bytes": 64 * 1024 * 1024}}}, tmp_path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,3 +91,29 @@ def scripted_gateway(script: Callable[[dict[str, Any]], str | int], workdir: Pat
     finally:
         gw.stop()
         fb.stop()
+
+
+class OpenSetScript:
+    """Answers an open-set `segment` pipeline: one class, `boxes` detected (model pixels, 100 wide), and a
+    core-target mask per box `core_delay_s` late; remembers when each core-target request arrived."""
+
+    def __init__(self, xs: tuple[int, ...] = (100, 300, 500), core_delay_s: float = 0.0,
+                 core: Callable[[dict[str, Any]], str] | None = None) -> None:
+        self.xs, self.core_delay_s = xs, core_delay_s
+        self.core = core or (lambda req: "<ref><FG></ref><ref><BG></ref><mask>(0,100)(1,100)</mask>")
+        self.core_arrivals: list[float] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, req: dict[str, Any]) -> Any:
+        if "messages" not in req:  # the gateway's own probes (/tokenize ...)
+            return "?"
+        prompt = prompt_of(req)
+        if prompt == "Segment all objects in this image.":
+            return "<ref>red thing</ref><mask>(0,2816)</mask>"
+        if prompt.startswith("Detect every objects"):
+            return "".join(f"<ref>red thing</ref><box><x_{x}><y_100><x_{x + 100}><y_200></box>" for x in self.xs)
+        if prompt == "Segment the core target.":
+            with self.lock:
+                self.core_arrivals.append(time.monotonic())
+            return (self.core_delay_s, self.core(req)) if self.core_delay_s else self.core(req)
+        return "?"
