@@ -239,7 +239,7 @@ class Sim:
         self.waiting[future] = req
         self.balancer.enqueue(future, affinity, frozenset())
         if affinity is not None:
-            self.push(now + self.balancer.affinity_wait_s + 0.01, "wake", None)
+            self.push(now + self.balancer.tuning.affinity_wait_s + 0.01, "wake", None)
         self.started(now)
 
     def started(self, now: float) -> None:

@@ -228,7 +228,7 @@ def test_a_backend_becoming_ready_serves_the_queue() -> None:
 
 
 def test_a_reload_of_the_affinity_knobs_reaches_the_policy() -> None:
-    """gateway/fleet/reload.py sets them on the balancer; the scheduler and the wait rule read them at each pick."""
+    """A reload configures the balancer (Gateway.apply_config); the scheduler and the wait rule read them at each pick."""
 
     async def scenario() -> None:
         a, b = ready("a", 4), ready("b", 4)
@@ -236,7 +236,7 @@ def test_a_reload_of_the_affinity_knobs_reaches_the_policy() -> None:
         a.in_flight = 2
         bal.holders.record(("conv",), a)
         assert await bal.acquire(affinity=("conv",)) is b  # 3 > 1.0 x (2 x 4 / 8 + 1)
-        bal.affinity_load, bal.affinity_wait_s = 2.0, 1.0
+        bal.configure(queue_size=256, queue_timeout_s=30.0, affinity_load=2.0, affinity_wait_s=1.0)
         assert bal.tuning.affinity_load == 2.0 and bal.tuning.affinity_wait_s == 1.0
         bal.holders.record(("conv",), a)
         assert await bal.acquire(affinity=("conv",)) is a and bal.affinity_hits == 1

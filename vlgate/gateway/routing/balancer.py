@@ -89,23 +89,6 @@ class Balancer:
         self.queue_size, self.queue_timeout_s = queue_size, queue_timeout_s
         self.tuning.affinity_load, self.tuning.affinity_wait_s = affinity_load, affinity_wait_s
 
-    # the plug-ins read these through the shared Tuning
-    @property
-    def affinity_load(self) -> float:
-        return self.tuning.affinity_load
-
-    @affinity_load.setter
-    def affinity_load(self, value: float) -> None:
-        self.tuning.affinity_load = value
-
-    @property
-    def affinity_wait_s(self) -> float:
-        return self.tuning.affinity_wait_s
-
-    @affinity_wait_s.setter
-    def affinity_wait_s(self, value: float) -> None:
-        self.tuning.affinity_wait_s = value
-
     # -- reading -------------------------------------------------------------------------------
     @property
     def queued(self) -> int:
@@ -191,7 +174,7 @@ class Balancer:
         loop = asyncio.get_running_loop()
         waiter = self.enqueue(loop.create_future(), affinity, exclude)
         if affinity is not None:  # it may be waiting for its prefix holder: look again once that wait is over
-            loop.call_later(self.affinity_wait_s + 0.01, self.wake)
+            loop.call_later(self.tuning.affinity_wait_s + 0.01, self.wake)
         try:
             async with asyncio.timeout(self.queue_timeout_s):
                 return await waiter.future
