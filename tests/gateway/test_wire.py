@@ -199,3 +199,52 @@ def test_origins_without_connections_are_forgotten() -> None:
 
     url, pools = asyncio.run(scenario())
     assert pools == sorted([url, "http://127.0.0.1:2"])
+
+
+def test_a_body_that_stalls_halfway_ends_at_the_deadline() -> None:
+    """A non-stream answer is bounded as a whole: headers and half a body, then silence, is a TimeoutError."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"half")
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    async def scenario() -> float:
+        server, url = await _serve(handler)
+        pool = Pool(url)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        resp = await pool.post("/x", b"{}", deadline=started + 0.3)
+        with pytest.raises(TimeoutError):
+            await resp.read()
+        resp.close()
+        assert not pool.open and not pool.idle
+        server.close()
+        return loop.time() - started
+
+    assert 0.25 < asyncio.run(scenario()) < 1.5
+
+
+def test_a_body_past_the_pause_threshold_is_read_whole() -> None:
+    """read() takes the body whole: reading never pauses for it (it waited forever past 1 MiB)."""
+    big = b'"' + b"a" * (3 << 20) + b'"'
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
+        await writer.drain()
+        await asyncio.sleep(2)
+
+    async def scenario() -> bytes:
+        server, url = await _serve(handler)
+        pool = Pool(url)
+        resp = await pool.post("/x", b"{}")
+        async with asyncio.timeout(5):
+            body = await resp.read()
+        resp.release()
+        assert pool.idle
+        pool.close()
+        server.close()
+        return body
+
+    assert asyncio.run(scenario()) == big

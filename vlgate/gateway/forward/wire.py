@@ -6,6 +6,12 @@ registry, tracing, timeouts per request) measured about a third of the gateway's
 at 16 concurrent requests (py-spy, ../shared/bench); this does the same forwarding with one write and
 llhttp (the parser uvicorn and Node use) for the answer. aiohttp stays for image fetches, httpx for
 the control plane.
+
+Framing by RFC 9112 (1xx skipped, bytes after an answer never parsed and never pooled, head bounds) is
+forward/http1.py. h11 would give those guarantees by itself, but parsing alone measured 45.7 us per
+non-stream llama-server answer (httptools: 1.5 us) and 276 us per 32-token stream (httptools: 4.5 us),
+more than this client's whole cost per request (~22 us CPU with a minimal responder, one process): it is
+the reference of tests/gateway/test_wire_rfc.py instead. The framing checks cost ~2 us per request (x1.10).
 """
 
 from __future__ import annotations
