@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 import pytest
 
+from vlgate.gateway.forward import wire
 from vlgate.gateway.forward.wire import BadResponse, Client, Disconnected, Pool
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -248,3 +249,42 @@ def test_a_body_past_the_pause_threshold_is_read_whole() -> None:
         return body
 
     assert asyncio.run(scenario()) == big
+
+
+def test_a_whole_answer_past_the_bound_is_refused_not_buffered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backend that sends an endless (or huge) non-stream body: refused at MAX_ANSWER_BYTES, never pooled."""
+    monkeypatch.setattr(wire, "MAX_ANSWER_BYTES", 1 << 20)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (64 << 20))
+        for _ in range(64):
+            writer.write(b"a" * (1 << 20))
+            await writer.drain()
+
+    async def scenario() -> None:
+        server, url = await _serve(handler)
+        pool = Pool(url)
+        resp = await pool.post("/x", b"{}")
+        with pytest.raises(BadResponse, match="non-stream answer past"):
+            async with asyncio.timeout(5):
+                await resp.read()
+        resp.close()
+        assert not pool.idle
+        pool.close()
+        server.close()
+
+    asyncio.run(scenario())
+
+
+def test_hop_by_hop_headers_are_not_passed_on() -> None:
+    """RFC 9110 section 7.6.1: Connection, the fields it names, and the other hop-by-hop fields stay here."""
+    from vlgate.gateway.forward.forwarder import Upstream
+
+    class FakeResponse:
+        headers = [(b"content-type", b"application/json"), (b"connection", b"keep-alive, x-secret"),
+                   (b"x-secret", b"1"), (b"keep-alive", b"timeout=5"), (b"upgrade", b"h2c"), (b"x-kept", b"2")]
+
+    upstream = Upstream.__new__(Upstream)
+    upstream.response = FakeResponse()  # type: ignore[assignment]  # only .headers is read
+    assert upstream.headers() == [(b"content-type", b"application/json"), (b"x-kept", b"2")]

@@ -38,7 +38,15 @@ log = logging.getLogger("vlgate.gateway.forward.forwarder")
 
 # a 503 that says "busy", not "broken": no free slot, a node gateway's queue or drain
 _BUSY = ("no slot", "queue_timeout", "queue_full", "draining", "no_backend")
-_HOP_HEADERS = {b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"server", b"date"}
+# hop-by-hop (RFC 9110 section 7.6.1) and re-made by our own server: never passed on from a backend
+_HOP_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"server", b"date",
+                          b"te", b"trailer", b"upgrade", b"proxy-connection", b"proxy-authenticate"})
+
+
+def _connection_options(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Header names listed in `Connection` (hop-by-hop for this connection only, RFC 9110 section 7.6.1)."""
+    return frozenset(name.strip().lower() for k, v in headers if k == b"connection" for name in v.split(b",")
+                     if name.strip())
 
 
 class Retryable(Exception):
@@ -72,7 +80,8 @@ class Upstream:
         return self.response.status
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        return [(k, v) for k, v in self.response.headers if k not in _HOP_HEADERS]
+        named = _connection_options(self.response.headers)  # and those the backend's Connection header names
+        return [(k, v) for k, v in self.response.headers if k not in _HOP_HEADERS and k not in named]
 
     def close(self) -> None:
         """Drop the connection: llama-server frees the slot when its connection closes."""

@@ -33,6 +33,9 @@ from vlgate.gateway.forward.http1 import (
 __all__ = ["BadResponse", "Client", "Disconnected", "HeadTooLarge", "Pool", "Response", "WireError"]
 _IDLE_S = 4.0  # llama-server (cpp-httplib) closes idle keep-alive connections after 5 s
 _PAUSE_BYTES = 1 << 20  # a slow client: stop reading the backend past this much buffered
+# a whole (non-stream) answer held in memory: llama-server's largest are embeddings of long batches (2048
+# inputs x 4096 floats as JSON text is ~80 MB); past this the answer is refused, never buffered further
+MAX_ANSWER_BYTES = 256 << 20
 _SMALL_BODY = 1 << 16  # below this, head + body go out in one write (one copy, one syscall)
 
 
@@ -132,6 +135,9 @@ class Response:
     def _feed(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
+        if self._whole and self._buffered > MAX_ANSWER_BYTES and not self._done:
+            self._finish(BadResponse(f"a non-stream answer past {MAX_ANSWER_BYTES} bytes"))
+            return
         if self._buffered > _PAUSE_BYTES and not self._whole:
             self._conn.pause()
         self._wake()
