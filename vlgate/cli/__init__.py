@@ -1,7 +1,9 @@
 """The `vlgate` command. Every failure a user can cause is one clear line and a non-zero exit.
 
 One module per family of subcommands, each registering itself here: `serve.py` (the gateway alone),
-`launch.py` (up, launch, install-server, status), `reload.py`, `ask.py`; `common.py` is what they share.
+`launch.py` (up, launch, install-server, status), `reload.py`, `ask.py`, `config_cmd.py` (config schema);
+`common.py` is what they share. Registering imports only the standard library (heavy imports wait until a
+command runs), so `vlgate --help` starts about as fast as Python with pydantic (bench/cli_start.py).
 """
 
 from __future__ import annotations
@@ -11,13 +13,11 @@ import sys
 from collections.abc import Callable
 
 from vlgate import __version__
-from vlgate.cli import ask
-from vlgate.cli.common import CLIError
-from vlgate.config import ConfigError
-from vlgate.cli import serve as gateway_cli
-from vlgate.cli import reload as reload_cli
+from vlgate.cli import ask, config_cmd
 from vlgate.cli import launch as launcher_cli
-from vlgate.launcher.binary import ServerBinaryError
+from vlgate.cli import reload as reload_cli
+from vlgate.cli import serve as gateway_cli
+from vlgate.cli.common import CLIError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     reload_cli.register(sub)
     launcher_cli.register(sub)
     ask.register(sub)
+    config_cmd.register(sub)
     return parser
 
 
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
+    # imported once a command runs: `--help` exits in parse_args and never pays for the config's models
+    from vlgate.config import ConfigError
+    from vlgate.launcher.binary import ServerBinaryError
+
     try:
         return func(args)
     except (CLIError, ConfigError, ServerBinaryError) as exc:

@@ -9,7 +9,6 @@ says why in its line; the rest go on), a progress bar on stderr, overlays in the
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import io
 import json
@@ -17,11 +16,14 @@ import mimetypes
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-from PIL import Image
-from tqdm import tqdm
+from vlgate.cli.common import lazy_import
+
+if TYPE_CHECKING:
+    import httpx
+else:
+    httpx = lazy_import("httpx")  # imported when `vlgate ask` runs, not for every `vlgate --help`
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
 
@@ -91,6 +93,8 @@ def save_overlay(url: str, target: Path) -> Path:
     if wanted is None:
         target = target.with_suffix(".jpg" if fmt == "jpeg" else ".png")
     elif wanted != fmt:
+        from PIL import Image
+
         buf = io.BytesIO()
         Image.open(io.BytesIO(raw)).convert("RGB").save(buf, wanted.upper())
         raw = buf.getvalue()
@@ -145,6 +149,10 @@ def error_text(r: httpx.Response) -> str:
 
 
 async def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from tqdm import tqdm
+
     paths = expand(args.images)
     if not paths:
         print("vlgate ask: no images found", file=sys.stderr)
@@ -183,4 +191,6 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
+    import asyncio  # 40 ms: not for every `vlgate --help`
+
     return asyncio.run(run(args))

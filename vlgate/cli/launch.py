@@ -9,6 +9,7 @@ import argparse
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from vlgate.cli.common import (
     CLIError,
@@ -16,7 +17,9 @@ from vlgate.cli.common import (
     config_from_args,
     setup_logging,
 )
-from vlgate.config import Config, load_config
+
+if TYPE_CHECKING:
+    from vlgate.config import Config
 
 
 @contextmanager
@@ -33,6 +36,7 @@ def _one_line_errors() -> Iterator[None]:
 
 
 def _config(args: argparse.Namespace) -> Config:
+    from vlgate.config import load_config
 
     if hasattr(args, "port"):  # `up` shares the gateway options of `serve`
         return config_from_args(args)
@@ -49,10 +53,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(run.render(run.dry_plan(config), config, gateway=True))
             return 0
-        setup_logging(args.log_level)
+        setup_logging(args.log_level, json_lines=config.gateway.log_json)
         plan = run.real_plan(config, gateway_port=(config.gateway.host, config.gateway.port))
         # SIGHUP / `vlgate reload`: the gateway's settings (keys, limits, presets, timeouts) from the file again
-        return run.up(config, plan, reload_config=lambda: run.demo_config(_config(args)) if args.demo else _config(args))
+        return run.up(config, plan,
+                      reload_config=lambda: run.demo_config(_config(args)) if args.demo else _config(args))
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -63,7 +68,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(run.render(run.dry_plan(config), config, gateway=False))
             return 0
-        setup_logging(args.log_level)
+        setup_logging(args.log_level, json_lines=config.gateway.log_json)
         return run.launch(config, run.real_plan(config))
 
 
@@ -85,13 +90,14 @@ def format_status(body: dict[str, object], url: str) -> str:
         head += f" ({', '.join(extras)})"
     if body.get("reason"):
         head += f"\n  reason: {body['reason']}"
-    rows = [("NAME", "STATE", "SLOTS", "IN-FLIGHT", "SERVED", "URL", "REASON")]
-    for b in body.get("backends") or []:
+    rows: list[tuple[str, ...]] = [("NAME", "STATE", "SLOTS", "IN-FLIGHT", "SERVED", "URL", "REASON")]
+    backends = body.get("backends")
+    for b in backends if isinstance(backends, list) else []:
         if isinstance(b, dict):
             rows.append(tuple(str(b.get(k, "")) for k in ("name", "state", "slots", "in_flight", "served", "url",
                                                          "reason")))
     widths = [max(len(r[i]) for r in rows) for i in range(6)]
-    table = ["  ".join(c.ljust(w) for c, w in zip(r[:6], widths)) + "  " + r[6] for r in rows]
+    table = ["  ".join(c.ljust(w) for c, w in zip(r[:6], widths, strict=True)) + "  " + r[6] for r in rows]
     return "\n".join([head, *(t.rstrip() for t in table)])
 
 

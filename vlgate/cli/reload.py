@@ -12,11 +12,14 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+from vlgate.cli.common import CLIError, lazy_import
 
-from vlgate.cli.common import CLIError
+if TYPE_CHECKING:
+    import httpx
+else:
+    httpx = lazy_import("httpx")  # imported when `vlgate reload` runs, not for every `vlgate --help`
 
 
 def _ready(client: httpx.Client, url: str) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from typing import TYPE_CHECKING
 
 from vlgate import __version__
 from vlgate.cli.common import (
@@ -12,11 +14,15 @@ from vlgate.cli.common import (
     config_from_args,
     setup_logging,
 )
-from vlgate.config import BackendConfig, Config, parse_config
+
+if TYPE_CHECKING:
+    from vlgate.config import Config
 
 
 def serve_config(args: argparse.Namespace) -> Config:
     """The config file with the command line's overrides (read again on every reload)."""
+    from vlgate.config import BackendConfig, parse_config
+
     config = config_from_args(args)
     if args.backend:
         data = config.model_dump()
@@ -31,14 +37,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not config.backends:
         raise CLIError("no backends: pass --backend URL (repeatable) or list `backends:` in the config "
                        "(or use `vlgate up` to launch llama-server processes)")
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, json_lines=config.gateway.log_json)
     from vlgate.gateway.app import create_app
     from vlgate.gateway.server import PortInUse, run
 
     app = create_app(config, reload_config=lambda: serve_config(args))
     g = config.gateway
-    print(f"vlgate {__version__}: serving {g.model} on http://{g.host}:{g.port} "
-          f"in front of {len(config.backends)} backend(s)", file=sys.stderr, flush=True)
+    banner = (f"vlgate {__version__}: serving {g.model} on http://{g.host}:{g.port} "
+              f"in front of {len(config.backends)} backend(s)")
+    if g.log_json:  # a record like every other line (with --log-level info or lower)
+        logging.getLogger("vlgate").info(banner)
+    else:
+        print(banner, file=sys.stderr, flush=True)
     try:
         run(app, g.host, g.port, g.drain_grace_s)
     except PortInUse as exc:

@@ -2,11 +2,42 @@
 
 `ImageNormalizer.normalize_body` is the one entry point of the request path; backends only ever receive
 `data:` URLs produced here (never a user URL, never unnormalized bytes).
+
+The names below are imported on first use (module `__getattr__`): the config imports
+`vlgate.images.settings`, and that must not pull in aiohttp, numpy and the codecs for every `vlgate`
+subcommand (`vlgate --help` would take 0.5 s).
 """
 
-from vlgate.images.grid import GridRule
-from vlgate.images.normalizer import ImageNormalizer
-from vlgate.images.settings import ImageSettings
-from vlgate.images.types import ImageError, ImageInfo
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vlgate.images.grid import GridRule
+    from vlgate.images.normalizer import ImageNormalizer
+    from vlgate.images.settings import ImageSettings
+    from vlgate.images.types import ImageError, ImageInfo
+
+_LAZY = {
+    "GridRule": "vlgate.images.grid",
+    "ImageNormalizer": "vlgate.images.normalizer",
+    "ImageSettings": "vlgate.images.settings",
+    "ImageError": "vlgate.images.types",
+    "ImageInfo": "vlgate.images.types",
+}
 
 __all__ = ["GridRule", "ImageError", "ImageInfo", "ImageNormalizer", "ImageSettings"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
