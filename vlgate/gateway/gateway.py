@@ -23,6 +23,7 @@ from vlgate.gateway.endpoint.context import RequestContext
 from vlgate.gateway.fleet.discovery import DnsDiscovery
 from vlgate.gateway.frontdoor.keylimits import KeyLimiter
 from vlgate.gateway.fleet.membership import STATIC, Membership, static_backends
+from vlgate.gateway.observe.looplag import LoopLag
 from vlgate.gateway.observe.metrics import FaultCollector, Metrics
 from vlgate.gateway.fleet.model_names import BackendModels
 from vlgate.gateway.observe.observer import Observer
@@ -57,6 +58,7 @@ class Gateway:
         self.balancer = Balancer(backends, queue_size=g.queue.size, queue_timeout_s=g.queue.timeout_s,
                                  affinity_load=g.affinity.load, affinity_wait_s=g.affinity.wait_s)
         self.metrics = Metrics(self.balancer)
+        self.loop_lag = LoopLag(self.metrics.registry)  # stalls of the event loop (`recent_max_s`, /metrics)
         self.watchdog = (SlotWatchdog(lambda: self.backends, g.watchdog, self.metrics.registry)
                          if g.watchdog.enabled else None)
         self.poller = HealthPoller(backends, self.balancer, interval_s=g.health.interval_s,
@@ -119,6 +121,7 @@ class Gateway:
         return None
 
     async def startup(self) -> None:
+        self.loop_lag.start()
         self.backend_client = new_client()
         self.forwarder = Forwarder(self.backend_client, self.balancer, self.config.gateway,
                                    on_retry=lambda route: self.metrics.retries.labels(route).inc())
@@ -136,6 +139,7 @@ class Gateway:
         self.reloader.install_signal()
 
     async def shutdown(self) -> None:
+        await self.loop_lag.aclose()
         if self.discovery is not None:
             await self.discovery.aclose()
         await self.members.aclose()

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from vlgate.gateway.apis import caps
 from vlgate.gateway.apis.openai.schemas import _Open
 from vlgate.gateway.apis.tagged import validate_tagged
 
@@ -86,6 +87,7 @@ class Thinking(_Open):
 
 
 class _Common(_Open):
+    item_caps = caps.ANTHROPIC  # checked by validate() (through validate_tagged) before pydantic runs
     model: str
     messages: Annotated[list[Message], Field(min_length=1)]
     system: str | list[TextBlock] | None = None

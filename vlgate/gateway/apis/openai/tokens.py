@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from vlgate.gateway.apis import caps
 from vlgate.gateway.apis.openai import schemas
-from vlgate.gateway.endpoint.context import RequestContext
 from vlgate.gateway.apis.openai.models import check_model
 from vlgate.gateway.apis.openai.schemas import _Open
+from vlgate.gateway.endpoint.context import RequestContext
 from vlgate.gateway.gateway import Gateway
 
 
 class TokenizeRequest(_Open):
+    item_caps = caps.TOKENIZE
     content: str | list[str | int]
     add_special: bool | None = None
     parse_special: bool | None = None
@@ -24,6 +26,7 @@ class TokenizeRequest(_Open):
 
 
 class DetokenizeRequest(_Open):
+    item_caps = caps.DETOKENIZE
     tokens: list[int]
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from vlgate.errors import APIError
+from vlgate.gateway.apis import caps
 from vlgate.gateway.apis.openai.schemas import _Open, validate
 from vlgate.gateway.apis.tagged import validate_tagged
 
@@ -112,6 +113,7 @@ class TextConfig(_Open):
 
 
 class ResponsesRequest(_Open):
+    item_caps = caps.RESPONSES  # checked first by validate(), before any item below is validated
     model: str | None = None
     input: str | list[dict[str, Any]]
     instructions: str | None = None

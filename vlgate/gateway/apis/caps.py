@@ -1,0 +1,215 @@
+"""Item caps on request bodies, checked with len() on the parsed JSON before pydantic sees it.
+
+Why: pydantic validates on the event loop, about 4 µs per message, tool or content part, and collects every
+error. Measured on today's code (2 shared cores): a 0.9 MB body of 300k `{}` tools held the loop 2.0 s,
+500k `{}` messages (1.5 MB) 1.9 s, 200k `{}` content parts (0.6 MB) 0.74 s, 300k real tools (22 MB) 6.7 s;
+/health stopped answering and liveness probes restart a healthy gateway. A worker thread is no cure:
+pydantic-core holds the GIL while it validates (`asyncio.to_thread` of 500k messages still stalled the loop
+1.4 s; 2048x256 parts, whose Python validator lets the GIL go now and then, 325 ms). So the work is bounded
+instead: each list or object a client can make long has a cap (table per API below), and every
+"[]" walk goes over lists already capped, so the checks themselves cost at most ~1 ms.
+
+Measured within the caps (same machine; bench: tests/gateway/test_loop_caps.py::test_worst_body_within_caps):
+2048 messages of 4 parts (8192 parts, the pooled cap) validate in ~35 ms, 128 tools with 512-node schemas
+~1 ms (schemas are `dict[str, Any]`: pydantic does not walk them, the depth/size walk here costs ~8 ms at
+its 65,536-node cap), 1M token ids ~10 ms. Still on the loop, under the ~50 ms aim. What stays: orjson's
+parse of the raw body (endpoint/bodyjson.py) is before any cap, ~10 ms per MB of small items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import compress, repeat
+from typing import Any
+
+from vlgate.errors import APIError
+
+# -- the limits ---------------------------------------------------------------------------------------------
+# OpenAI's spec (openai-openapi.json): CreateChatCompletionRequest.functions maxItems 128, the Assistants'
+# tools maxItems 128 ("a maximum of 128 tools"), chat `tools`: "A max of 128 functions are supported".
+MAX_TOOLS = 128
+# Anthropic publishes no tool count; agents (MCP clients) send more than OpenAI's 128. ~22 µs a tool to
+# validate: 512 cost ~11 ms.
+MAX_TOOLS_ANTHROPIC = 512
+# No published limit (OpenAI's chat spec has none). 2048 turns is past what a llama-server context holds
+# (each costs template tokens besides its content) and validates in ~8 ms.
+MAX_MESSAGES = 2048
+# Content parts (chat parts, Responses input parts, Anthropic blocks, tool_result blocks, system blocks) in
+# one message. Not published; images are limited separately (images.limits.max_images).
+MAX_PARTS = 256
+# ... and in the whole request: 2048 x 256 parts took 2.0 s to validate; 4096 take ~10 ms, ~30 ms when every
+# one is wrong (pydantic's error list). Two parts (text and an image or a tool call) for each of 2048 turns.
+MAX_PARTS_TOTAL = 4096
+# tool_calls in one assistant message: parallel calls of the same tool may outnumber the tools.
+MAX_TOOL_CALLS = 256
+# OpenAI: StopConfiguration maxItems 4. llama-server takes any number, checking each at every token; 16
+# keeps llama.cpp clients working (they send a template's several end words) and the per-token cost bounded.
+MAX_STOP = 16
+# OpenAI's spec sets no maxProperties on logit_bias; llama-server also takes [[token, bias], ...]. 1024 is
+# far over real use (banning a few words' tokens) and costs the sampler nothing much.
+MAX_LOGIT_BIAS = 1024
+# OpenAI's Metadata: "Set of 16 key-value pairs". Anthropic's metadata has one field (user_id).
+MAX_METADATA = 16
+# Responses API: input items, like messages (no published limit).
+MAX_INPUT_ITEMS = MAX_MESSAGES
+# OpenAI embeddings: input arrays maxItems 2048; "a maximum of 300,000 tokens summed across all inputs".
+MAX_EMBEDDING_INPUTS = 2048
+MAX_EMBEDDING_TOKENS = 300_000
+# Token ids in a prompt, /tokenize or /detokenize: 2**17, a 128k context's worth (they must fit the
+# backend's n_ctx anyway). A flat prompt of ids is the costly case: pydantic tries `list[str]` first and
+# fails each item, ~0.2 µs a token (2**20 ids: 228 ms; 2**17: 29 ms).
+MAX_TOKEN_IDS = 1 << 17
+# JSON schemas (tool parameters, response formats): nesting depth, and values in all schemas together.
+# OpenAI's Structured Outputs allow 5000 object properties and 10 levels of nesting (a property is a few
+# values: name, type, description; a level is two JSON levels). orjson writes at most 255 levels (deeper, a
+# re-serialized body would be a 500). The walk costs ~0.3 µs a value: 32,768 values ~10 ms.
+MAX_SCHEMA_DEPTH = 64
+MAX_SCHEMA_NODES = 32_768
+
+
+@dataclass(frozen=True, slots=True)
+class Cap:
+    """At most `most` items in the list (or entries in the object) at `path`, at each place it reaches.
+
+    `path`: dotted names; `[]` steps into every item of a list ("messages[].content"). A list stepped into
+    must be capped by an earlier row, so walks stay short. `pool`: rows sharing one count across the whole
+    request, at most `total` (content parts of all messages)."""
+
+    path: str
+    most: int
+    pool: str = ""
+    total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """The JSON schema at `path`: at most MAX_SCHEMA_DEPTH deep; all schemas together MAX_SCHEMA_NODES values."""
+
+    path: str
+
+
+Table = tuple[Cap | Schema, ...]
+
+
+
+def _parts(path: str) -> Cap:
+    """A list of content parts: MAX_PARTS in one, MAX_PARTS_TOTAL in the whole request."""
+    return Cap(path, MAX_PARTS, pool="content parts", total=MAX_PARTS_TOTAL)
+
+
+CHAT: Table = (
+    Cap("messages", MAX_MESSAGES),
+    _parts("messages[].content"),
+    Cap("messages[].tool_calls", MAX_TOOL_CALLS, pool="tool calls", total=MAX_PARTS_TOTAL),
+    Cap("tools", MAX_TOOLS),
+    Cap("functions", MAX_TOOLS),
+    Cap("stop", MAX_STOP),
+    Cap("logit_bias", MAX_LOGIT_BIAS),
+    Cap("metadata", MAX_METADATA),
+    Schema("tools[].function.parameters"),
+    Schema("functions[].parameters"),
+    Schema("response_format.json_schema.schema"),
+)
+COMPLETIONS: Table = (
+    Cap("prompt", MAX_TOKEN_IDS),
+    Cap("prompt[]", MAX_TOKEN_IDS, pool="tokens", total=MAX_TOKEN_IDS),
+    Cap("stop", MAX_STOP),
+    Cap("logit_bias", MAX_LOGIT_BIAS),
+)
+EMBEDDINGS: Table = (
+    Cap("input", MAX_EMBEDDING_INPUTS),
+    Cap("input[]", MAX_EMBEDDING_TOKENS, pool="tokens", total=MAX_EMBEDDING_TOKENS),
+)
+TOKENIZE: Table = (Cap("content", MAX_TOKEN_IDS),)
+DETOKENIZE: Table = (Cap("tokens", MAX_TOKEN_IDS),)
+RESPONSES: Table = (
+    Cap("input", MAX_INPUT_ITEMS),
+    _parts("input[].content"),
+    _parts("input[].output"),
+    _parts("input[].summary"),
+    Cap("tools", MAX_TOOLS),
+    Cap("metadata", MAX_METADATA),
+    Schema("tools[].parameters"),
+    Schema("text.format.schema"),
+)
+ANTHROPIC: Table = (
+    Cap("messages", MAX_MESSAGES),
+    _parts("messages[].content"),
+    _parts("messages[].content[].content"),  # tool_result blocks
+    _parts("system"),
+    Cap("tools", MAX_TOOLS_ANTHROPIC),
+    Cap("stop_sequences", MAX_STOP),
+    Cap("metadata", MAX_METADATA),
+    Schema("tools[].input_schema"),
+)
+
+
+def check(body: dict[str, Any], table: Table) -> None:
+    """A 400 naming the first list (or object) over its cap; cheap: len() on places already bounded."""
+    pools: dict[str, int] = {}
+    nodes = 0
+    for row in table:
+        for param, value in _places(body, row.path):
+            if isinstance(row, Schema):
+                nodes += _schema_nodes(value, param, MAX_SCHEMA_NODES - nodes)
+                continue
+            if not isinstance(value, list | dict):
+                continue  # a wrong type is pydantic's to name
+            n = len(value)
+            if n > row.most:
+                raise _too_many(param, value, row.most)
+            if row.pool:
+                pools[row.pool] = pools.get(row.pool, 0) + n
+                if pools[row.pool] > row.total:
+                    raise APIError(400, f"Invalid '{param}': the request has more than {row.total} "
+                                   f"{row.pool} in all.", param=param, code="array_above_max_length")
+
+
+def _too_many(param: str, value: list[Any] | dict[str, Any], most: int) -> APIError:
+    """OpenAI's own wording and codes for an array or object over its maximum."""
+    if isinstance(value, dict):
+        return APIError(400, f"Invalid '{param}': too many properties. Expected an object with at most {most} "
+                        f"properties, but got an object with {len(value)} properties instead.", param=param,
+                        code="object_above_max_properties")
+    return APIError(400, f"Invalid '{param}': array too long. Expected an array with maximum length {most}, "
+                    f"but got an array with length {len(value)} instead.", param=param,
+                    code="array_above_max_length")
+
+
+def _places(body: Any, path: str) -> list[tuple[str, Any]]:
+    """(param, value) for each place `path` reaches in `body`; places of another shape are skipped."""
+    found: list[tuple[str, Any]] = [("", body)]
+    for name in path.split("."):
+        many = name.endswith("[]")
+        key = name.removesuffix("[]")
+        step: list[tuple[str, Any]] = []
+        for where, node in found:
+            if not isinstance(node, dict) or key not in node:
+                continue
+            here, value = f"{where}.{key}" if where else key, node[key]
+            if not many:
+                step.append((here, value))
+            elif isinstance(value, list):  # only items that can hold more: a C-speed pass over token ids
+                nested = compress(range(len(value)), map(isinstance, value, repeat(list | dict)))
+                step.extend((f"{here}[{i}]", value[i]) for i in nested)
+        found = step
+    return found
+
+
+def _schema_nodes(schema: Any, param: str, budget: int) -> int:
+    """Values in `schema`, counted by len() per object or array (no recursion however deep, no Python step
+    per value); a 400 past MAX_SCHEMA_DEPTH or past the `budget` left of MAX_SCHEMA_NODES."""
+    count = 1
+    todo: list[tuple[Any, int]] = [(schema, 1)] if isinstance(schema, dict | list) else []
+    while todo:
+        node, depth = todo.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            raise APIError(400, f"Invalid '{param}': the JSON schema is nested more than {MAX_SCHEMA_DEPTH} "
+                           "levels deep.", param=param, code="schema_too_deep")
+        count += len(node)
+        if count > budget:
+            raise APIError(400, f"Invalid '{param}': the request's JSON schemas have more than {MAX_SCHEMA_NODES} "
+                           "values in all.", param=param, code="schema_too_large")
+        values = node.values() if isinstance(node, dict) else node
+        todo.extend(zip(compress(values, map(isinstance, values, repeat(dict | list))), repeat(depth + 1)))
+    return count
