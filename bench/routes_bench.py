@@ -134,12 +134,12 @@ def measure(base: str, requests: int) -> dict[tuple[str, bool], list[float]]:
 
 def rewrite_cost(tokens: int, n: int = 2000) -> list[tuple[str, float]]:
     """CPU per answer of what the Responses and Anthropic routes add (in this process: no network noise)."""
-    from vlgate.gateway.apis.anthropic.stream import AnthropicStreamTap
-    from vlgate.gateway.apis.responses.completion import Echo, complete_response_bytes
-    from vlgate.gateway.apis.responses.stream import ResponsesStreamRewriter
-    from vlgate.gateway.apis.openai.schemas import ChatCompletionRequest, validate
     from vlgate.gateway.apis.anthropic.schemas import validate_messages
+    from vlgate.gateway.apis.anthropic.stream import AnthropicStreamTap
+    from vlgate.gateway.apis.openai.schemas import ChatCompletionRequest, validate
+    from vlgate.gateway.apis.responses.completion import Echo, complete_response_bytes
     from vlgate.gateway.apis.responses.schemas import validate_responses
+    from vlgate.gateway.apis.responses.stream import ResponsesStreamRewriter
 
     body = {"model": "fake", "input": "hello", "max_output_tokens": 32}
     answer, stream, anthropic_stream = (responses_answer(tokens, False), responses_answer(tokens, True),

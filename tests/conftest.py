@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from support.llama import LlamaServer
 
+from support.llama import LlamaServer
 from vlgate.launcher.binary import ensure_server
 from vlgate.tinymodel.model import TinyModel, write_tiny_model
 

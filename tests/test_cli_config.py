@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
-
 from vlgate.config import ConfigError, load_config, parse_config
 
 

@@ -6,8 +6,6 @@ the wire is each API dialect's business (`gateway/apis/<api>/errors.py`), so it 
 
 from __future__ import annotations
 
-from typing import Any
-
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",

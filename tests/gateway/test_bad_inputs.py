@@ -8,6 +8,7 @@ import socket
 import httpx
 import openai
 import pytest
+
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
 

@@ -9,6 +9,7 @@ import time
 
 import httpx
 import pytest
+
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
 

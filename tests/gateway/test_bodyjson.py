@@ -15,9 +15,9 @@ import openai
 import orjson
 import pytest
 from PIL import Image
+
 from support.gateway_process import GatewayProcess
 from support.stack import llama_behind_gateway
-
 from vlgate.gateway.endpoint import bodyjson
 
 B64 = base64.b64encode(random.Random(7).randbytes(300_000)).decode()  # 400 KB: above both thresholds

@@ -11,6 +11,7 @@ from collections import Counter
 
 import httpx
 import pytest
+
 from support.chaos import post_chat, proper_error, stream_outcome
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess

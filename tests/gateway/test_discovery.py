@@ -13,12 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from support.dnsserver import dns_server
 from support.gateway_process import GatewayProcess
 from support.llama import LlamaServer
 from support.load import Load
 from support.wait import wait_until
-
 from vlgate.config import ConfigError, DiscoveryConfig, parse_config
 from vlgate.gateway.fleet.discovery import make_resolver, nameserver, resolve
 

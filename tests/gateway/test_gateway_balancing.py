@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
+
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
 

@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 from PIL import Image
+
 from support.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.slow

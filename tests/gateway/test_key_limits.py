@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+
 from support.clock import FakeClock
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
-
 from vlgate.config import KeyLimitConfig
 from vlgate.errors import APIError
 from vlgate.gateway.frontdoor.keylimits import KeyLimiter

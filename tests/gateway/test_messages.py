@@ -12,6 +12,7 @@ import httpx
 import pytest
 from langchain_anthropic import ChatAnthropic
 from PIL import Image
+
 from support.gateway_process import GatewayProcess
 from support.stack import llama_behind_gateway
 

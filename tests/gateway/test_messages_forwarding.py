@@ -13,6 +13,7 @@ import anthropic
 import httpx
 import pytest
 from PIL import Image
+
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
 from support.listener import CountingListener

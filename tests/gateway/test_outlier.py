@@ -7,17 +7,17 @@ import time
 
 import httpx
 import pytest
+
 from support.clock import FakeClock
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
-
 from vlgate.backends import Backend, BackendState
 from vlgate.config import GatewayConfig, OutlierConfig
 from vlgate.errors import APIError
-from vlgate.gateway.routing.balancer import Balancer
-from vlgate.gateway.forward.outlier import OutlierDetector
 from vlgate.gateway.fleet.poller import check_backend
 from vlgate.gateway.forward.forwarder import Forwarder, new_client
+from vlgate.gateway.forward.outlier import OutlierDetector
+from vlgate.gateway.routing.balancer import Balancer
 
 HELLO = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 

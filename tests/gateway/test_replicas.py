@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from support.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.slow

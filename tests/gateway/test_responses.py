@@ -13,6 +13,7 @@ import openai
 import pytest
 from langchain_openai import ChatOpenAI
 from PIL import Image
+
 from support.gateway_process import GatewayProcess
 from support.stack import llama_behind_gateway
 

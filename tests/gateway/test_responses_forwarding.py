@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
 from support.listener import CountingListener

@@ -12,6 +12,7 @@ import anthropic
 import openai
 import pytest
 from pydantic import BaseModel
+
 from support.gateway_process import GatewayProcess
 from support.stack import llama_behind_gateway
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from support.gateway_process import GatewayProcess
 from support.wait import wait_until
-
 from vlgate.gateway.app import API_ROUTES
 from vlgate.gateway.endpoint.route import UTILITY
 

@@ -18,6 +18,7 @@ from schemathesis.checks import (
     not_a_server_error,
     response_schema_conformance,
 )
+
 from support.gateway_process import GatewayProcess
 
 SPEC = Path(__file__).parents[1] / "data" / "openai-openapi.json"

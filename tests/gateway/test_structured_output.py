@@ -13,6 +13,7 @@ import jsonschema
 import openai
 import pytest
 from pydantic import BaseModel
+
 from support.gateway_process import GatewayProcess
 from support.llama import LlamaServer
 

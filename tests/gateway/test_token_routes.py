@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 from PIL import Image
+
 from support.stack import llama_behind_gateway
 
 pytestmark = pytest.mark.slow

@@ -6,10 +6,10 @@ import time
 
 import httpx
 from prometheus_client import CollectorRegistry
+
 from support.clock import FakeClock
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
-
 from vlgate.backends import Backend
 from vlgate.config import WatchdogConfig
 from vlgate.gateway.fleet.watchdog import SlotWatchdog

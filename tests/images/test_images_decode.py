@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image, features
+
 from support.images import (
     close,
     encode,
@@ -18,7 +19,6 @@ from support.images import (
     quadrants,
     settings,
 )
-
 from vlgate.gateway.apis.openai.errors import error_object
 from vlgate.images import GridRule
 from vlgate.images.decode import TRANSPOSE, available_formats

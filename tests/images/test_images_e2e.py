@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
 
@@ -32,7 +33,7 @@ class _ImageServer:
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 outer.hits += 1
                 self.send_response(200)
                 self.send_header("Content-Type", ctype)

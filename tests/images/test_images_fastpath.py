@@ -11,8 +11,8 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from support.images import encode, error_of, normalize
 
+from support.images import encode, error_of, normalize
 from vlgate.images import color, jpeg, resample
 
 

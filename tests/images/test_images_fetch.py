@@ -9,8 +9,8 @@ from typing import Any
 
 from aiohttp import web
 from PIL import Image
-from support.images import body_with, encode, settings
 
+from support.images import body_with, encode, settings
 from vlgate.images import ImageError, ImageInfo, ImageNormalizer
 
 PNG = encode(Image.new("RGB", (100, 60), (10, 200, 30)), "PNG")

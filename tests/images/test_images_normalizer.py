@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from support.images import body_with, data_url, encode, max_loop_gap, run, settings
 
+from support.images import body_with, data_url, encode, max_loop_gap, run, settings
 from vlgate.images import (
     GridRule,
     ImageError,

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
-from support.images import encode, normalize, settings
 
+from support.images import encode, normalize, settings
 from vlgate.images import png
 from vlgate.images.types import ImageError
 

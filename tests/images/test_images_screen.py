@@ -7,9 +7,9 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
 from support.gateway_process import GatewayProcess
 from support.images import data_url, encode, normalize, settings
-
 from vlgate.images import screen
 
 INKS = [(20, 20, 20), (170, 30, 30), (30, 110, 200), (40, 140, 60), (120, 60, 160), (200, 120, 0)]

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 from aiohttp import web
-from support.images import CountingListener, body_with, run, settings
 
+from support.images import CountingListener, body_with, run, settings
 from vlgate.images import ImageError, ImageNormalizer
 from vlgate.images.settings import FetchSettings
 from vlgate.images.ssrf import BlockedTarget, blocked_reason, check_url

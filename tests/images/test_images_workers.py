@@ -10,9 +10,9 @@ import signal
 import numpy as np
 import pytest
 from PIL import Image
+
 from support.images import body_with, data_url, encode, run, settings
 from support.procs import children_of
-
 from vlgate.images import ImageError, ImageNormalizer, ImageSettings
 
 
@@ -86,6 +86,7 @@ def test_a_gateway_with_worker_processes_answers_images_and_stops_them(llama_ser
     """`vlgate serve` with `images.pool: process`: the spawned workers import the entry point again (it is
     guarded), answer, and end with the gateway."""
     import httpx
+
     from support.gateway_process import GatewayProcess
     from support.llama import LlamaServer
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
-from support.chaos import post_chat, proper_error, stream_outcome
 from test_launcher_up import config, up  # noqa: F401  (the `up` fixture)
 
+from support.chaos import post_chat, proper_error, stream_outcome
 from vlgate.tinymodel.model import TinyModel
 
 pytestmark = pytest.mark.slow

@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from support.llama import free_port
 
+from support.llama import free_port
 from vlgate.launcher import download
 from vlgate.launcher.download import ModelError, fetch
 from vlgate.launcher.settings import ModelSource

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from vlgate.backends import BackendState as S
+from vlgate.cli.launch import format_status
 from vlgate.config import ConfigError, load_config, parse_config
 from vlgate.launcher import gpus
-from vlgate.cli.launch import format_status
 from vlgate.launcher.command import LaunchError, build_specs
 from vlgate.launcher.download import ModelFiles
 from vlgate.launcher.process import ALLOWED, describe_exit

@@ -22,9 +22,9 @@ import httpx
 import openai
 import pytest
 import yaml
+
 from support.llama import free_port
 from support.procs import children_of
-
 from vlgate.tinymodel.model import TinyModel
 
 pytestmark = pytest.mark.slow

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+
 from support.llama import free_port
 
 pytestmark = pytest.mark.slow

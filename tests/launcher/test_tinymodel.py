@@ -12,8 +12,8 @@ import gguf
 import httpx
 import pytest
 from PIL import Image
-from support.llama import LlamaServer, port_is_free
 
+from support.llama import LlamaServer, port_is_free
 from vlgate.tinymodel.model import (
     GROUNDING_TOKENS,
     TinyModel,

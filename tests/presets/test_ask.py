@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
-
 from vlgate.presets.overlay import palette
 
 # a box over the middle of any picture: model pixels of its grid, mapped back by the gateway

@@ -12,8 +12,8 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from support.pipeline_answers import decode_coco, rle_text
 
+from support.pipeline_answers import decode_coco, rle_text
 from vlgate.images.types import ImageInfo
 from vlgate.presets import (
     PresetRegistry,

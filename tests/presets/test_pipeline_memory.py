@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
 from support.pipeline_answers import OpenSetScript, png_data_url

@@ -16,6 +16,7 @@ import numpy as np
 import openai
 import pytest
 from PIL import Image
+
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
 from support.pipeline_answers import (

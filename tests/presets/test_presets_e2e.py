@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 from PIL import Image
+
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
 

@@ -25,7 +25,7 @@ class Frame:
     model_height: int
 
     @classmethod
-    def of(cls, image: ImageInfo | None) -> "Frame | None":
+    def of(cls, image: ImageInfo | None) -> Frame | None:
         if image is None or image.width <= 0 or image.height <= 0:
             return None
         return cls(image.orig_width, image.orig_height, image.width, image.height)

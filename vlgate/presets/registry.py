@@ -64,7 +64,7 @@ class PresetRegistry:
         self.request_fields: dict[str, Any] = {}
 
     @classmethod
-    def load(cls, user: Mapping[str, Any] | None = None) -> "PresetRegistry":
+    def load(cls, user: Mapping[str, Any] | None = None) -> PresetRegistry:
         """Built-ins plus user overrides; ValueError with `presets.<name>.<field>: ...` on a bad entry."""
         builtins = builtin_specs()
         users = {name: _as_spec(name, v) for name, v in (user or {}).items()}

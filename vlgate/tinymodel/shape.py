@@ -128,7 +128,7 @@ def classify(vocab: Vocab, token_id: int) -> tuple[Kind, Group]:
     if vocab.types[token_id] != gguf.TokenType.NORMAL:
         return Kind.SPECIAL, Group.BANNED
     raw = decode_symbols(token)
-    if any(b < 0x20 and b not in b"\t\n" or b >= 0x7F or b in b"\\`" for b in raw):
+    if any((b < 0x20 and b not in b"\t\n") or b >= 0x7F or b in b"\\`" for b in raw):
         return Kind.SPECIAL, Group.BANNED
     text = raw.decode()
     stripped = text.strip()

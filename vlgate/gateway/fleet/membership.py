@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 from vlgate.backends import Backend, BackendState
 from vlgate.config import BackendConfig
-from vlgate.gateway.routing.balancer import Balancer
 from vlgate.gateway.fleet.poller import HealthPoller
+from vlgate.gateway.routing.balancer import Balancer
 
 log = logging.getLogger("vlgate.gateway.fleet.membership")
 

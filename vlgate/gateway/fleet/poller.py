@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from vlgate.backends import Backend, BackendState
-from vlgate.gateway.routing.balancer import Balancer
 from vlgate.gateway.fleet.capacity import SlotReport, refresh_slots
+from vlgate.gateway.routing.balancer import Balancer
 
 log = logging.getLogger("vlgate.gateway.fleet.poller")
 

@@ -21,8 +21,8 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from vlgate.config import Config, ConfigError, GatewayConfig
-from vlgate.gateway.frontdoor.auth import KeyChecker
 from vlgate.gateway.fleet.discovery import DnsDiscovery
+from vlgate.gateway.frontdoor.auth import KeyChecker
 from vlgate.presets import PresetRegistry
 
 log = logging.getLogger("vlgate.gateway.fleet.reload")

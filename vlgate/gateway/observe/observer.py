@@ -15,8 +15,8 @@ import httpx
 from prometheus_client import CollectorRegistry
 
 from vlgate.backends import Backend, BackendState
-from vlgate.gateway.fleet.capacity import SlotReport
 from vlgate.gateway.endpoint.context import RequestContext
+from vlgate.gateway.fleet.capacity import SlotReport
 from vlgate.gateway.observe.fleetmetrics import FleetCollector, FleetScraper
 from vlgate.gateway.observe.timeline import Timelines
 from vlgate.gateway.observe.usage import KeyUsage, Tokens
