@@ -45,6 +45,9 @@ def uvicorn_config(app: Starlette, host: str, port: int, grace_s: float) -> uvic
         http=guarded_protocol(FrontDoorLimits(limits.max_header_bytes, limits.max_headers, limits.header_timeout_s,
                                                limits.max_connections)),
         access_log=False,
+        # no handlers of uvicorn's own: its loggers propagate to the root's, so its lines take the gateway's
+        # format (one JSON object per line with --log-json, cli/common.py)
+        log_config=None,
         log_level="warning",
         timeout_graceful_shutdown=int(grace_s) if grace_s else None,
         lifespan="on",

@@ -5,7 +5,9 @@ Every `stall_s / 4` the watchdog reads each ready backend's `/slots`. A slot tha
 same task, decoded tokens and processed prompt tokens for `stall_s` is wedged; so is a backend whose
 `/slots` times out `slots_timeouts` times in a row. A wedged backend is reported (log, its `/ready`
 reason, `vlgate_wedged_total`) and then restarted by the launcher under `vlgate up` (it sets
-`Backend.restart`), or ejected for `stall_s` under `vlgate serve`.
+`Backend.restart`), or ejected under `vlgate serve` for as long as it stays wedged: each round re-reads its
+`/slots`, and the ejection goes on while the stuck slot shows the same progress (or `/slots` still hangs).
+A fixed ejection would let a backend still wedged back into rotation, where new requests stick too.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class SlotWatchdog:
                               ["backend"], registry=registry)
         self._since: dict[tuple[str, object], tuple[Progress, float]] = {}  # (backend, slot id) -> progress, since
         self._timeouts: dict[str, int] = {}
+        # ejected as wedged (serve): backend -> its stuck slots' (id, progress); empty: /slots hung
+        self._held: dict[str, set[tuple[object, Progress]]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def configure(self, cfg: WatchdogConfig) -> None:
@@ -88,6 +92,9 @@ class SlotWatchdog:
 
     def act(self, backend: Backend, reason: str) -> None:
         self.wedged.labels(backend.name).inc()
+        now = self.clock()
+        stuck = {(key[1], since[0]) for key, since in self._since.items()
+                 if key[0] == backend.name and now - since[1] >= self.cfg.stall_s}
         for key in [k for k in self._since if k[0] == backend.name]:
             del self._since[key]
         self._timeouts[backend.name] = 0
@@ -95,9 +102,34 @@ class SlotWatchdog:
             log.error("backend %s %s: restarting it", backend.name, reason)
             backend.restart(reason)
         else:
-            log.error("backend %s %s: ejected for %gs", backend.name, reason, self.cfg.stall_s)
-            backend.ejected_until = self.clock() + self.cfg.stall_s
+            log.error("backend %s %s: ejected for %gs, and on while it stays wedged", backend.name, reason,
+                      self.cfg.stall_s)
+            self._held[backend.name] = stuck
+            backend.ejected_until = now + self.cfg.stall_s
             backend.mark_failed(BackendState.SUSPECT, reason)
+
+    async def recheck(self, client: httpx.AsyncClient, backend: Backend) -> None:
+        """An ejected wedged backend: keep it out while the stuck slot has not moved (or /slots hangs);
+        once it moves, end the ejection so the next health poll brings it back."""
+        stuck = self._held[backend.name]
+        try:
+            r = await client.get(backend.url + "/slots", headers=backend.auth_headers(),
+                                 timeout=self.cfg.slots_timeout_s)
+            slots = r.json() if r.status_code == 200 else None
+        except httpx.TimeoutException:
+            still = True
+        except (httpx.HTTPError, ValueError):
+            still = False  # down or odd: the health poller's business from here
+        else:
+            still = isinstance(slots, list) and any(
+                (s.get("id"), slot_progress(s)) in stuck for s in slots
+                if isinstance(s, dict) and s.get("is_processing") is True)
+        if still:
+            backend.ejected_until = max(backend.ejected_until, self.clock() + self.cfg.stall_s)
+            return
+        del self._held[backend.name]
+        backend.ejected_until = min(backend.ejected_until, self.clock())
+        log.info("backend %s is no longer wedged: back in rotation once /health passes", backend.name)
 
     async def check(self, client: httpx.AsyncClient, backend: Backend) -> None:
         try:
@@ -120,9 +152,14 @@ class SlotWatchdog:
         interval = max(0.2, self.cfg.stall_s / 4)
         while True:
             await asyncio.sleep(interval)
-            ready = [b for b in self.backends() if b.state is BackendState.READY]
+            backends = self.backends()
+            ready = [b for b in backends if b.state is BackendState.READY]
+            for name in set(self._held) - {b.name for b in backends if b.state is not BackendState.READY}:
+                del self._held[name]  # back in rotation some other way, or gone
+            held = [b for b in backends if b.name in self._held]
             try:
-                await asyncio.gather(*(self.check(client, b) for b in ready))
+                await asyncio.gather(*(self.check(client, b) for b in ready),
+                                     *(self.recheck(client, b) for b in held))
             except Exception:  # never let one odd answer stop the watchdog
                 log.exception("watchdog round failed")
 
