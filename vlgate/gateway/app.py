@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -23,6 +24,7 @@ from vlgate.gateway.endpoint.dispatch import GatewayApp, api_endpoints, starlett
 from vlgate.gateway.endpoint.route import ApiRoute
 from vlgate.gateway.gateway import Gateway, backends_from_config
 from vlgate.gateway.observe import page
+from vlgate.gateway.observe.accesslog import AccessLog
 from vlgate.gateway.routes import admin, capacity, probes
 
 log = logging.getLogger("vlgate.gateway.app")
@@ -74,6 +76,7 @@ def create_app(config: Config, backends: list[Backend] | None = None, *, poll_he
     app = GatewayApp(
         routes=[*starlette_routes(endpoints), *(route for module in GET_ROUTE_MODULES for route in module.routes(gw))],
         exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
+        middleware=[Middleware(AccessLog, gateway=gw)],  # GET/404 access lines (the API routes log in finish)
         lifespan=lifespan,
     )
     app.api_endpoints = endpoints

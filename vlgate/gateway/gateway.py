@@ -6,7 +6,6 @@ Built once per app (`create_app`); every route reaches them through the `Gateway
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -189,13 +188,15 @@ class Gateway:
             ctx.release_key()
         if tokens is not None and ctx.charges.tokens:
             self.key_limits.record_tokens(ctx.key, tokens.prompt + tokens.completion)
-        if self.config.gateway.log_json:
-            access_log.info(json.dumps({
-                "id": ctx.id, "route": ctx.route, "status": status,
-                "backend": ctx.backend, "attempts": ctx.attempts, "stream": ctx.stream,
+        if self.config.gateway.log_json:  # the fields go top level in the JSON line (cli/common.py JsonFormatter)
+            access_log.info("%s %d", ctx.route, status, extra={
+                "id": ctx.id, "route": ctx.route, "key": ctx.key, "backend": ctx.backend, "status": status,
+                "attempts": ctx.attempts, "stream": ctx.stream,
                 "ttfb_ms": round(ctx.ttfb * 1000, 2) if ctx.ttfb is not None else None,
                 "duration_ms": round(duration * 1000, 2), "mid_stream_error": ctx.mid_stream_error,
-            }))
+                "prompt_tokens": tokens.prompt if tokens is not None else None,
+                "completion_tokens": tokens.completion if tokens is not None else None,
+            })
 
 
 def gateway_of(request: Request) -> Gateway:
