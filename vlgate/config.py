@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from importlib import resources
 from pathlib import Path
@@ -144,6 +145,25 @@ class NamedKey(_Strict):
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")
     key: str = Field(min_length=1)
+    admin: bool = Field(default=False, description="sees the fleet (backend URLs, every key's usage) and may use "
+                        "/admin; other keys see only their own usage")
+
+
+def _host_name(v: str) -> str:
+    """An allowed_hosts entry: a bare host name or address (no scheme, port or path), lowercase."""
+    name = v.strip().lower().rstrip(".")
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if name != "*" and (not name or (any(c in name for c in "/:@ \t") and not _is_v6(name))):
+        raise ValueError(f"{v!r}: give a host name like 'gateway.example.com' (no scheme, port or path)")
+    return name
+
+
+def _is_v6(name: str) -> bool:
+    try:
+        return ipaddress.ip_address(name).version == 6
+    except ValueError:
+        return False
 
 
 class GatewayConfig(_Strict):
@@ -152,6 +172,10 @@ class GatewayConfig(_Strict):
     model: str = Field(default="youtu-vl", description="model id served at /v1/models; requests may name it or omit it")
     api_keys: list[str | NamedKey] = Field(default_factory=list,
                                           description="keys, or {name, key} (plain keys get a name from their hash)")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host header names served besides loopback ones (localhost, 127.x, [::1]); "
+        "a loopback bind serves only those (DNS rebinding), another bind checks Host only when this is set; "
+        "'.example.com' also allows subdomains, '*' turns the check off")
     metrics_token: str | None = Field(default=None, description="if set, GET /metrics needs 'Bearer <token>' "
                                       "(also VLGATE_METRICS_TOKEN)")
     api_keys_file: str | None = Field(default=None, description="one key per line; # comments allowed")
@@ -181,6 +205,11 @@ class GatewayConfig(_Strict):
     key_limits: dict[str, KeyLimitConfig] = Field(
         default_factory=dict, description="per API key name; '*' applies to every key without its own entry")
     outlier: OutlierConfig = OutlierConfig()
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        return [_host_name(h) for h in v]
 
 
 class Config(_Strict):

@@ -7,13 +7,18 @@ On a signal: `/ready` turns 503 at once, the listener stays open while in-flight
 from __future__ import annotations
 
 import errno
+import logging
 import socket
+from collections.abc import Callable
 
 import uvicorn
 from starlette.applications import Starlette
 
 from vlgate.gateway.frontdoor.drain import DrainingServer
+from vlgate.gateway.frontdoor.hosts import HostPolicy
 from vlgate.gateway.frontdoor.protocol import FrontDoorLimits, guarded_protocol
+
+log = logging.getLogger("vlgate.gateway.server")
 
 
 class PortInUse(Exception):
@@ -35,6 +40,23 @@ def check_port_free(host: str, port: int) -> None:
             raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+def host_policy(app: Starlette, bind_host: str) -> Callable[[], HostPolicy]:
+    """The `Host` policy of the current config (a reload may change `allowed_hosts`), built once per change."""
+    gw = app.state.gateway
+    built: list[tuple[list[str], HostPolicy]] = []
+
+    def current() -> HostPolicy:
+        allowed = gw.config.gateway.allowed_hosts
+        if not built or built[0][0] is not allowed:
+            built[:] = [(allowed, HostPolicy.for_bind(bind_host, allowed))]
+        return built[0][1]
+
+    if not current().check and not gw.keys.enabled:
+        log.warning("listening on %s with no API keys and no Host check: anyone who can reach it may use it, "
+                    "see every backend and call /admin", bind_host or "all addresses")
+    return current
+
+
 def uvicorn_config(app: Starlette, host: str, port: int, grace_s: float) -> uvicorn.Config:
     limits = app.state.gateway.config.gateway.limits
     return uvicorn.Config(
@@ -43,7 +65,8 @@ def uvicorn_config(app: Starlette, host: str, port: int, grace_s: float) -> uvic
         port=port,
         loop="uvloop",
         http=guarded_protocol(FrontDoorLimits(limits.max_header_bytes, limits.max_headers, limits.header_timeout_s,
-                                               limits.max_connections)),
+                                               limits.max_connections), host_policy(app, host)),
+        ws="none",  # no WebSocket routes: an Upgrade request is an ordinary request (the Host check applies)
         access_log=False,
         # no handlers of uvicorn's own: its loggers propagate to the root's, so its lines take the gateway's
         # format (one JSON object per line with --log-json, cli/common.py)

@@ -1,10 +1,17 @@
-"""API keys: `Authorization: Bearer <key>`, compared in constant time, never forwarded or logged."""
+"""API keys: `Authorization: Bearer <key>`, compared in constant time, never forwarded or logged.
+
+Roles: a key marked `admin: true` sees the fleet (backend URLs, every key's usage) and may use
+`/admin`; every other key is a user key and sees only its own usage (secure by default, as
+LiteLLM's master key vs virtual keys). With no keys configured everyone is admin: the loopback
+default, where the front door's Host check keeps web pages out.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from vlgate.config import NamedKey
 from vlgate.errors import APIError
@@ -41,12 +48,29 @@ def header_credentials(headers: Mapping[str, str]) -> bytes | None:
                        headers.get("x-api-key", "").encode("latin-1") or None)
 
 
+@dataclass(frozen=True, slots=True)
+class Access:
+    """Who a request is: its key's name (None without keys) and whether it may see the fleet."""
+
+    name: str | None
+    admin: bool
+
+
+OPEN = Access(None, True)  # no keys configured
+
+
+def admin_refused(what: str) -> APIError:
+    return APIError(403, f"{what} needs an admin API key (one marked 'admin: true' in gateway.api_keys).",
+                    code="admin_key_required")
+
+
 class KeyChecker:
     def __init__(self, keys: Sequence[str | NamedKey]) -> None:
         named = [k if isinstance(k, NamedKey) else NamedKey(name=key_name(k), key=k) for k in keys]
         # compare digests: equal length, so the comparison time says nothing about the key
         self._digests = [hashlib.sha256(k.key.encode()).digest() for k in named]
         self._names = [k.name for k in named]
+        self._admin = [k.admin for k in named]
         self.names = sorted(set(self._names))
 
     def identify(self, authorization: bytes | None) -> str | None:
@@ -62,17 +86,29 @@ class KeyChecker:
 
     def check(self, authorization: bytes | None) -> str | None:
         """The key's name (None when no keys are configured); 401 on a missing or wrong key."""
+        return self.access(authorization).name
+
+    def access(self, authorization: bytes | None) -> Access:
+        """The key's name and role (`OPEN` when no keys are configured); 401 on a missing or wrong key."""
         if not self._digests:
-            return None
+            return OPEN
         if not authorization:
-            raise APIError(401, "Missing API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>').", code="invalid_api_key")
+            raise APIError(401, "Missing API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>').",
+                           code="invalid_api_key")
         is_bearer, digest = _bearer(authorization)
         ok = False
-        name = None
-        for known, known_name in zip(self._digests, self._names):  # no early exit: every key is compared
+        found = Access(None, False)
+        for known, known_name, admin in zip(self._digests, self._names, self._admin, strict=True):  # no early exit
             match = hmac.compare_digest(digest, known)
             ok |= match
-            name = known_name if match else name
+            found = Access(known_name, admin) if match else found
         if not is_bearer or not ok:
             raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
-        return name
+        return found
+
+    def identify_access(self, authorization: bytes | None) -> Access | None:
+        """`access` without the 401: None for a missing or wrong key (probes answer anyone)."""
+        try:
+            return self.access(authorization)
+        except APIError:
+            return None

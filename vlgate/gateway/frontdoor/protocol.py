@@ -3,15 +3,21 @@
 - request headers: a count and a total size (431 past either, before more is buffered);
 - a header-read deadline: a client that trickles its headers (slowloris) is cut off;
 - open connections: a cap (503 + Retry-After and close past it: a flood of idle sockets cannot
-  exhaust the process's file descriptors or memory).
+  exhaust the process's file descriptors or memory);
+- the `Host` header (frontdoor/hosts.py): a loopback bind answers a foreign or missing one with 403
+  (DNS rebinding) before the app sees the request, so no route can forget the check.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from vlgate.gateway.frontdoor.hosts import HostPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +32,20 @@ class _HeadersTooLarge(Exception):
     pass
 
 
+_HOST_REFUSED = (b'{"error":{"message":"This gateway serves only its own host names: the Host header is not '
+                 b'localhost, a loopback address or in gateway.allowed_hosts.","type":"permission_error",'
+                 b'"param":null,"code":"host_not_allowed"}}')
+
+
+async def _refuse_host(scope: Any, receive: Any, send: Any) -> None:
+    """The ASGI app a refused `Host` gets instead of the gateway's: 403, connection closed. Run as
+    uvicorn's request cycle, so a pipelined request is answered in order and its body is discarded."""
+    await send({"type": "http.response.start", "status": 403, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(_HOST_REFUSED)).encode()),
+        (b"x-should-retry", b"false"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": _HOST_REFUSED})
+
+
 def _close_with(transport: asyncio.Transport, status: bytes, message: str, extra: bytes = b"") -> None:
     kind = "service_unavailable" if status.startswith(b"503") else "invalid_request_error"
     body = ('{"error":{"message":"%s","type":"%s","param":null,"code":"%s"}}'
@@ -36,12 +56,16 @@ def _close_with(transport: asyncio.Transport, status: bytes, message: str, extra
     transport.close()
 
 
-def guarded_protocol(limits: FrontDoorLimits) -> type[HttpToolsProtocol]:
-    """An HttpToolsProtocol class enforcing `limits` (uvicorn takes the class as `http=`)."""
+def guarded_protocol(limits: FrontDoorLimits,
+                     hosts: Callable[[], HostPolicy] | None = None) -> type[HttpToolsProtocol]:
+    """An HttpToolsProtocol class enforcing `limits` and the `Host` policy `hosts()` returns (read per
+    request: a reload may change `gateway.allowed_hosts`); uvicorn takes the class as `http=`."""
 
     class GuardedProtocol(HttpToolsProtocol):
         _header_bytes = 0
         _header_count = 0
+        _host: bytes | None = None
+        _hosts_seen = 0
         _header_timer: asyncio.TimerHandle | None = None
         _refusal = ""
 
@@ -83,6 +107,8 @@ def guarded_protocol(limits: FrontDoorLimits) -> type[HttpToolsProtocol]:
             super().on_message_begin()
             self._header_bytes = 0
             self._header_count = 0
+            self._host = None
+            self._hosts_seen = 0
             self._arm()
 
         def on_url(self, url: bytes) -> None:
@@ -91,6 +117,9 @@ def guarded_protocol(limits: FrontDoorLimits) -> type[HttpToolsProtocol]:
 
         def on_header(self, name: bytes, value: bytes) -> None:
             self._count(len(name) + len(value) + 4, 1)
+            if len(name) == 4 and name.lower() == b"host":
+                self._host = value.strip(b" \t")
+                self._hosts_seen += 1
             super().on_header(name, value)
 
         def _count(self, size: int, headers: int) -> None:
@@ -105,6 +134,14 @@ def guarded_protocol(limits: FrontDoorLimits) -> type[HttpToolsProtocol]:
 
         def on_headers_complete(self) -> None:
             self._disarm()
+            if hosts is not None and not hosts().allows(self._host if self._hosts_seen == 1 else None):
+                # uvicorn starts (or queues, when pipelined) `self.app` for this request: the refusal instead
+                app, self.app = self.app, _refuse_host
+                try:
+                    super().on_headers_complete()
+                finally:
+                    self.app = app
+                return
             super().on_headers_complete()
 
     return GuardedProtocol

@@ -2,7 +2,8 @@
 
 The page is plain HTML + JS + CSS shipped as package data (no build step, no CDN). It polls
 `/status`; with API keys configured `/status` needs one (the page asks once and keeps it in the
-tab's sessionStorage), while the page itself holds no data and is served to anyone.
+tab's sessionStorage), while the page itself holds no data and is served to anyone. What `/status`
+shows depends on the key's role (observe/statusdata.py): a user key sees its own usage only.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from vlgate.gateway.gateway import Gateway, authorized
+from vlgate.gateway.frontdoor.auth import header_credentials
+from vlgate.gateway.gateway import Gateway, gateway_of
 from vlgate.gateway.observe.statusdata import snapshot
 
 # the page loads only its own files and talks only to its own gateway; never framed
@@ -35,8 +37,9 @@ async def page(request: Request) -> Response:
 
 
 async def status(request: Request) -> Response:
-    gw = authorized(request)
-    return JSONResponse(snapshot(gw), headers={"Cache-Control": "no-store"})
+    gw = gateway_of(request)
+    access = gw.keys.access(header_credentials(request.headers))
+    return JSONResponse(snapshot(gw, access), headers={"Cache-Control": "no-store"})
 
 
 def routes(gw: Gateway) -> list[BaseRoute]:

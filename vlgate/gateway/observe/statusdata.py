@@ -1,4 +1,10 @@
-"""The status snapshot (`GET /status`): the gateway, every backend, usage per key — one JSON for page and CLI."""
+"""The status snapshot (`GET /status`): the gateway, every backend, usage per key — one JSON for page and CLI.
+
+An admin (or anyone, on a gateway without keys) sees it all; a user key sees the gateway's load, its
+own usage, and the backends without addresses: no URL, no name that holds an address (DNS-discovered
+backends are named `<dns>/<address>`), no error text (which quotes URLs). `public_backends` is that
+view, shared with `/ready`.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from prometheus_client import Counter
 
 from vlgate import __version__
 from vlgate.backends import Backend
+from vlgate.gateway.frontdoor.auth import OPEN, Access
 
 if TYPE_CHECKING:
     from vlgate.gateway.gateway import Gateway
@@ -51,7 +58,52 @@ def describe_backend(gw: Gateway, backend: Backend) -> dict[str, Any]:
     }
 
 
-def snapshot(gw: Gateway) -> dict[str, Any]:
+# what a user key may see of a backend (everything else may carry an address, or is the fleet's business)
+_PUBLIC = ("state", "slots", "in_flight", "served", "slots_busy", "processing", "deferred", "since_s", "restarts",
+           "gpu_stats", "rps", "tps", "p50_ms", "p99_ms", "ttft_p50_ms", "series")
+
+
+def public_names(backends: list[Backend]) -> list[str]:
+    """Backend names without addresses: `<dns>/<address>` becomes `<dns>/#<n>` (n: its place in that group)."""
+    seen: dict[str, int] = {}
+    names = []
+    for backend in backends:
+        base, slash, _ = backend.name.partition("/")
+        if slash:
+            seen[base] = seen.get(base, 0) + 1
+            names.append(f"{base}/#{seen[base]}")
+        else:
+            names.append(backend.name)
+    return names
+
+
+def public_backends(backends: list[Backend], described: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`described` (one dict per backend) cut to what a user key may see."""
+    return [{"name": name, **{k: d[k] for k in _PUBLIC if k in d}}
+            for name, d in zip(public_names(backends), described, strict=True)]
+
+
+def public_reason(gw: Gateway) -> str:
+    """Why the gateway is not ready, without backend reasons (they quote URLs)."""
+    b = gw.balancer
+    if b.draining or not gw.backends:
+        return b.not_ready_reason()
+    return "; ".join(f"{name}: {x.state.value}" for name, x in zip(public_names(gw.backends), gw.backends, strict=True))
+
+
+def snapshot(gw: Gateway, access: Access = OPEN) -> dict[str, Any]:
+    """The whole status for an admin; for a user key, its own usage and backends without addresses."""
+    data = _full(gw)
+    data["role"], data["key"] = ("admin" if access.admin else "user"), access.name
+    if access.admin:
+        return data
+    data["backends"] = public_backends(gw.backends, data["backends"])
+    data["keys"] = [k for k in data["keys"] if k["name"] == access.name]
+    data["reason"] = public_reason(gw) if data["reason"] else ""
+    return data
+
+
+def _full(gw: Gateway) -> dict[str, Any]:
     b = gw.balancer
     obs = gw.observer
     ok = not b.draining and bool(b.ready_backends())

@@ -1,4 +1,9 @@
-"""`GET /health` (the process is alive), `GET /ready` (a backend can take work), `GET /metrics`."""
+"""`GET /health` (the process is alive), `GET /ready` (a backend can take work), `GET /metrics`.
+
+`/ready` answers anyone with its status; with keys configured, a user key also sees the load and the
+backends without addresses (observe/statusdata.py), an admin key everything: backend URLs and
+reasons, the config generation and the process id `vlgate reload` checks.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ from starlette.routing import BaseRoute, Route
 from vlgate.backends import Backend
 from vlgate.errors import APIError
 from vlgate.gateway.frontdoor.auth import bearer_matches, header_credentials
-from vlgate.gateway.observe.metrics import CONTENT_TYPE
 from vlgate.gateway.gateway import Gateway, gateway_of
+from vlgate.gateway.observe.metrics import CONTENT_TYPE
+from vlgate.gateway.observe.statusdata import public_backends, public_reason
 
 
 async def health(request: Request) -> Response:
@@ -24,7 +30,7 @@ async def ready(request: Request) -> Response:
     gw = gateway_of(request)
     b = gw.balancer
     ok = not b.draining and bool(b.ready_backends())
-    body = {
+    body: dict[str, Any] = {
         "status": "ready" if ok else "unavailable",
         "draining": b.draining,
         "reason": "" if ok else b.not_ready_reason(),
@@ -34,8 +40,13 @@ async def ready(request: Request) -> Response:
         "config": gw.reloader.status.describe(),  # a refused reload says why here (gateway/reload.py)
         "pid": os.getpid(),  # `vlgate reload` signals this process
     }
-    if gw.keys.enabled and gw.keys.identify(header_credentials(request.headers)) is None:
-        body = {"status": body["status"]}  # probes stay open; backend URLs and crash reasons need a key
+    access = gw.keys.identify_access(header_credentials(request.headers))
+    if access is None:
+        body = {"status": body["status"]}  # probes stay open; the rest needs a key
+    elif not access.admin:  # backend URLs, crash reasons, the config and the pid: admin only
+        del body["config"], body["pid"]
+        body["backends"] = public_backends(gw.backends, body["backends"])
+        body["reason"] = public_reason(gw) if body["reason"] else ""
     return JSONResponse(body, status_code=200 if ok else 503)
 
 

@@ -123,7 +123,9 @@ function backendCard(b, now) {
   head.appendChild(state);
   head.appendChild(el("span", "dim", `for ${fmtDuration(b.since_s)}`));
   card.appendChild(head);
-  card.appendChild(el("div", "url dim", b.url + (b.gpu !== null && b.gpu !== undefined ? ` · GPU ${b.gpu}` : "")));
+  // a user key's view has no url, gpu, reasons or errors (admin keys see the fleet)
+  const where = [b.url, b.gpu !== null && b.gpu !== undefined ? `GPU ${b.gpu}` : null].filter(Boolean).join(" · ");
+  if (where) card.appendChild(el("div", "url dim", where));
   if (b.reason) card.appendChild(el("pre", `reason ${stateClass(b.state)}`, b.reason));
 
   const dl = el("dl");
@@ -140,7 +142,7 @@ function backendCard(b, now) {
   if (b.structure_tokens) {
     row(dl, "structure tokens", b.structure_tokens.ok === false ? `stripped: ${b.structure_tokens.reason}`
       : b.structure_tokens.ok ? "kept" : "unknown", b.structure_tokens.ok === false ? "bad" : null);
-  } else {
+  } else if (b.structure_tokens === null) {
     row(dl, "structure tokens", "not checked yet", "dim");
   }
   if (b.gpu_stats) {
@@ -148,7 +150,9 @@ function backendCard(b, now) {
     row(dl, "GPU memory", `${fmtGiB(g.memory_used)} / ${fmtGiB(g.memory_total)}`);
     row(dl, "GPU utilisation", `${g.utilization}%`);
   }
-  if (b.last_error) {
+  if (b.last_error === undefined) {
+    // user view: no error text (it quotes backend addresses)
+  } else if (b.last_error) {
     const ago = b.last_error_at ? `${fmtDuration(now - b.last_error_at)} ago: ` : "";
     row(dl, "last error", ago + b.last_error, "bad clamp");
     dl.lastChild.title = b.last_error;
@@ -209,6 +213,7 @@ function draw(s) {
   drawGateway(s);
   drawBackends(s);
   drawKeys(s);
+  $("keyshead").textContent = s.role === "user" ? `Usage of your key (${s.key})` : "Usage per API key";
   $("main").hidden = false;
   $("meta").hidden = false;
 }
