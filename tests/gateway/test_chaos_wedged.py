@@ -196,27 +196,30 @@ def backend_slots(url: str) -> list[dict[str, Any]]:
     return body if isinstance(body, list) else []
 
 
-def held_kinds(url: str) -> set[str]:
-    """What a llama-server is generating now: "stream" (a stream past its first token, so its headers went out),
-    "plain" (a non-stream request)."""
+def held_kinds(url: str, max_tokens: int) -> set[str]:
+    """What a llama-server is generating now, far from done (a freeze right after the look still catches it):
+    "stream" (a stream past its first token, so its headers went out), "plain" (a non-stream request)."""
     kinds = set()
     for s in backend_slots(url):
         if not s.get("is_processing"):
             continue
         params, next_token = s.get("params") or {}, s.get("next_token") or [{}]
+        decoded = next_token[0].get("n_decoded", 0)
+        if decoded > max_tokens // 3:
+            continue
         if not params.get("stream"):
             kinds.add("plain")
-        elif next_token[0].get("n_decoded", 0) > 0:
+        elif decoded > 0:
             kinds.add("stream")
     return kinds
 
 
-def freeze_while_holding(server: LlamaServer, timeout: float = 5.0) -> set[str]:
+def freeze_while_holding(server: LlamaServer, max_tokens: int, timeout: float = 5.0) -> set[str]:
     """SIGSTOP the server at a moment it holds a started stream and a non-stream request (or at least one
     of them, when `timeout` passes first); what it held."""
     deadline = time.monotonic() + timeout
     while True:
-        kinds = held_kinds(server.url)
+        kinds = held_kinds(server.url, max_tokens)
         if kinds == {"stream", "plain"} or (kinds and time.monotonic() > deadline):
             os.kill(server.pid, signal.SIGSTOP)
             return kinds
@@ -236,7 +239,7 @@ def test_a_sigstopped_llama_server_leaves_rotation_and_comes_back_under_load(
     servers = [llama_server(slots=2, ctx=2048) for _ in range(3)]
     victim = servers[0]
     health = {"interval_s": 0.5, "timeout_s": 0.5}
-    request_timeout_s, idle_s = 5.0, 3.0
+    request_timeout_s, idle_s, max_tokens = 5.0, 3.0, 400
     gw = GatewayProcess({
         "backends": [{"url": s.url, "name": f"b{i}"} for i, s in enumerate(servers)],
         "gateway": {"request_timeout_s": request_timeout_s, "stream_idle_timeout_s": idle_s, "health": health,
@@ -252,9 +255,9 @@ def test_a_sigstopped_llama_server_leaves_rotation_and_comes_back_under_load(
     try:
         gw.wait_ready(backends=3)
         # long answers (the tiny model makes ~2000 tokens/s): the victim is caught mid-answer
-        with StateLog(gw, "b0") as states, SteadyLoad(gw.url, workers=6, max_tokens=400) as load:
+        with StateLog(gw, "b0") as states, SteadyLoad(gw.url, workers=6, max_tokens=max_tokens) as load:
             time.sleep(2.0)  # warm-up: every backend busy
-            held = freeze_while_holding(victim)
+            held = freeze_while_holding(victim, max_tokens)
             stopped, frozen_at = True, time.monotonic()
             out_t, out_state, out_reason = states.wait(ready=False, since=frozen_at, timeout=15)
             # frozen until every request it held has ended (with an error) and the next ones went elsewhere
