@@ -11,16 +11,15 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry
+
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
-
 from vlgate.errors import APIError
 from vlgate.gateway.apis import caps
 from vlgate.gateway.apis.anthropic.schemas import validate_count, validate_messages
@@ -49,7 +48,8 @@ def nested(depth: int) -> dict[str, Any]:
 
 def spread(n: int) -> list[dict[str, Any]]:
     """n content parts over 2048 messages: two each, the rest in the last (over MAX_PARTS_TOTAL, not MAX_PARTS)."""
-    return [user([TEXT, TEXT]) for _ in range(caps.MAX_MESSAGES - 1)] + [user([TEXT] * (n - 2 * (caps.MAX_MESSAGES - 1)))]
+    full = caps.MAX_MESSAGES - 1
+    return [user([TEXT, TEXT]) for _ in range(full)] + [user([TEXT] * (n - 2 * full))]
 
 
 def chat(**fields: Any) -> dict[str, Any]:
@@ -57,7 +57,7 @@ def chat(**fields: Any) -> dict[str, Any]:
 
 
 def anth(**fields: Any) -> dict[str, Any]:
-    return {"model": "m", "max_tokens": 5, "messages": [user("x")], **fields}
+    return {"model": "youtu-vl", "max_tokens": 5, "messages": [user("x")], **fields}
 
 
 def resp(**fields: Any) -> dict[str, Any]:
@@ -208,3 +208,156 @@ def _timed(check: Callable[[Any], None], body: dict[str, Any]) -> float:
     except APIError:
         pass
     return time.perf_counter() - started
+
+
+# -- end to end: a real `vlgate serve` ------------------------------------------------------------------------
+
+MAX_BODY = 8_000_000
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, FakeBackend]]:
+    fb = FakeBackend().start()
+    gw = GatewayProcess({"backends": [{"url": fb.url}], "gateway": {"max_body_bytes": MAX_BODY}},
+                        tmp_path_factory.mktemp("caps")).start()
+    gw.wait_ready()
+    yield gw, fb
+    gw.stop()
+    fb.stop()
+    assert "Traceback" not in gw.log(), gw.log()
+
+
+@pytest.mark.parametrize("what", ["tools", "messages"])
+def test_openai_and_anthropic_shapes_end_to_end(served: tuple[GatewayProcess, FakeBackend], what: str) -> None:
+    gw, fb = served
+    openai_cap, anthropic_cap = (caps.MAX_TOOLS, caps.MAX_TOOLS_ANTHROPIC) if what == "tools" else (
+        caps.MAX_MESSAGES, caps.MAX_MESSAGES)
+
+    def openai_body(n: int) -> dict[str, Any]:
+        return chat(tools=[TOOL] * n) if what == "tools" else {"messages": [user("x")] * n}
+
+    def anthropic_body(n: int) -> dict[str, Any]:
+        return anth(tools=[{"name": "f", "input_schema": {}}] * n) if what == "tools" else anth(
+            messages=[user("x")] * n)
+
+    with httpx.Client(base_url=gw.url, timeout=30) as client:
+        before = len(fb.chat_requests())
+        assert client.post("/v1/chat/completions", json=openai_body(openai_cap)).status_code == 200
+        assert client.post("/v1/messages", json=anthropic_body(anthropic_cap)).status_code == 200
+        assert len(fb.chat_requests()) == before + 2
+        r = client.post("/v1/chat/completions", json=openai_body(openai_cap + 1))
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["param"] == what and err["code"] == "array_above_max_length"
+        assert err["type"] == "invalid_request_error" and f"maximum length {openai_cap}" in err["message"]
+        r = client.post("/v1/messages", json=anthropic_body(anthropic_cap + 1))
+        assert r.status_code == 400, r.text
+        body = r.json()
+        assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+        assert f"'{what}'" in body["error"]["message"] and str(anthropic_cap) in body["error"]["message"]
+        assert len(fb.chat_requests()) == before + 2
+
+
+def hostile_bodies() -> dict[str, tuple[str, bytes]]:
+    """A few MB each, cheap to parse (`{}` items), seconds of pydantic without the caps."""
+    deep = b'{"type": "function", "function": {"name": "f", "parameters": ' + b'{"a": ' * 1000 + b"{}" + \
+        b"}" * 1000 + b"}}"
+    return {
+        "300k tools": ("/v1/chat/completions", orjson.dumps(chat(tools=[{}] * 300_000))),
+        "500k messages": ("/v1/chat/completions", orjson.dumps({"messages": [{}] * 500_000})),
+        "200k content parts": ("/v1/chat/completions", orjson.dumps({"messages": [user([{}] * 200_000)]})),
+        "deep schema": ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "tools": [' +
+                        deep + b"]}"),
+        "anthropic 500k messages": ("/v1/messages", orjson.dumps(anth(messages=[{}] * 500_000))),
+        "responses 500k input": ("/v1/responses", orjson.dumps(resp(input=[{}] * 500_000))),
+        "over max_body_bytes": ("/v1/chat/completions", orjson.dumps(chat(tools=[{}] * (MAX_BODY // 3)))),
+    }
+
+
+def test_hostile_bodies_leave_health_answering(served: tuple[GatewayProcess, FakeBackend]) -> None:
+    """Every hostile body refused (400, or 413 past max_body_bytes) while /health, polled every 20 ms, answers.
+
+    Without the caps (measured with caps.check a no-op, 2 shared cores): the 14 requests took 27.9 s and one
+    /health waited 11.8 s (the deep schema even reached the backend). With them: 1.0 s, /health p99 ~0.2 s,
+    the rest being orjson's parse of the bodies and freeing them (before any cap: endpoint/bodyjson.py)."""
+    gw, fb = served
+    reached = len(fb.chat_requests())
+    bodies = hostile_bodies()
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        with httpx.Client(base_url=gw.url, timeout=30) as client:
+            while not stop.is_set():
+                started = time.perf_counter()
+                assert client.get("/health").status_code == 200
+                latencies.append(time.perf_counter() - started)
+                stop.wait(0.02)
+
+    statuses: dict[str, int] = {}
+
+    def send(name: str) -> None:
+        path, raw = bodies[name]
+        with httpx.Client(base_url=gw.url, timeout=60) as client:
+            statuses[name] = client.post(path, content=raw, headers=JSON).status_code
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    time.sleep(0.2)
+    senders = [threading.Thread(target=send, args=(name,)) for name in bodies for _ in range(2)]
+    started = time.perf_counter()
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join(120)
+    took = time.perf_counter() - started
+    time.sleep(0.2)
+    stop.set()
+    poller.join(30)
+    latencies.sort()
+    p99, worst = latencies[int(len(latencies) * 0.99)], latencies[-1]
+    print(f"\n{len(bodies) * 2} hostile requests in {took:.2f} s; /health: {len(latencies)} polls, "
+          f"p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {worst * 1000:.1f} ms")
+    assert statuses == {name: 413 if name == "over max_body_bytes" else 400 for name in bodies}, statuses
+    assert len(fb.chat_requests()) == reached  # none reached the backend
+    assert p99 < 0.5, p99  # without the caps: 11.8 s
+    metrics = httpx.get(gw.url + "/metrics").text
+    assert "vlgate_event_loop_lag_seconds_bucket" in metrics and "vlgate_event_loop_lag_max_seconds" in metrics
+    lag = float(next(line.split()[-1] for line in metrics.splitlines()
+                     if line.startswith("vlgate_event_loop_lag_max_seconds ")))
+    print(f"vlgate_event_loop_lag_max_seconds after the hostile bodies: {lag * 1000:.1f} ms")
+
+
+# -- the loop-lag metric --------------------------------------------------------------------------------------
+
+def test_loop_lag_rises_while_a_blocking_call_runs() -> None:
+    registry = CollectorRegistry()
+
+    async def run() -> LoopLag:
+        lag = LoopLag(registry, interval_s=0.01)
+        lag.start()
+        await asyncio.sleep(0.1)
+        assert lag.recent_max_s < 0.2  # an idle loop
+        time.sleep(0.3)  # a synchronous step that holds the loop, as pydantic did on a huge body
+        await asyncio.sleep(0.05)
+        await lag.aclose()
+        return lag
+
+    lag = asyncio.run(run())
+    assert lag.recent_max_s >= 0.25, lag.recent_max_s
+    assert registry.get_sample_value("vlgate_event_loop_lag_max_seconds") == lag.recent_max_s
+    total = registry.get_sample_value("vlgate_event_loop_lag_seconds_count")
+    under = registry.get_sample_value("vlgate_event_loop_lag_seconds_bucket", {"le": "0.25"})
+    assert total is not None and under is not None and total - under >= 1  # one sample past 250 ms
+
+
+def test_loop_lag_window_forgets_old_stalls() -> None:
+    lag = LoopLag(CollectorRegistry(), window_s=0.05)
+    lag.record(0.5)
+    assert lag.recent_max_s == 0.5
+    time.sleep(0.06)
+    lag.record(0.001)  # a new window: the stall is still in the previous one
+    assert lag.recent_max_s == 0.5
+    time.sleep(0.11)
+    lag.record(0.002)  # two windows later
+    assert lag.recent_max_s == 0.002
