@@ -121,7 +121,8 @@ class Stack:
         wait_http(self.urls["direct"] + "/health")
         for name, spec in self.gateways.items():
             gport = free_port()
-            config = {"backends": [{"url": self.urls["direct"]}], "images": {"workers": spec.workers, "pool": spec.pool},
+            config = {"backends": [{"url": self.urls["direct"]}],
+                      "images": {"workers": spec.workers, "pool": spec.pool},
                       "gateway": {"port": gport, "model": "youtu-vl", "drain_delay_s": 0}}
             path = self.workdir / f"{name}.yaml"
             path.write_text(yaml.safe_dump(config))

@@ -6,8 +6,8 @@ A real llama-server (tiny model + mmproj, 24 slots, so no request waits for a sl
 (1 decode worker on 1 CPU, and 2 workers on 2 CPUs). Two probes, each a separate process with one keep-alive
 connection: GET /health every 5 ms (answered on the loop itself: its latency is the loop's stall), a text
 chat (max_tokens 1, through the whole proxy path to llama-server) every 20 ms, and the same text chat sent to
-llama-server directly (the control: what llama-server itself adds while it works on the images). Each probe runs alone, then
-while 16 clients keep 12 MP JPEG requests in flight (each a distinct file: a fresh JPEG comment segment).
+llama-server directly (the control: what llama-server itself adds while it works on the images). Each probe runs
+alone, then while 16 clients keep 12 MP JPEG requests in flight (each a distinct file: a fresh JPEG comment segment).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ from image_stack import (
 
 PROBE = r"""
 import http.client, json, sys, time
-port, path, body, seconds, gap = int(sys.argv[1]), sys.argv[2], sys.argv[3].encode(), float(sys.argv[4]), float(sys.argv[5])
+port, path, body = int(sys.argv[1]), sys.argv[2], sys.argv[3].encode()
+seconds, gap = float(sys.argv[4]), float(sys.argv[5])
 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 out, end = [], time.monotonic() + seconds
 while time.monotonic() < end:
@@ -116,7 +117,9 @@ def collect(procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, list[float]]
     return out
 
 
-async def loaded(urls: tuple[str, str], pid: int, jpeg: bytes, seconds: float) -> tuple[dict[str, list[float]], float, list[float]]:
+async def loaded(
+    urls: tuple[str, str], pid: int, jpeg: bytes, seconds: float
+) -> tuple[dict[str, list[float]], float, list[float]]:
     """Probe latencies with IN_FLIGHT image clients running; then, probes done, images/s and the gateway's CPU
     ms per image (loop thread, other threads) over seconds/2 more of images alone."""
     stop, sent = asyncio.Event(), [0]
@@ -128,7 +131,7 @@ async def loaded(urls: tuple[str, str], pid: int, jpeg: bytes, seconds: float) -
     cpu1, n1, t1 = thread_cpu(pid), sent[0], time.perf_counter()
     stop.set()
     await load
-    cpu = [(b - a) * 1000 / max(1, n1 - n0) for a, b in zip(cpu0, cpu1)]
+    cpu = [(b - a) * 1000 / max(1, n1 - n0) for a, b in zip(cpu0, cpu1, strict=False)]
     return result, (n1 - n0) / (t1 - t), cpu
 
 

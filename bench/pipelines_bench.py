@@ -107,7 +107,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=15)
     args = ap.parse_args()
     images = {"1000x700 PNG": ((1000, 700), "PNG"), "4000x2800 JPEG": ((4000, 2800), "JPEG")}
-    cases = [("detect (baseline)", {"name": "detect"}), ("refer_segment", {"name": "refer_segment", "expression": "red"}),
+    cases = [("detect (baseline)", {"name": "detect"}),
+             ("refer_segment", {"name": "refer_segment", "expression": "red"}),
              ("segment (open-set, 3 objects)", {"name": "segment"}),
              ("refer_segment + overlay", {"name": "refer_segment", "expression": "red", "overlay": True})]
     with (tempfile.TemporaryDirectory() as tmp, scripted_gateway(script, Path(tmp)) as gw,

@@ -6,7 +6,8 @@ Two tiny-model llama-servers (b11434, `-np 2` each, default prompt cache: `cache
 RAM cache `--cache-ram`, slot choice by `--slot-prompt-similarity` 0.10) and a `vlgate serve` in front.
 N conversations run concurrently (twice the 4 slots: vlgate really has to balance and queue; with
 `--think-s 0`, the default, every slot stays busy, so vlgate's busy-fleet rules apply); each turn
-resends the shared system prompt, every earlier turn, the model's answers and a new user message. Three ways: (a) every request to server A, (b) turn i to backend i % 2 directly,
+resends the shared system prompt, every earlier turn, the model's answers and a new user message. Three ways:
+(a) every request to server A, (b) turn i to backend i % 2 directly,
 (c) through vlgate. Reported: sum(usage.prompt_tokens_details.cached_tokens) / sum(prompt_tokens),
 which llama-server fills from the slot's reused prefix (server-task.cpp), and (c) / (a).
 Each way uses its own system prompt, so no way reuses another's cache. Every process is stopped by PID.
@@ -136,7 +137,8 @@ def main() -> int:
         "",
         (f"How measured: {args.conversations} concurrent conversations x {args.turns} turns (shared system prompt, "
         f"~{results['(a) one server']['prompt'] // (args.conversations * args.turns)} tokens per request on average, "
-        f"max_tokens {args.max_tokens}, next turn {pause}), two tiny-model llama-servers b11434 with -np 2 (default cache_prompt, "
+        f"max_tokens {args.max_tokens}, next turn {pause}), two tiny-model llama-servers b11434 with -np 2 "
+        "(default cache_prompt, "
         "--cache-ram, --slot-prompt-similarity), cached = usage.prompt_tokens_details.cached_tokens; "
         f"machine: {machine()}; {time.monotonic() - started:.0f} s."),
         "",
@@ -144,7 +146,8 @@ def main() -> int:
         "|---|---|---|---|---|",
     ]
     for name, r in results.items():
-        lines.append(f"| {name} | {r['requests']:.0f} | {r['ratio']:.1%} | {r['follow']:.1%} | {r['ratio'] / single:.2f}x |")
+        lines.append(f"| {name} | {r['requests']:.0f} | {r['ratio']:.1%} | {r['follow']:.1%} "
+                     f"| {r['ratio'] / single:.2f}x |")
     emit(lines, args.markdown)
     return 0
 

@@ -145,7 +145,8 @@ def rewrite_cost(tokens: int, n: int = 2000) -> list[tuple[str, float]]:
     answer, stream, anthropic_stream = (responses_answer(tokens, False), responses_answer(tokens, True),
                                         messages_answer(tokens, True))
     jobs: list[tuple[str, Any]] = [
-        ("chat: validate request", lambda: validate(ChatCompletionRequest, {"messages": ROUTES["chat"][2]["messages"]})),
+        ("chat: validate request",
+         lambda: validate(ChatCompletionRequest, {"messages": ROUTES["chat"][2]["messages"]})),
         ("responses: validate request", lambda: validate_responses(dict(body))),
         ("messages: validate request", lambda: validate_messages({"model": "fake", **ROUTES["messages"][2]})),
         ("responses: complete non-stream answer",

@@ -60,7 +60,8 @@ async def scrape_cost(url: str, n: int) -> str:
     for _ in range(n):
         _parse(text)
     parse = (time.perf_counter() - started) / n
-    return (f"scrape per backend (GET /metrics + /slots, parse), {n} rounds: wall mean {statistics.mean(times) * 1000:.2f} ms, "
+    return (f"scrape per backend (GET /metrics + /slots, parse), {n} rounds: "
+            f"wall mean {statistics.mean(times) * 1000:.2f} ms, "
             f"p50 {ms(times, 0.5):.2f} ms, p99 {ms(times, 0.99):.2f} ms; gateway CPU {cpu * 1000:.2f} ms per scrape, "
             f"of which parsing {parse * 1000:.3f} ms ({len(text)} bytes of llama-server text)")
 

@@ -138,7 +138,8 @@ def test_serve_replicas_discover_the_nodes_through_the_headless_service() -> Non
     serve_labels = find("Deployment", "vlgate-serve")["spec"]["template"]["metadata"]["labels"]
     assert nodes["spec"]["selector"].items() <= node_labels.items()
     assert find("Service", "vlgate")["spec"]["selector"].items() <= serve_labels.items()
-    assert find("PodDisruptionBudget", "vlgate-serve")["spec"]["selector"]["matchLabels"].items() <= serve_labels.items()
+    budget = find("PodDisruptionBudget", "vlgate-serve")
+    assert budget["spec"]["selector"]["matchLabels"].items() <= serve_labels.items()
     assert find("Deployment", "vlgate-serve")["spec"]["replicas"] >= 2
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
-class BackendState(str, enum.Enum):
+class BackendState(str, enum.Enum):  # noqa: UP042 - a StrEnum prints "ready", not "BackendState.READY", in logs
     STARTING = "starting"  # process launched, not answering yet
     LOADING = "loading"  # /health 503 "Loading model"
     READY = "ready"

@@ -24,7 +24,8 @@ B64 = base64.b64encode(random.Random(7).randbytes(300_000)).decode()  # 400 KB: 
 URL = "data:image/jpeg;base64," + B64
 
 CASES = {
-    "one image": orjson.dumps({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": URL}}]}]}),
+    "one image": orjson.dumps(
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": URL}}]}]}),
     "three images and a short data URL": orjson.dumps([{"u": URL}, "data:,x", {"u": URL, "v": [URL]}]),
     "escaped slashes (PHP style)": orjson.dumps({"u": URL}).replace(b"/", b"\\/"),
     "escape inside": orjson.dumps({"u": URL[:1000] + "\\u0041" + URL[1000:]}),

@@ -78,7 +78,8 @@ def test_affinity_prefers_the_backend_that_served_the_prefix(pair) -> None:
     home = max(served, key=served.get)
     for turn in range(4):  # same system prompt + first user turn, growing conversation
         body = {"model": "youtu-vl", "max_tokens": 3,
-                "messages": convo + [{"role": "assistant", "content": "ok"}, {"role": "user", "content": f"more {turn}"}]}
+                "messages": convo + [{"role": "assistant", "content": "ok"},
+                                     {"role": "user", "content": f"more {turn}"}]}
         assert post(gw, body).status_code == 200
     served = {x["name"]: x["served"] for x in gw.ready()["backends"]}
     assert served[home] == 5, served

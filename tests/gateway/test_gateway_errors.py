@@ -85,7 +85,7 @@ def test_bad_requests_are_400_and_never_reach_a_backend(setup, body: bytes, para
 
 
 def test_unknown_model_is_404(setup) -> None:
-    gw, fb = setup
+    gw, _fb = setup
     r = httpx.post(gw.url + "/v1/chat/completions", headers=auth(),
                    json={"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]})
     assert assert_openai_error(r, 404)["code"] == "model_not_found"
@@ -129,7 +129,8 @@ def test_health_ready_metrics(setup) -> None:
     m = httpx.get(gw.url + "/metrics")
     assert m.headers["content-type"].startswith("text/plain")
     text = m.text
-    for name in ("vlgate_requests_total{", "vlgate_in_flight ", "vlgate_queued ", "vlgate_request_duration_seconds_bucket",
+    for name in ("vlgate_requests_total{", "vlgate_in_flight ", "vlgate_queued ",
+                 "vlgate_request_duration_seconds_bucket",
                  "vlgate_time_to_first_byte_seconds_bucket", "vlgate_backend_slots{", "vlgate_backend_state{",
                  "vlgate_affinity_hits_total "):
         assert name in text, name
@@ -148,7 +149,8 @@ def test_models_lists_served_model(setup) -> None:
 
 def test_gateway_survives_everything(setup) -> None:
     gw, _ = setup
-    r = httpx.post(gw.url + "/v1/chat/completions", headers=auth(), json={"messages": [{"role": "user", "content": "ok"}]})
+    r = httpx.post(gw.url + "/v1/chat/completions", headers=auth(),
+                   json={"messages": [{"role": "user", "content": "ok"}]})
     assert r.status_code == 200
     assert "Traceback" not in gw.log()
 

@@ -109,7 +109,8 @@ def test_4xx_and_500_image_errors_are_not_retried(fakes, gateway) -> None:
     gw.wait_ready(backends=2)
     seen = 0
     for i in range(4):
-        r = httpx.post(gw.url + "/v1/chat/completions", json={**CHAT, "messages": [{"role": "user", "content": str(i)}]})
+        r = httpx.post(gw.url + "/v1/chat/completions",
+                       json={**CHAT, "messages": [{"role": "user", "content": str(i)}]})
         if r.status_code != 200:
             # llama-server's 500 for an image it cannot load is the client's fault: a 400, never retried
             assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"

@@ -62,7 +62,8 @@ def test_chat_stream_with_usage(fleet) -> None:
 def test_tools_and_response_format_pass_through(fleet) -> None:
     gw, _ = fleet
     tools = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
-                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+                                               "parameters": {"type": "object",
+                                                              "properties": {"city": {"type": "string"}}}}}]
     r = client(gw).chat.completions.create(model="youtu-vl", max_tokens=5, tools=tools,
                                            messages=[{"role": "user", "content": "weather in Paris?"}])
     assert r.choices[0].message.role == "assistant"
@@ -103,7 +104,7 @@ def test_unknown_model_404(fleet) -> None:
 
 
 def test_context_overflow_is_400_and_not_retried(fleet) -> None:
-    gw, servers = fleet
+    gw, _servers = fleet
     before = sum(b["served"] for b in gw.ready()["backends"])
     with pytest.raises(openai.BadRequestError) as exc:
         client(gw).chat.completions.create(model="youtu-vl", max_tokens=4,

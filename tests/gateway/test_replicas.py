@@ -57,7 +57,7 @@ def test_two_replicas_at_twice_the_slots_stay_near_the_slots(llama_server, tmp_p
             while not stop.is_set():
                 held = [{b["name"]: b["in_flight"] for b in gw.ready()["backends"]} for gw in replicas]
                 over.append((time.monotonic(), sum(max(0, sum(h[b["name"]] for h in held) - s.slots)
-                                                   for b, s in zip(backends, servers))))
+                                                   for b, s in zip(backends, servers, strict=True))))
                 time.sleep(0.05)
 
         def count_deferred() -> None:  # llama-server's view: requests it had to queue

@@ -63,7 +63,8 @@ def test_an_image_counts_the_same_in_every_shape(fleet) -> None:
     url = "data:image/png;base64," + b64
     gw = fleet[0]
     chat = httpx.post(gw + "/v1/chat/completions/input_tokens", timeout=30, json={"messages": [
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "x"}]}]})
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                     {"type": "text", "text": "x"}]}]})
     responses = httpx.post(gw + "/v1/responses/input_tokens", timeout=30, json={"input": [
         {"role": "user", "content": [{"type": "input_image", "image_url": url}, {"type": "input_text", "text": "x"}]}]})
     messages = httpx.post(gw + "/v1/messages/count_tokens", timeout=30, json={"model": "youtu-vl", "messages": [

@@ -47,7 +47,7 @@ def test_formats_decode_to_grid_rgb(fmt: str, kw: dict) -> None:
     assert (info.width, info.height) == GridRule().size(300, 200) == (320, 224)
     assert out.size == (320, 224) and out.mode == "RGB"
     assert mime in ("image/jpeg", "image/x-tga")
-    for (x, y), c in zip(((40, 40), (280, 40), (40, 180), (280, 180)), (RED, GREEN, BLUE, YELLOW)):
+    for (x, y), c in zip(((40, 40), (280, 40), (40, 180), (280, 180)), (RED, GREEN, BLUE, YELLOW), strict=True):
         assert close(out.getpixel((x, y)), c, 12), (fmt, (x, y), out.getpixel((x, y)), c)
     assert len(info.sha256) == 64
 
@@ -119,7 +119,7 @@ def test_exif_orientation(orientation: int, fmt: str) -> None:
     out, info, _ = normalize(data)
     assert (info.orig_width, info.orig_height) == (320, 160)  # post-rotation
     assert (info.width, info.height) == out.size == (320, 160)
-    for (x, y), c in zip(((60, 40), (260, 40), (60, 120), (260, 120)), (RED, GREEN, BLUE, YELLOW)):
+    for (x, y), c in zip(((60, 40), (260, 40), (60, 120), (260, 120)), (RED, GREEN, BLUE, YELLOW), strict=True):
         assert close(out.getpixel((x, y)), c, 12), (orientation, (x, y), out.getpixel((x, y)), c)
 
 
@@ -134,7 +134,7 @@ def test_exif_orientation_with_jpeg_draft_path(orientation: int) -> None:
     assert (info.width, info.height) == GridRule().size(4000, 1500) == out.size
     w, h = out.size
     for (x, y), c in zip(((w // 4, h // 4), (3 * w // 4, h // 4), (w // 4, 3 * h // 4), (3 * w // 4, 3 * h // 4)),
-                         (RED, GREEN, BLUE, YELLOW)):
+                         (RED, GREEN, BLUE, YELLOW), strict=True):
         assert close(out.getpixel((x, y)), c, 12)
 
 
@@ -167,7 +167,8 @@ def test_16bit_grey_png_scaled_not_clipped() -> None:
     assert out.size == (256, 64)
     row = [out.getpixel((x, 32))[0] for x in (10, 64, 128, 200, 245)]
     expect = [round(arr[32, x] / 257) for x in (10, 64, 128, 200, 245)]
-    assert all(abs(a - b) <= 3 for a, b in zip(row, expect)), (row, expect)  # a clipping convert gives 255s
+    # a clipping convert gives 255s
+    assert all(abs(a - b) <= 3 for a, b in zip(row, expect, strict=True)), (row, expect)
 
 
 def test_16bit_rgb_png() -> None:
@@ -251,7 +252,8 @@ def test_resize_filters_all_reach_the_grid() -> None:
     for f in ("lanczos", "bicubic", "bilinear", "box"):
         out, info, _ = normalize(src, settings(encode={"resample": f, "jpeg_quality": 80}))
         assert out.size == (info.width, info.height) == (1024, 704)
-        out, info, _ = normalize(encode(photo(1000, 700), "PNG"), settings(encode={"resample_text": f, "format": "png"}))
+        out, info, _ = normalize(encode(photo(1000, 700), "PNG"),
+                                 settings(encode={"resample_text": f, "format": "png"}))
         assert out.size == (info.width, info.height) == (1024, 704)
 
 

@@ -59,7 +59,8 @@ def test_no_images_is_a_no_op() -> None:
 def test_rewrites_in_place_in_message_order() -> None:
     jpg = noisy_jpeg(64, 48, 1)
     body = body_with(data_url(PNG), data_url(jpg, "image/webp"))
-    body["messages"].append({"role": "user", "content": [{"type": "image_url", "image_url": data_url(PNG, "image/gif")}]})
+    body["messages"].append(
+        {"role": "user", "content": [{"type": "image_url", "image_url": data_url(PNG, "image/gif")}]})
     infos = norm(body)
     assert [(i.orig_width, i.orig_height, i.width, i.height) for i in infos] == [
         (100, 60, 128, 64), (64, 48, 64, 64), (100, 60, 128, 64)]
@@ -84,7 +85,8 @@ def test_rewrites_in_place_in_message_order() -> None:
     ({"type": "image_url", "image_url": {"url": "data:image/png;base64,"}}, "empty"),
 ])
 def test_malformed_parts_are_400_with_param(part: dict, why: str) -> None:
-    body = {"messages": [{"role": "user", "content": "x"}, {"role": "user", "content": [{"type": "text", "text": "a"}, part]}]}
+    body = {"messages": [{"role": "user", "content": "x"},
+                         {"role": "user", "content": [{"type": "text", "text": "a"}, part]}]}
     before = copy.deepcopy(body)
     e = err(body)
     assert why in e.message
@@ -106,7 +108,8 @@ def test_data_url_variants() -> None:
     urlsafe = base64.urlsafe_b64encode(PNG).decode().rstrip("=")
     from urllib.parse import quote_from_bytes
 
-    for url in (f"data:image/png;base64,{wrapped}", f"data:;base64,{urlsafe}", f"DATA:application/octet-stream;base64,{b64}",
+    for url in (f"data:image/png;base64,{wrapped}", f"data:;base64,{urlsafe}",
+                f"DATA:application/octet-stream;base64,{b64}",
                 "data:image/png," + quote_from_bytes(PNG)):
         assert norm(body_with(url))[0].orig_width == 100, url[:40]
 
@@ -132,7 +135,8 @@ def test_cache_same_bytes_same_result_and_processed_once() -> None:
         b1, b2 = body_with(data_url(PNG), data_url(PNG, "image/jpeg")), body_with(data_url(PNG))
         first = await n.normalize_body(b1)  # the same image twice in one request: in-flight dedupe
         second = await n.normalize_body(b2)  # a later turn of the chat: cache hit
-        urls = [p["image_url"]["url"] for p in b1["messages"][1]["content"][:2]] + [b2["messages"][1]["content"][0]["image_url"]["url"]]
+        urls = [p["image_url"]["url"] for p in b1["messages"][1]["content"][:2]]
+        urls.append(b2["messages"][1]["content"][0]["image_url"]["url"])
         return first + second, urls, n.processed
 
     infos, urls, processed = run(_with(settings(), go))

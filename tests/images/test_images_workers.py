@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,5 +114,5 @@ def test_a_gateway_with_worker_processes_answers_images_and_stops_them(llama_ser
         gw.stop()
         server.stop()
     for pid in workers:
-        assert not os.path.exists(f"/proc/{pid}") or ") Z" in open(f"/proc/{pid}/stat").read()
+        assert not os.path.exists(f"/proc/{pid}") or ") Z" in Path(f"/proc/{pid}/stat").read_text()
 

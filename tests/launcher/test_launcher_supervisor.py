@@ -228,7 +228,7 @@ def test_a_parked_backend_is_tried_again_after_its_cool_down_or_when_un_parked(t
     async def scenario() -> None:
         sup.start()
         for n in (1, 2, 3):  # parked, cool-down, tried again (2 more crashes), parked longer ...
-            await wait_for(lambda: sum(st is S.FAILED for _, st, _ in history) >= n, 10, f"park {n}")
+            await wait_for(lambda n=n: sum(st is S.FAILED for _, st, _ in history) >= n, 10, f"park {n}")
             parks.append(time.monotonic())
         assert "parked for 0.8s" in proc.backend.reason  # 0.5, then doubled, capped at 0.8
         assert proc.backend.unpark is not None

@@ -57,7 +57,7 @@ class Up:
         self.port = config.get("gateway", {}).get("port", 0)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp_path / f"vlgate-{command}.log"
-        self.log = open(self.log_path, "wb")
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - the process's log while it runs; closed in stop()
         self.proc = subprocess.Popen([VLGATE, command, "--config", str(self.config_path), *extra],
                                      stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.seen: set[int] = set()
@@ -143,7 +143,8 @@ def test_up_serves_and_survives_a_backend_killed_under_load(
     u = up(config(llama_server_bin, tiny_model, tmp_path))
     body = u.ready()
     assert body["status"] == "ready"
-    assert [(b["name"], b["state"], b["slots"]) for b in body["backends"]] == [("cpu0", "ready", 2), ("cpu1", "ready", 2)]
+    assert [(b["name"], b["state"], b["slots"]) for b in body["backends"]] == [("cpu0", "ready", 2),
+                                                                               ("cpu1", "ready", 2)]
     urls = {b["name"]: b["url"] for b in body["backends"]}
     pids = u.backend_pids()
     assert len(pids) == 2
@@ -380,7 +381,7 @@ def test_busy_ports_and_missing_model_are_one_line(
             path.write_text(yaml.safe_dump(cfg))
             p = subprocess.Popen([VLGATE, "up", "--config", str(path)], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-            out, err = p.communicate(timeout=60)
+            _out, err = p.communicate(timeout=60)
             assert p.returncode == 2, err
             assert err.startswith(message), err
             assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -56,7 +56,7 @@ def test_vocab_is_byte_level_bpe(tiny_model: TinyModel) -> None:
     assert (tokens, types, field("tokenizer.ggml.merges")) == (vocab.tokens, vocab.types, vocab.merges)
     assert tokens[:256] == list(byte_symbols()) and 500 < len(vocab.merges) <= 600
     assert train_merges() == [tuple(m.split(" ")) for m in vocab.merges]  # deterministic
-    kind = dict(zip(tokens, types))
+    kind = dict(zip(tokens, types, strict=True))
     assert kind["Ċ"] == kind["Ġcat"] == kind['":'] == gguf.TokenType.NORMAL  # "\n", " cat"
     assert {kind[t] for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>")} == {gguf.TokenType.CONTROL}
     assert {kind[t] for t in ("<tool_call>", "</tool_call>", *GROUNDING_TOKENS)} == {gguf.TokenType.USER_DEFINED}

@@ -59,7 +59,7 @@ def test_one_image_prints_json_and_writes_the_upright_overlay(gateway: GatewayPr
     im = Image.open(tmp_path / "seen.png").convert("RGB")
     assert im.size == (256, 512)  # the user's orientation, not the stored one
     edge = im.getpixel((64, 256))
-    assert max(abs(a - b) for a, b in zip(edge, palette(0))) < 40  # JPEG photo, converted to PNG
+    assert max(abs(a - b) for a, b in zip(edge, palette(0), strict=True)) < 40  # JPEG photo, converted to PNG
 
 
 def test_a_folder_runs_concurrently_and_reports_failures_per_line(gateway: GatewayProcess, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -117,10 +118,10 @@ def test_coordinate_mapping_across_aspect_ratios(w: int, h: int):
     mw, mh = model_grid(w, h)
     image = img(w, h, mw, mh)
     pts = [(0, 0), (mw // 3, mh // 7), (mw // 2, mh // 2), (mw - 1, mh - 1), (mw, mh)]
-    text = "".join(f"<box><x_{x1}><y_{y1}><x_{x2}><y_{y2}></box>" for (x1, y1), (x2, y2) in zip(pts, pts[1:]))
+    text = "".join(f"<box><x_{x1}><y_{y1}><x_{x2}><y_{y2}></box>" for (x1, y1), (x2, y2) in itertools.pairwise(pts))
     boxes, errors = parse_boxes(text, image)
     assert errors == []
-    for b, ((x1, y1), (x2, y2)) in zip(boxes, zip(pts, pts[1:])):
+    for b, ((x1, y1), (x2, y2)) in zip(boxes, itertools.pairwise(pts), strict=True):
         expect = [x1 * w / mw, y1 * h / mh, x2 * w / mw, y2 * h / mh]
         assert b["bbox"] == pytest.approx(expect, abs=0.006)
     assert boxes[-1]["bbox"][2:] == [w, h]  # the grid's far corner is the image's far corner

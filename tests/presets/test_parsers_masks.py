@@ -74,7 +74,7 @@ def test_referring_mask_full_model_grid():
     grid[4:12, 8:24] = 1
     masks, errors = parse_masks("<ref><BG></ref><ref><FG></ref><mask>" + rle_text(grid.reshape(-1).tolist()), image)
     assert errors == ["mask 0: no </mask> (truncated output?)"]
-    fg = [m for m in masks if m["label"] == "<FG>"][0]
+    fg = next(m for m in masks if m["label"] == "<FG>")
     assert np.array_equal(decode_coco(fg["rle"]), nearest(grid, 20, 10) == 1)
     assert fg["bbox"] == [5, 2, 15, 7]  # rows 2..6 sample grid rows 4..10; cols 5..14 sample 8..23
 
@@ -129,7 +129,8 @@ def test_depth_truncated_and_not_a_segmentation():
     image = img(64, 32, 64, 32)  # grid 4 x 2
     text = "<depth><mask>(7,3)(9,2)"
     depth, errors = parse_depth(text, image)
-    assert errors == ["depth: no </mask> (truncated output?)", "mask: 5 of 8 cells (4x2 grid), the rest left empty (truncated output?)"]
+    assert errors == ["depth: no </mask> (truncated output?)",
+                      "mask: 5 of 8 cells (4x2 grid), the rest left empty (truncated output?)"]
     assert _png(depth["png"]).tolist() == [[7, 7, 7, 9], [9, 0, 0, 0]]
     assert (depth["min"], depth["max"]) == (7, 9)
     masks, _ = parse_masks(text, image)  # the depth <mask> is not a segmentation mask

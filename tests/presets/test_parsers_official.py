@@ -58,7 +58,8 @@ def test_one_ins_with_two_polys_and_a_truncated_one() -> None:
 
 
 def test_label_tags_label_boxes_like_refs() -> None:
-    boxes, _ = parse_boxes("<label>dog</label><box><x_1><y_2><x_3><y_4></box><ref>cat</ref><box><x_5><y_6><x_7><y_8></box>",
+    boxes, _ = parse_boxes("<label>dog</label><box><x_1><y_2><x_3><y_4></box>"
+                           "<ref>cat</ref><box><x_5><y_6><x_7><y_8></box>",
                            img(100, 100))
     assert [b["label"] for b in boxes] == ["dog", "cat"]
 
@@ -92,7 +93,8 @@ def test_others_is_no_class() -> None:
     masks, _ = parse_masks(text, img(64, 48))
     assert [m["label"] for m in masks] == ["dog"]
     step = PipelineStep(name="detect", prompt="Detect every objects that belongs to the following categories: {labels}")
-    assert step_labels(step, "<ref>dog</ref><ref><OTHERS></ref><ref>cat</ref><ref>dog</ref><mask>(0,1)</mask>") == ["dog", "cat"]
+    answer = "<ref>dog</ref><ref><OTHERS></ref><ref>cat</ref><ref>dog</ref><mask>(0,1)</mask>"
+    assert step_labels(step, answer) == ["dog", "cat"]
     assert step_labels(step, "<ref>dog</ref><ref>cat</ref>") == []  # match_openseg needs a <mask>
     assert fill(step.prompt, {}, ["dog", "cat"], step.labels_join).endswith("categories: dog,cat")
 
@@ -174,7 +176,7 @@ def test_label_map_paste_later_items_paint_over() -> None:
     ({"name": "x", "prompt": "Find {thing}", "parser": "boxes"}, "{thing} is not a parameter"),
 ])
 def test_pipeline_steps_are_checked_at_load(step: dict, why: str) -> None:
-    with pytest.raises(ValueError, match="presets.mine.pipeline.x") as exc:
+    with pytest.raises(ValueError, match=r"presets\.mine\.pipeline\.x") as exc:
         PresetRegistry.load({"mine": {"extends": "refer_segment", "pipeline": [step]}})
     assert why in str(exc.value)
 

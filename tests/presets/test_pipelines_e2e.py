@@ -47,7 +47,8 @@ def _has(im: Image.Image, color: tuple[int, int, int]) -> bool:
 
 def model_box(box: tuple[int, int, int, int]) -> str:
     x1, y1, x2, y2 = box
-    return f"<box><x_{round(x1 * 1.024)}><y_{round(y1 * 704 / 700)}><x_{round(x2 * 1.024)}><y_{round(y2 * 704 / 700)}></box>"
+    return (f"<box><x_{round(x1 * 1.024)}><y_{round(y1 * 704 / 700)}>"
+            f"<x_{round(x2 * 1.024)}><y_{round(y2 * 704 / 700)}></box>")
 
 
 class Script:

@@ -263,7 +263,8 @@ def test_earlier_messages_and_multiple_parts_are_kept(reg: PresetRegistry):
         "messages": [
             {"role": "user", "content": [copy.deepcopy(IMAGE), {"type": "text", "text": "first"}]},
             {"role": "assistant", "content": "ok"},
-            {"role": "user", "content": [{"type": "text", "text": "a"}, copy.deepcopy(IMAGE), {"type": "text", "text": "b"}]},
+            {"role": "user",
+             "content": [{"type": "text", "text": "a"}, copy.deepcopy(IMAGE), {"type": "text", "text": "b"}]},
         ],
         "preset": "ocr",
     }
@@ -293,7 +294,8 @@ def test_json_object_handled_gateway_side(reg: PresetRegistry):
     body = chat(preset="describe", response_format={"type": "json_object"})
     assert reg.resolve(body, SERVED, SERVED).json_content is False
     assert body["response_format"] == {"type": "json_object"}  # plain-text preset: forwarded upstream
-    for extra, needle in (({"type": "json_schema", "json_schema": {}}, {}), ({"type": "json_object"}, {"stream": True})):
+    for extra, needle in (({"type": "json_schema", "json_schema": {}}, {}),
+                          ({"type": "json_object"}, {"stream": True})):
         with pytest.raises(APIError) as exc:
             reg.resolve(chat(preset="detect", response_format=extra, **needle), SERVED, SERVED)
         assert exc.value.param == "response_format"

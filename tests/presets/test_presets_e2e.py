@@ -68,7 +68,8 @@ def test_detect_prompt_sampling_and_boxes_in_original_pixels(scripted) -> None:
     assert ext["image"] == {"width": 1000, "height": 700, "model_width": 1024, "model_height": 704}
     dog, cat = ext["boxes"]
     assert dog["label"] == "dog"
-    assert dog["bbox"] == pytest.approx([100 * 1000 / 1024, 200 * 700 / 704, 300 * 1000 / 1024, 400 * 700 / 704], abs=0.01)
+    assert dog["bbox"] == pytest.approx([100 * 1000 / 1024, 200 * 700 / 704, 300 * 1000 / 1024, 400 * 700 / 704],
+                                        abs=0.01)
     assert cat["bbox"] == pytest.approx([0, 0, 1000, 700])  # clamped to the image
     assert ext["parse_errors"] == []
 
@@ -112,7 +113,8 @@ def test_unknown_preset_and_bad_params(scripted) -> None:
     gw, fb = scripted
     before = len(fb.chat_requests())
     with pytest.raises(openai.NotFoundError) as exc:
-        client(gw).chat.completions.create(model="youtu-vl", messages=image_message(), extra_body={"preset": "teleport"})
+        client(gw).chat.completions.create(model="youtu-vl", messages=image_message(),
+                                           extra_body={"preset": "teleport"})
     assert "detect" in exc.value.message
     with pytest.raises(openai.BadRequestError) as bad:
         client(gw).chat.completions.create(model="youtu-vl", messages=image_message(),

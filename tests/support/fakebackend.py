@@ -178,6 +178,8 @@ def _completion(req: dict[str, Any], reply: str | None = None) -> dict[str, Any]
     return {
         "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
         "model": req.get("model") or "fake",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply if reply is not None else "fake answer"}, "finish_reason": "stop"}],
+        "choices": [{"index": 0,
+                     "message": {"role": "assistant", "content": reply if reply is not None else "fake answer"},
+                     "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
     }

@@ -47,7 +47,9 @@ def settings(**sections: dict[str, Any] | Any) -> ImageSettings:
     return ImageSettings.model_validate(sections)
 
 
-def normalize(data: bytes | str, s: ImageSettings | None = None, mime: str = "image/png") -> tuple[Image.Image, ImageInfo, str]:
+def normalize(
+    data: bytes | str, s: ImageSettings | None = None, mime: str = "image/png"
+) -> tuple[Image.Image, ImageInfo, str]:
     """Run one image through a fresh normalizer; returns (decoded output, info, output mime)."""
     url = data if isinstance(data, str) else data_url(data, mime)
     out, infos = run(_normalize_one(url, s or settings()))
@@ -77,7 +79,9 @@ def error_of(data: bytes | str, s: ImageSettings | None = None, mime: str = "ima
     raise AssertionError("expected ImageError")
 
 
-def png_raw(width: int, height: int, color_type: int, bit_depth: int, rows: bytes | None, *, truncate_idat: bool = False) -> bytes:
+def png_raw(
+    width: int, height: int, color_type: int, bit_depth: int, rows: bytes | None, *, truncate_idat: bool = False
+) -> bytes:
     """A PNG written by hand (16-bit RGB, or a header that lies about its size)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -94,13 +98,13 @@ def quadrants(width: int, height: int, colors: tuple[tuple[int, int, int], ...])
     """TL, TR, BL, BR blocks of flat colour: orientation is visible and survives JPEG."""
     img = Image.new("RGB", (width, height))
     w2, h2 = width // 2, height // 2
-    for (x, y), c in zip(((0, 0), (w2, 0), (0, h2), (w2, h2)), colors):
+    for (x, y), c in zip(((0, 0), (w2, 0), (0, h2), (w2, h2)), colors, strict=True):
         img.paste(c, (x, y, x + (width - w2 if x else w2), y + (height - h2 if y else h2)))
     return img
 
 
 def close(a: tuple[int, ...], b: tuple[int, ...], tol: int) -> bool:
-    return all(abs(int(x) - int(y)) <= tol for x, y in zip(a, b))
+    return all(abs(int(x) - int(y)) <= tol for x, y in zip(a, b, strict=False))
 
 
 class CountingListener:
@@ -133,7 +137,8 @@ class CountingListener:
                 try:
                     conn.settimeout(1)
                     conn.recv(65536)
-                    head = f"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {len(self._png)}\r\nConnection: close\r\n\r\n"
+                    head = (f"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {len(self._png)}\r\n"
+                            "Connection: close\r\n\r\n")
                     conn.sendall(head.encode() + self._png)
                 except OSError:
                     pass

@@ -81,7 +81,9 @@ def core_answer(crop: Image.Image, fg_first: bool = True) -> str:
 
 
 @contextmanager
-def scripted_gateway(script: Callable[[dict[str, Any]], str | int], workdir: Path, **fake: Any) -> Iterator[GatewayProcess]:
+def scripted_gateway(
+    script: Callable[[dict[str, Any]], str | int], workdir: Path, **fake: Any
+) -> Iterator[GatewayProcess]:
     """`vlgate serve` in front of one fake backend answering with `script` (for docs and benches)."""
     fb = FakeBackend(script=script, slots=4, **fake).start()
     gw = GatewayProcess({"backends": [{"url": fb.url}]}, workdir).start()

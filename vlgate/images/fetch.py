@@ -75,7 +75,8 @@ class Fetcher:
                     raise ImageError(f"image URL refused: {cause}", code="image_url_refused") from None
                 raise ImageError(f"cannot connect to the image host: {cause}", code="image_fetch_failed") from None
             except (aiohttp.ClientError, ValueError) as e:
-                raise ImageError(f"fetching the image failed: {e or type(e).__name__}", code="image_fetch_failed") from None
+                raise ImageError(f"fetching the image failed: {e or type(e).__name__}",
+                                 code="image_fetch_failed") from None
         raise ImageError(f"too many redirects (more than {self._settings.max_redirects})", code="image_fetch_failed")
 
     async def aclose(self) -> None:

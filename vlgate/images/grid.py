@@ -84,7 +84,8 @@ def _linear_scale(width: int, height: int, patch: int, align: int, max_patches: 
 
     def scaled(scale: float, size: int) -> int:
         scaled_size = _f32(_f32(size) * scale)  # float scaled_size = size * scale;
-        aligned = int(math.ceil(_f32(scaled_size / align))) * align  # static_cast<int>(std::ceil(scaled_size / align_size)) * align_size
+        # static_cast<int>(std::ceil(scaled_size / align_size)) * align_size
+        aligned = math.ceil(_f32(scaled_size / align)) * align
         return max(align, aligned)
 
     scale = _f32(1.0)
@@ -107,10 +108,10 @@ def _preserved_ratio(width: int, height: int, align: int, min_pixels: int, max_p
         return int(_cpp_round(_f32(x / fa))) * align
 
     def ceil_by(x: float) -> int:
-        return int(math.ceil(_f32(x / fa))) * align
+        return math.ceil(_f32(x / fa)) * align
 
     def floor_by(x: float) -> int:
-        return int(math.floor(_f32(x / fa))) * align
+        return math.floor(_f32(x / fa)) * align
 
     w_bar = max(align, round_by(_f32(width)))
     h_bar = max(align, round_by(_f32(height)))

@@ -50,7 +50,7 @@ class ImageNormalizer:
                              code="too_many_images")
         budget = ByteBudget(self.settings.limits.max_image_bytes, self.settings.limits.max_request_bytes)
         results = await _all_or_first_error([self._one(part, budget) for part in parts])
-        for part, result in zip(parts, results):
+        for part, result in zip(parts, results, strict=True):
             part.write(result.data_url)
         return [result.info for result in results]
 
@@ -72,7 +72,8 @@ class ImageNormalizer:
                 key = await self.pixels.sha256(raw)
             return await self._normalized(key, raw)
         except ImageError as e:  # a fresh error: one from a shared in-flight task may serve several requests
-            raise ImageError(e.message, param=part.param, status=e.status, code=str(e.code or "invalid_image")) from None
+            raise ImageError(e.message, param=part.param, status=e.status,
+                             code=str(e.code or "invalid_image")) from None
 
     async def _normalized(self, key: str, raw: bytes) -> Normalized:
         """Cached, or joined to an identical image already in work, or run once in the pool."""
@@ -116,6 +117,6 @@ async def _all_or_first_error(coros: list[Any]) -> list[Any]:
     if any(not t.done() for t in tasks):
         await asyncio.gather(*tasks, return_exceptions=True)
     for t in tasks:
-        if not t.cancelled() and t.exception() is not None:
-            raise t.exception()  # type: ignore[misc]
+        if not t.cancelled() and (exc := t.exception()) is not None:
+            raise exc
     return [t.result() for t in tasks]

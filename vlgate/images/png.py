@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 
 import deflate
-from PIL import Image
+from PIL import Image, ImageFile
 
 _MODES = ("L", "LA", "RGB", "RGBA")  # 8-bit colour types 0, 4, 2, 6: Pillow's rawmode equals the mode
 _STORED = 0xFFFF  # the largest stored deflate block
@@ -54,7 +54,7 @@ def decode(im: Image.Image, data: bytes) -> Image.Image | None:
     return out
 
 
-def _feed(decoder: Image.core.ImagingDecoder, pieces: list[bytes]) -> bool:
+def _feed(decoder: Image.core.ImagingDecoder | ImageFile.PyDecoder, pieces: list[bytes]) -> bool:
     """Feed the stream as ImageFile.load() does; True once the decoder says the image is complete, cleanly."""
     for piece in pieces:
         while piece:
@@ -94,7 +94,7 @@ def _idat(data: bytes) -> bytes | None:
     return b"".join(parts) if parts else None
 
 
-def _stored_zlib(raw: bytes) -> list[bytes]:
+def _stored_zlib(raw: bytes | bytearray) -> list[bytes]:
     """`raw` as a zlib stream of stored blocks, in 64 KB pieces for the decoder (never one more 25 MB buffer)."""
     view, n = memoryview(raw), len(raw)
     pieces = [b"\x78\x01"]

@@ -61,7 +61,8 @@ class FetchSettings(_Strict):
         default=False, description="allow loopback/private/link-local targets (tests, trusted setups only)"
     )
     allowed_networks: list[IPvAnyNetwork] = Field(
-        default_factory=list, description="CIDRs allowed despite the private-network rules, e.g. an internal image store"
+        default_factory=list,
+        description="CIDRs allowed despite the private-network rules, e.g. an internal image store",
     )
     user_agent: str = "vlgate-image-fetch/1"
     max_connections: int = Field(default=32, ge=1)

@@ -144,6 +144,8 @@ class GuardedResolver(AbstractResolver):
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, family=family)
         results: list[ResolveResult] = []
         for fam, _, proto, _, sockaddr in infos:
+            if not isinstance(sockaddr[0], str):  # not an IP family's (host, port, ...): refuse, don't guess
+                raise BlockedTarget(f"host '{name}' resolves to a non-IP address")
             ip = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
             reason = blocked_reason(ip, self._settings)
             if reason:
@@ -158,4 +160,5 @@ class GuardedResolver(AbstractResolver):
 
 
 def _result(hostname: str, ip: str, port: int, family: int, proto: int) -> Any:
-    return {"hostname": hostname, "host": ip, "port": port, "family": family, "proto": proto, "flags": socket.AI_NUMERICHOST}
+    return {"hostname": hostname, "host": ip, "port": port, "family": family, "proto": proto,
+            "flags": socket.AI_NUMERICHOST}

@@ -21,5 +21,7 @@ class ImageInfo:
 class ImageError(APIError):
     """A bad image: always a 400 naming the message part (never retried, never reaches a backend)."""
 
-    def __init__(self, message: str, *, param: str | None = None, status: int = 400, code: str = "invalid_image") -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, status: int = 400, code: str = "invalid_image"
+    ) -> None:
         super().__init__(status, message, param=param, code=code)

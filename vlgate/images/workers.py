@@ -66,7 +66,9 @@ def sha256(raw: bytes) -> str:
 class PixelPool:
     """Runs decoding, hashing and normalization off the event loop, in processes or threads (small payloads inline)."""
 
-    def __init__(self, pipeline: Pipeline, workers: int, kind: Literal["process", "thread"], pixel_cache_mb: int) -> None:
+    def __init__(
+        self, pipeline: Pipeline, workers: int, kind: Literal["process", "thread"], pixel_cache_mb: int
+    ) -> None:
         self.pipeline = pipeline
         self.kind = kind
         self.workers = workers or os.cpu_count() or 1

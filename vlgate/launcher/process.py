@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import logging.handlers
 import os
@@ -18,6 +19,7 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -43,6 +45,7 @@ ALLOWED: dict[BackendState, frozenset[BackendState]] = {
 }
 
 _PR_SET_PDEATHSIG = 1
+_prctl: Callable[..., int] | None
 try:
     _prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: no dlsym in the forked child
 except (OSError, AttributeError):  # not Linux
@@ -74,7 +77,8 @@ def describe_exit(code: int | None) -> str:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        return f"killed by {name}" + (" (illegal instruction: binary built for another CPU)" if name == "SIGILL" else "")
+        why = " (illegal instruction: binary built for another CPU)" if name == "SIGILL" else ""
+        return f"killed by {name}{why}"
     return f"exited with code {code}"
 
 
@@ -157,7 +161,9 @@ class BackendProcess:
             await self._kill_now()
         reader = asyncio.create_task(self._pump(self.proc.stdout), name=f"log:{self.spec.name}")
         exited = asyncio.create_task(self.proc.wait(), name=f"wait:{self.spec.name}")
-        health = asyncio.create_task(self._until_ready(), name=f"load:{self.spec.name}")
+        # the load watch (True: ready), then the liveness watch (returns once /health stays silent)
+        health: asyncio.Task[bool] | asyncio.Task[None] = asyncio.create_task(
+            self._until_ready(), name=f"load:{self.spec.name}")
         ready_at: float | None = None
         try:
             done, _ = await asyncio.wait({exited, health}, return_when=asyncio.FIRST_COMPLETED)
@@ -209,7 +215,7 @@ class BackendProcess:
             stderr=asyncio.subprocess.STDOUT,
             env=self.spec.full_env(os.environ),
             start_new_session=True,
-            preexec_fn=(lambda parent=os.getpid(): _child_setup(parent)) if main else None,
+            preexec_fn=functools.partial(_child_setup, os.getpid()) if main else None,  # the parent: vlgate
             limit=1 << 20,
         )
         self.pids.append(self.proc.pid)

@@ -71,7 +71,8 @@ class LauncherSettings(_Strict):
     model: ModelSource = ModelSource()
     alias: str | None = Field(default=None, description="--alias; None = gateway.model")
     host: str = Field(default="127.0.0.1", description="where backends listen (0.0.0.0 for a fleet node)")
-    port_base: int = Field(default=8081, ge=0, le=65535, description="backend i listens on port_base + i; 0 = free ports")
+    port_base: int = Field(default=8081, ge=0, le=65535,
+                           description="backend i listens on port_base + i; 0 = free ports")
     gpus: Literal["auto"] | list[int | str] = Field(
         default="auto", description="auto = CUDA_VISIBLE_DEVICES, else nvidia-smi; [] = CPU only"
     )

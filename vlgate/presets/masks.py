@@ -116,7 +116,7 @@ def _stretch_rle(cells: np.ndarray, width: int, height: int) -> dict[str, Any]:
     col_area = col_masks.sum(axis=0)
     used_cols = np.unique(cols)
     ys = np.flatnonzero(col_masks[:, used_cols].any(axis=1))  # rows of the stretched mask with a set pixel
-    xs = np.flatnonzero(col_masks.any(axis=0)[cols])
+    xs = np.flatnonzero(col_area[cols] > 0)  # columns of the stretched mask with a set pixel
     bbox = [int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1] if xs.size and ys.size else None
     return {"area": int(col_area[cols].sum()), "bbox": bbox, "rle": {"size": [height, width], "counts": counts}}
 

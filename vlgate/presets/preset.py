@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +67,7 @@ class Preset:
         }
 
 
-def _parser_tuple(parser: str | list[str] | None) -> tuple[str, ...]:
+def _parser_tuple(parser: str | Sequence[str] | None) -> tuple[str, ...]:
     names = [parser] if isinstance(parser, str) else list(parser or [])
     return tuple(dict.fromkeys(n for n in names if n != "none"))
 
@@ -85,7 +86,8 @@ def build(name: str, spec: PresetSpec, source: str) -> Preset:
     for i, v in enumerate(variants):
         for p in list(v.when) + PLACEHOLDER_RE.findall(v.text):
             if p not in params:
-                raise ValueError(f"{where}.prompt[{i}]: {{{p}}} is not a parameter of this preset (add it under params)")
+                raise ValueError(
+                    f"{where}.prompt[{i}]: {{{p}}} is not a parameter of this preset (add it under params)")
     mode = spec.user_text or "ignore"
     fill = None
     if mode.startswith("fill:"):
@@ -98,7 +100,7 @@ def build(name: str, spec: PresetSpec, source: str) -> Preset:
     for pname, p in params.items():
         if p.choices is not None and p.type not in ("string", "string_list"):
             raise ValueError(f"{where}.params.{pname}.choices: only for string parameters")
-    for i, v in enumerate(variants):
+    for v in variants:
         for step in (v.pipeline if v.pipeline is not None else spec.pipeline) or ():
             for p in PLACEHOLDER_RE.findall(step.prompt + (step.label or "")):
                 if p != "labels" and p not in params:

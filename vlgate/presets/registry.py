@@ -81,10 +81,8 @@ class PresetRegistry:
                     raise ValueError(f"presets.{chain[-1]}.extends: no preset named {name!r}")
                 result = builtins[name]
             else:
-                if spec.extends:
-                    base = resolve_spec(spec.extends, chain + (name,))
-                else:
-                    base = builtins.get(name, PresetSpec())
+                base = (resolve_spec(spec.extends, chain + (name,)) if spec.extends
+                        else builtins.get(name, PresetSpec()))
                 result = merge(base, spec)
             effective[name] = result
             return result

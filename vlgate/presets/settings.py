@@ -40,7 +40,8 @@ class CropSpec(_Strict):
     """Crop around an item's box, as demo.py `crop_and_resize` does (its numbers are the defaults)."""
 
     padding: float = Field(default=1.2, ge=1.0, le=4.0, description="crop side = box side x padding, same centre")
-    short_side: int = Field(default=1280, ge=32, le=4096, description="the crop is resized (Lanczos) to this shorter side")
+    short_side: int = Field(default=1280, ge=32, le=4096,
+                            description="the crop is resized (Lanczos) to this shorter side")
     mark: bool = Field(default=True, description="draw the box on the crop before resizing (the model is told so)")
     mark_width: int = Field(default=1, ge=1, le=16)
     format: Literal["jpeg", "png"] = "jpeg"  # demo.py: cv2.imencode('.jpg'), quality 95
@@ -58,7 +59,8 @@ class PipelineStep(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
     prompt: str = Field(description="template: {param} of the preset, {labels} (see `labels`)")
     for_each: Literal["boxes", "polygons"] | None = Field(default=None, description="one request per item")
-    order: Literal["as_given", "area_desc"] = Field(default="as_given", description="item order (later ones paint over)")
+    order: Literal["as_given", "area_desc"] = Field(default="as_given",
+                                                    description="item order (later ones paint over)")
     limit: int = Field(default=30, ge=1, le=200, description="at most this many items (demo.py: 30 boxes)")
     crop: CropSpec | None = Field(default=None, description="with for_each: the image is a crop around the item")
     labels_exclude: list[str] = Field(default_factory=lambda: ["<OTHERS>"], description="dropped from {labels}")

@@ -63,4 +63,4 @@ CHAT_TEMPLATE = """{%- if tools %}
 {%- if add_generation_prompt %}
     {{- '<|im_start|>assistant\\n' }}
 {%- endif %}
-"""
+"""  # noqa: E501 - Qwen2.5's template verbatim: llama-server reads the tool-call markup off it

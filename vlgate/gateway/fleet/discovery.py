@@ -109,7 +109,8 @@ class DnsDiscovery:
                   for a in sorted(addresses)]
         added, removed = self.members.sync(group_of(entry), wanted)
         if added or removed:
-            log.info("%s: %d address(es); joined %s, leaving %s", entry.dns, len(addresses), added or "-", removed or "-")
+            log.info("%s: %d address(es); joined %s, leaving %s",
+                     entry.dns, len(addresses), added or "-", removed or "-")
 
     def start(self) -> None:
         if self._task is None:

@@ -49,6 +49,7 @@ async def check_backend(client: httpx.AsyncClient, backend: Backend, manage_all:
         backend.set_state(BackendState.LOADING, "Loading model")
     else:
         backend.set_state(BackendState.DOWN, f"/health answered {r.status_code}")
+    return None
 
 
 class HealthPoller:

@@ -62,8 +62,10 @@ class FleetScraper:
         if slots is None:  # the round did not read /slots (a draining or ejected backend): read it here
             slots = await fetch_slots(self.client, backend)
         families = _parse(metrics.text) if metrics is not None and metrics.status_code == 200 else []
-        busy = slots.busy if slots is not None else None  # None: /props gave a count, not which are busy
-        total = slots.total if busy is not None else None
+        busy: int | None = None  # None: /props gave a count, not which are busy
+        total: int | None = None
+        if slots is not None and slots.busy is not None:
+            busy, total = slots.busy, slots.total
         gpu = self.gpus.sample(backend.gpu)
         self.last[backend.name] = Scrape(families, busy, total, gpu, time.perf_counter() - started, time.time())
         self._count_tokens(backend.name, families)
@@ -113,7 +115,8 @@ class FleetCollector(Collector):
                                      "backend's /metrics and /slots took", labels=["backend"])
         busy = GaugeMetricFamily("vlgate_backend_slots_busy", "Slots processing (llama-server /slots)",
                                  labels=["backend"])
-        gpu_used = GaugeMetricFamily("vlgate_gpu_memory_used_bytes", "GPU memory in use (NVML)", labels=["backend", "gpu"])
+        gpu_used = GaugeMetricFamily("vlgate_gpu_memory_used_bytes", "GPU memory in use (NVML)",
+                                     labels=["backend", "gpu"])
         gpu_total = GaugeMetricFamily("vlgate_gpu_memory_total_bytes", "GPU memory (NVML)", labels=["backend", "gpu"])
         gpu_util = GaugeMetricFamily("vlgate_gpu_utilization_ratio", "GPU busy share of the last sample period (NVML)",
                                      labels=["backend", "gpu"])

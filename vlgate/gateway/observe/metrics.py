@@ -7,6 +7,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from vlgate.backends import BackendState
@@ -38,15 +39,17 @@ class _LiveCollector(Collector):
     def __init__(self, balancer: Balancer) -> None:
         self.balancer = balancer
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[Metric]:
         b = self.balancer
         yield GaugeMetricFamily("vlgate_in_flight", "Requests being served by backends", value=b.in_flight())
         yield GaugeMetricFamily("vlgate_queued", "Requests waiting for a free slot", value=b.queued)
         yield GaugeMetricFamily("vlgate_draining", "1 while the gateway drains for shutdown", value=int(b.draining))
         yield CounterMetricFamily("vlgate_affinity_hits", "Requests sent to the backend holding their prefix "
                                   "rather than the one with the most free slots", value=b.affinity_hits)
-        state = GaugeMetricFamily("vlgate_backend_state", "1 for the backend's current state", labels=["backend", "state"])
-        slots = GaugeMetricFamily("vlgate_backend_slots", "Slots of the backend (llama-server --parallel)", labels=["backend"])
+        state = GaugeMetricFamily("vlgate_backend_state", "1 for the backend's current state",
+                                  labels=["backend", "state"])
+        slots = GaugeMetricFamily("vlgate_backend_slots", "Slots of the backend (llama-server --parallel)",
+                                  labels=["backend"])
         busy = GaugeMetricFamily("vlgate_backend_in_flight", "Requests in flight on the backend", labels=["backend"])
         served = GaugeMetricFamily("vlgate_backend_served", "Requests sent to the backend", labels=["backend"])
         for backend in b.backends:

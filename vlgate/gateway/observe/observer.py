@@ -68,7 +68,8 @@ class Observer:
         self.statuses[status] += 1
         self.usage.record(ctx.key, status, tokens, ctx.images)
         # TTFT: a stream's headers come with its first token; a non-stream answer's only at the end
-        self.timelines.record(ctx.backend, duration_s, ctx.ttfb if ctx.stream else None, ok=status < 500 and status != 429)
+        self.timelines.record(ctx.backend, duration_s, ctx.ttfb if ctx.stream else None,
+                              ok=status < 500 and status != 429)
         if tokens is not None and ctx.backend is not None and not self.scraper.has_series(ctx.backend):
             self.timelines.add_tokens(ctx.backend, tokens.completion)
 
