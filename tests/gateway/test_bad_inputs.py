@@ -82,7 +82,7 @@ def test_path_tricks_never_reach_a_backend(gw, path: bytes) -> None:
     gateway, fb = gw
     before = len(fb.seen)
     body = b'{"messages": [{"role": "user", "content": "x"}]}'
-    answer = raw(gateway.port, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    answer = raw(gateway.port, b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     status = int(answer.split(b" ", 2)[1])
     # routed, it is the chat route itself (query strings are ignored); anything else is a 4xx of ours
@@ -94,6 +94,6 @@ def test_path_tricks_never_reach_a_backend(gw, path: bytes) -> None:
 def test_garbage_on_the_socket_is_400(gw) -> None:
     gateway, _ = gw
     assert raw(gateway.port, b"\x16\x03\x01\x02\x00 not http at all\r\n\r\n").startswith(b"HTTP/1.1 400")
-    assert raw(gateway.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"
+    assert raw(gateway.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -5\r\n\r\n"
                ).startswith(b"HTTP/1.1 400")
     assert httpx.get(gateway.url + "/health").status_code == 200

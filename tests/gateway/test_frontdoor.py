@@ -63,11 +63,11 @@ def raw_request(port: int, head: bytes, timeout: float = 5.0) -> bytes:
 
 def test_oversized_headers_are_431(gw) -> None:
     gateway, _ = gw
-    big = raw_request(gateway.port, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 64 * 1024 + b"\r\n\r\n")
+    big = raw_request(gateway.port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 64 * 1024 + b"\r\n\r\n")
     assert big.startswith(b"HTTP/1.1 431"), big[:200]
     assert b"x-should-retry: false" in big and b'"code":"request_header_fields_too_large"' in big
     many = b"".join(b"X-H%d: v\r\n" % i for i in range(40))
-    r = raw_request(gateway.port, b"GET /health HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+    r = raw_request(gateway.port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" + many + b"\r\n")
     assert r.startswith(b"HTTP/1.1 431") and b"request headers" in r
     assert httpx.get(gateway.url + "/health").status_code == 200  # and the gateway keeps serving
 
@@ -76,7 +76,7 @@ def test_slow_headers_are_cut_off(gw) -> None:
     """Slowloris: a byte now and then keeps no connection open past the header deadline (1 s here)."""
     gateway, _ = gw
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as s:
-        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         started = time.monotonic()
         closed_after = None
         for _ in range(50):  # at most ~5 s of trickling
@@ -93,7 +93,7 @@ def test_slow_headers_are_cut_off(gw) -> None:
                 break
     assert closed_after is not None and 0.8 < closed_after < 3.0, closed_after
     # a client that stops mid-headers gets a clean 408
-    answer = raw_request(gateway.port, b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    answer = raw_request(gateway.port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 1s" in answer, answer[:200]
     # a normal keep-alive client is not affected by the deadline between its requests
     with httpx.Client() as client:

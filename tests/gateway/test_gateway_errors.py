@@ -98,7 +98,7 @@ def test_oversized_body_is_413_before_buffering(setup) -> None:
     assert assert_openai_error(r, 413)["code"] == "request_too_large"
     # a 50 MB declared body is refused from the header alone: we send only a few bytes of it
     with socket.create_connection(("127.0.0.1", gw.port)) as s:
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() +
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + KEY.encode() +
                   b"\r\nContent-Type: application/json\r\nContent-Length: 52428800\r\n\r\n{\"messages\":")
         s.settimeout(5)
         head = s.recv(4096)

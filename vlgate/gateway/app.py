@@ -18,8 +18,8 @@ from vlgate.errors import APIError
 from vlgate.gateway.apis.anthropic import routes as anthropic
 from vlgate.gateway.apis.openai import models
 from vlgate.gateway.apis.openai import routes as openai
-from vlgate.gateway.apis.responses import routes as responses
 from vlgate.gateway.apis.openai.errors import response
+from vlgate.gateway.apis.responses import routes as responses
 from vlgate.gateway.endpoint.dispatch import GatewayApp, api_endpoints, starlette_routes
 from vlgate.gateway.endpoint.route import ApiRoute
 from vlgate.gateway.gateway import Gateway, backends_from_config

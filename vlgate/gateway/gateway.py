@@ -14,24 +14,24 @@ from starlette.requests import Request
 
 from vlgate.backends import Backend, BackendState
 from vlgate.config import Config
-from vlgate.gateway.frontdoor.bodies import BodyBudget
-from vlgate.gateway.frontdoor.auth import KeyChecker, header_credentials
-from vlgate.gateway.routing.balancer import Balancer
-from vlgate.gateway.fleet.capacity import ModelServerGauges, NodeLoad, node_load
 from vlgate.gateway.endpoint.context import RequestContext
+from vlgate.gateway.fleet.capacity import ModelServerGauges, NodeLoad, node_load
 from vlgate.gateway.fleet.discovery import DnsDiscovery
-from vlgate.gateway.frontdoor.keylimits import KeyLimiter
 from vlgate.gateway.fleet.membership import STATIC, Membership, static_backends
-from vlgate.gateway.observe.looplag import LoopLag
-from vlgate.gateway.observe.metrics import FaultCollector, Metrics
 from vlgate.gateway.fleet.model_names import BackendModels
-from vlgate.gateway.observe.observer import Observer
 from vlgate.gateway.fleet.poller import HealthPoller
 from vlgate.gateway.fleet.reload import Reloader
-from vlgate.gateway.forward.forwarder import Forwarder, new_client
-from vlgate.gateway.observe.usage import charged_tokens
 from vlgate.gateway.fleet.watchdog import SlotWatchdog
+from vlgate.gateway.forward.forwarder import Forwarder, new_client
 from vlgate.gateway.forward.wire import Client
+from vlgate.gateway.frontdoor.auth import KeyChecker, header_credentials
+from vlgate.gateway.frontdoor.bodies import BodyBudget
+from vlgate.gateway.frontdoor.keylimits import KeyLimiter
+from vlgate.gateway.observe.looplag import LoopLag
+from vlgate.gateway.observe.metrics import FaultCollector, Metrics
+from vlgate.gateway.observe.observer import Observer
+from vlgate.gateway.observe.usage import charged_tokens
+from vlgate.gateway.routing.balancer import Balancer
 from vlgate.images import ImageNormalizer
 from vlgate.presets import PresetRegistry, TokenCheck, check_special_tokens
 

@@ -54,7 +54,7 @@ def responses_tool_choice(body: dict[str, Any]) -> bool:
         _narrow(body, {choice["name"]}, _flat_name)
         body["tool_choice"] = "required"
     elif kind == "allowed_tools" and choice.get("mode") in ("auto", "required"):
-        _narrow(body, {t.get("name") for t in choice.get("tools") or () if isinstance(t, dict)}, _flat_name)
+        _narrow(body, {str(t.get("name")) for t in choice.get("tools") or () if isinstance(t, dict)}, _flat_name)
         body["tool_choice"] = choice["mode"]
     else:
         raise APIError(400, f"tool_choice of type {kind!r} is not supported here: use 'none', 'auto', 'required', "
@@ -66,7 +66,9 @@ def responses_tool_choice(body: dict[str, Any]) -> bool:
 def anthropic_tool_choice(body: dict[str, Any]) -> bool:
     """Rewrite `{"type": "tool", "name"}` and `{"type": "none"}`; True when the body changed."""
     choice = body.get("tool_choice")
-    kind = choice.get("type") if isinstance(choice, dict) else None
+    if not isinstance(choice, dict):
+        return False
+    kind = choice.get("type")
     if kind == "tool":
         _narrow(body, {str(choice.get("name"))}, _flat_name)
         body["tool_choice"] = {"type": "any"}  # b11434 makes "any" a required call

@@ -112,7 +112,8 @@ class Forwarder:
     async def _attempt(self, path: str, body: bytes, affinity: Affinity | None, tried: set[Backend],
                        attempt: int, stream: bool, slot: bool = True) -> Upstream:
         # prefer a backend not yet tried; fall back to any when every one has been tried
-        untried = frozenset(tried) if any(b.available and b not in tried for b in self.balancer.backends) else frozenset()
+        fresh = any(b.available and b not in tried for b in self.balancer.backends)
+        untried = frozenset(tried) if fresh else frozenset()
         backend = await self.balancer.acquire(affinity, untried) if slot else self.balancer.least_loaded(untried)
         tried.add(backend)
         released = not slot  # nothing to give back for work that took no slot
@@ -140,18 +141,18 @@ class Forwarder:
                 raise APIError(503, f"The backend did not answer within request_timeout_s ({wait:g}s).",
                                code="backend_timeout", headers={"Retry-After": "1"}) from None
             self.outliers.failure(backend, BackendState.SUSPECT, "no response headers within first_byte_timeout")
-            raise Retryable(f"{backend.name}: no response within {wait:g}s", backend)
+            raise Retryable(f"{backend.name}: no response within {wait:g}s", backend) from None
         except (Disconnected, OSError) as exc:
             release()
             self.outliers.failure(backend, BackendState.DOWN, f"connection failed: {type(exc).__name__}")
-            raise Retryable(f"{backend.name}: {type(exc).__name__}: {exc}", backend)
+            raise Retryable(f"{backend.name}: {type(exc).__name__}: {exc}", backend) from exc
         except BadResponse as exc:  # an answer that is not HTTP: nothing reached the client yet
             release()
             self.outliers.failure(backend, BackendState.SUSPECT, f"bad response: {type(exc).__name__}")
             if isinstance(exc, HeadTooLarge):  # as NGINX and Envoy: a 502, not replayed elsewhere
                 raise APIError(502, f"The backend's response head is too large ({exc}).",
                                code="backend_response_too_large") from None
-            raise Retryable(f"{backend.name}: bad response ({type(exc).__name__})", backend)
+            raise Retryable(f"{backend.name}: bad response ({type(exc).__name__})", backend) from exc
         except BaseException:
             release()
             raise

@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from vlgate.config import KeyLimitConfig
-from vlgate.gateway.endpoint.route import GENERATION, Charges
 from vlgate.errors import APIError
+from vlgate.gateway.endpoint.route import GENERATION, Charges
 
 WINDOW_S = 60.0
 

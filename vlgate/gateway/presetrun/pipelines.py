@@ -24,13 +24,13 @@ from starlette.types import Send
 from vlgate.backends import BackendState
 from vlgate.errors import APIError
 from vlgate.gateway.apis.openai import completion
-from vlgate.gateway.routing.affinity import Affinity
 from vlgate.gateway.apis.openai.errors import complete_error
 from vlgate.gateway.endpoint.context import RequestContext
-from vlgate.gateway.presetrun.source import image_of_data_url, original_pixels
-from vlgate.gateway.gateway import Gateway
 from vlgate.gateway.endpoint.respond import read_answer, send_json_bytes
+from vlgate.gateway.gateway import Gateway
 from vlgate.gateway.observe.usage import Tokens
+from vlgate.gateway.presetrun.source import image_of_data_url, original_pixels
+from vlgate.gateway.routing.affinity import Affinity
 from vlgate.images.parts import find_images
 from vlgate.images.types import ImageInfo
 from vlgate.presets import overlay
@@ -182,7 +182,7 @@ class PresetResponder:
         return 200
 
     async def follow_up(self, ext: dict[str, Any], text: str, steps: list[dict[str, Any]], remaining: float) -> None:
-        previous, labels = dict(ext), []
+        previous, labels = dict(ext), list[str]()
         log: StepLog | None = None
         try:
             async with asyncio.timeout(max(0.0, remaining)):
@@ -241,7 +241,8 @@ class PresetResponder:
                      log: StepLog) -> None:
         pixels = await self.pixels()
         limits, key = self.gw.key_limits, self.ctx.key
-        spare = limits.take_spare(key, self.gw.config.gateway.pipeline_parallel - 1) if self.ctx.charges.concurrency else 0
+        wanted = self.gw.config.gateway.pipeline_parallel - 1
+        spare = limits.take_spare(key, wanted) if self.ctx.charges.concurrency else 0
         try:
             await self._for_each(step, items, labels, ext, log, pixels, asyncio.Semaphore(1 + spare))
         finally:
@@ -251,6 +252,7 @@ class PresetResponder:
 
     async def _for_each(self, step: PipelineStep, items: list[Item], labels: list[str], ext: dict[str, Any],
                         log: StepLog, pixels: Any, gate: asyncio.Semaphore) -> None:
+        assert self.image is not None
         found: list[tuple[tuple[int, int, int, int], Any] | None] = [None] * len(items)
         label_map = LabelMap(self.image.orig_width, self.image.orig_height)
 
@@ -304,7 +306,8 @@ class PresetResponder:
         return await asyncio.to_thread(overlay.draw, base, ext, size, photo=photo)
 
     async def send_stream(self, send: Send, response: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
-        head = {k: response[k] for k in ("id", "created", "model", "system_fingerprint") if k in response}
+        fields = ("id", "created", "model", "system_fingerprint")
+        head: dict[str, Any] = {k: response[k] for k in fields if k in response}
         head["object"] = "chat.completion.chunk"
         usage_wanted = bool((self.body.get("stream_options") or {}).get("include_usage"))
         choice = (response.get("choices") or [{}])[0]

@@ -138,7 +138,8 @@ class Balancer:
     def _retry_after(self) -> str:
         return str(max(1, math.ceil(min(self.queue_timeout_s, 5.0))))
 
-    def try_acquire(self, affinity: Affinity | None = None, exclude: frozenset[Backend] = frozenset()) -> Backend | None:
+    def try_acquire(self, affinity: Affinity | None = None,
+                    exclude: frozenset[Backend] = frozenset()) -> Backend | None:
         """A backend at once (its slot reserved), or None: the request must queue (never ahead of waiters)."""
         if self._capacity:  # sampled at arrivals: the time average (Poisson arrivals see time averages)
             n = self._samples = self._samples + 1  # a plain mean at first, then exponential
@@ -149,7 +150,8 @@ class Balancer:
         backend = self._pick(affinity, exclude)
         return None if backend is None else self._take(backend, affinity)
 
-    def enqueue(self, future: asyncio.Future[Backend], affinity: Affinity | None, exclude: frozenset[Backend]) -> _Waiter:
+    def enqueue(self, future: asyncio.Future[Backend], affinity: Affinity | None,
+                exclude: frozenset[Backend]) -> _Waiter:
         """Queue a request; it may get a slot the waiters ahead of it pass over (they wait for their prefix holder)."""
         waiter = _Waiter(future, affinity, exclude, self._clock())
         self._waiters.append(waiter)
@@ -217,7 +219,8 @@ class Balancer:
         rest in FIFO order (skipping those whose exclusions rule a slot out, and those that wait for their
         holder). A slot goes to a request whose prefix it holds before one that would prefill it again."""
         now = self._clock()
-        if self._waiters and now - self._waiters[0].enqueued < _HOLDER_FIRST_S and any(self._holder_free(w) for w in self._waiters):
+        head_is_young = bool(self._waiters) and now - self._waiters[0].enqueued < _HOLDER_FIRST_S
+        if head_is_young and any(self._holder_free(w) for w in self._waiters):
             self._serve(now, holders_only=True)
         self._serve(now, holders_only=False)
 

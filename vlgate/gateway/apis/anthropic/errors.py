@@ -46,7 +46,8 @@ def stream_error(event: bytes) -> bytes:
     if isinstance(data, dict) and data.get("type") == "error" and isinstance(data.get("error"), dict):
         return sse.event("error", data)  # already Anthropic's
     inner = data.get("error") if isinstance(data, dict) and isinstance(data.get("error"), dict) else data
-    status = inner.get("code") if isinstance(inner, dict) and isinstance(inner.get("code"), int) else 500
+    code = inner.get("code") if isinstance(inner, dict) else None
+    status = code if isinstance(code, int) else 500
     wrapped = data if isinstance(data, dict) and "error" in data else {"error": data}
     return sse.event("error", error_object(status, message_of(status, wrapped)))
 

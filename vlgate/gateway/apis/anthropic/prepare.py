@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlgate.gateway.routing.affinity import chat_affinity
-from vlgate.gateway.apis.anthropic.stream import AnthropicStreamTap
-from vlgate.gateway.endpoint.context import RequestContext
-from vlgate.gateway.apis.openai.models import check_model
 from vlgate.gateway.apis.anthropic.schemas import validate_count, validate_messages
-from vlgate.gateway.gateway import Gateway
+from vlgate.gateway.apis.anthropic.stream import AnthropicStreamTap
+from vlgate.gateway.apis.openai.models import check_model
 from vlgate.gateway.apis.toolchoice import anthropic_tool_choice
+from vlgate.gateway.endpoint.context import RequestContext
+from vlgate.gateway.gateway import Gateway
+from vlgate.gateway.routing.affinity import chat_affinity
 
 
 async def prepare_messages(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> None:

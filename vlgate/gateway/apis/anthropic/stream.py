@@ -7,8 +7,8 @@ errors as `event: error` with OpenAI's fields. Every other event passes through 
 
 from __future__ import annotations
 
-from vlgate.gateway.endpoint import sse
 from vlgate.gateway.apis.anthropic.errors import is_error, stream_error
+from vlgate.gateway.endpoint import sse
 
 _BLOCK_DEFAULTS = {"tool_use": ("input", {}), "thinking": ("signature", ""), "text": ("text", "")}
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from vlgate.gateway.apis.openai import completion, schemas
-from vlgate.gateway.routing.affinity import chat_affinity
+from vlgate.gateway.apis.openai.models import check_model
+from vlgate.gateway.apis.toolchoice import pin_named_tool
 from vlgate.gateway.endpoint.context import RequestContext
+from vlgate.gateway.gateway import Gateway
 from vlgate.gateway.presetrun.pipelines import PresetResponder, source_image_url
 from vlgate.gateway.presetrun.postprocess import attach_preset, resolve_preset
-from vlgate.gateway.apis.openai.models import check_model
-from vlgate.gateway.gateway import Gateway
-from vlgate.gateway.apis.toolchoice import pin_named_tool
+from vlgate.gateway.routing.affinity import chat_affinity
 
 
 async def prepare_chat(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> None:

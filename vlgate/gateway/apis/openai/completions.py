@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from vlgate.gateway.apis.openai import completion, schemas
-from vlgate.gateway.routing.affinity import prompt_affinity
-from vlgate.gateway.endpoint.context import RequestContext
 from vlgate.gateway.apis.openai.models import check_model
+from vlgate.gateway.endpoint.context import RequestContext
 from vlgate.gateway.gateway import Gateway
+from vlgate.gateway.routing.affinity import prompt_affinity
 
 
 async def prepare_completion(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from vlgate.gateway.apis.openai import schemas
-from vlgate.gateway.endpoint.context import RequestContext
 from vlgate.gateway.apis.openai.models import check_model
+from vlgate.gateway.endpoint.context import RequestContext
 from vlgate.gateway.gateway import Gateway
 
 

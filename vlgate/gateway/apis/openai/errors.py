@@ -101,8 +101,8 @@ def complete_error(status: int, data: bytes) -> tuple[int, bytes]:
         err = {"message": f"The backend answered {status}: {text}"}
     elif set(err) >= {"message", "type", "param", "code"} and isinstance(err.get("code"), (str, type(None))):
         return status, data  # already complete
-    kind = err.get("type") if isinstance(err.get("type"), str) else ""
-    openai_type, code, param = _KNOWN.get(kind, (error_type(status), kind or None, None))
+    kind = str(err["type"]) if isinstance(err.get("type"), str) else ""
+    openai_type, code, param = _KNOWN.get(kind) or (error_type(status), kind or None, None)
     out = {k: v for k, v in err.items() if k not in ("message", "type", "param", "code")}
     out = {"message": str(err.get("message") or f"HTTP {status}"), "type": openai_type,
            "param": err.get("param") if isinstance(err.get("param"), str) else param, "code": code, **out}

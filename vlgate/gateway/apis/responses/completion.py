@@ -40,7 +40,8 @@ class Echo:
         fields["parallel_tool_calls"] = body.get("parallel_tool_calls") is not False
         fields["tool_choice"] = body.get("tool_choice") or "auto"
         fields["tools"] = [_echo_tool(t) for t in body.get("tools") or ()]
-        text = body.get("text") if isinstance(body.get("text"), dict) else {}
+        given = body.get("text")
+        text: dict[str, Any] = given if isinstance(given, dict) else {}
         fields["text"] = {**text, "format": text.get("format") or {"type": "text"}}
         if isinstance(body.get("metadata"), dict):
             fields["metadata"] = body["metadata"]

@@ -11,20 +11,20 @@ import json
 from typing import Any
 
 from vlgate.errors import APIError
-from vlgate.gateway.routing.affinity import chat_affinity
-from vlgate.gateway.endpoint.context import RequestContext
+from vlgate.gateway.apis.openai.models import check_model
 from vlgate.gateway.apis.responses.completion import (
     Echo,
     Finisher,
     complete_response_bytes,
     output_text,
 )
-from vlgate.gateway.presetrun.postprocess import resolve_preset
-from vlgate.gateway.apis.responses.stream import ResponsesStreamRewriter
-from vlgate.gateway.apis.openai.models import check_model
 from vlgate.gateway.apis.responses.schemas import responses_format, validate_responses
-from vlgate.gateway.gateway import Gateway
+from vlgate.gateway.apis.responses.stream import ResponsesStreamRewriter
 from vlgate.gateway.apis.toolchoice import responses_tool_choice
+from vlgate.gateway.endpoint.context import RequestContext
+from vlgate.gateway.gateway import Gateway
+from vlgate.gateway.presetrun.postprocess import resolve_preset
+from vlgate.gateway.routing.affinity import chat_affinity
 from vlgate.images.types import ImageInfo
 from vlgate.presets import PresetRun
 from vlgate.presets.apply import RESPONSES

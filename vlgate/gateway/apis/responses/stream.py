@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlgate.gateway.endpoint import sse
 from vlgate.gateway.apis.responses.completion import Echo, complete_item, complete_response
+from vlgate.gateway.endpoint import sse
 
 _LIFECYCLE = ("response.created", "response.in_progress", "response.queued")
 
