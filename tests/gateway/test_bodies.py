@@ -81,3 +81,11 @@ def test_bodies_held_across_connections_are_capped(gw: GatewayProcess) -> None:
     finally:
         for s in hogs:
             s.close()
+
+
+def test_a_body_of_too_many_objects_is_refused_before_it_is_parsed(gw: GatewayProcess) -> None:
+    flat = b'{"messages": [' + b",".join([b"{}"] * 300_000) + b"]}"
+    r = httpx.post(gw.url + "/v1/chat/completions", content=flat, headers={"Content-Type": "application/json"},
+                   timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "array_above_max_length", r.text
+    assert "262144" in r.json()["error"]["message"]

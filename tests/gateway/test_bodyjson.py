@@ -146,3 +146,14 @@ def test_multi_mb_anthropic_image(gateway: GatewayProcess) -> None:
         {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": data}},
         {"type": "text", "text": "What is in the picture?"}]}])
     assert answer.usage.output_tokens == 3 and answer.stop_reason == "max_tokens"
+
+
+def test_too_many_objects_are_refused_before_parsing() -> None:
+    flat = b'{"messages": [' + b",".join([b"{}"] * 1000) + b"]}"
+    assert len(bodyjson.loads(flat, 1002)["messages"]) == 1000  # 1000 objects, the body, one array
+    with pytest.raises(bodyjson.TooManyContainers):
+        bodyjson.loads(flat, 1001)
+    # braces inside a cut-out data: URL do not count (base64 has none; the cut text is not scanned)
+    url = "data:image/png;base64," + "A" * 300_000 + "{[" * 1000
+    body = orjson.dumps({"messages": [{"content": [{"image_url": {"url": url}}]}]})
+    assert bodyjson.loads(body, 8)["messages"][0]["content"][0]["image_url"]["url"] == url

@@ -67,6 +67,11 @@ MAX_TOKEN_IDS = 1 << 17
 # re-serialized body would be a 500). The walk costs ~0.3 µs a value: 32,768 values ~10 ms.
 MAX_SCHEMA_DEPTH = 64
 MAX_SCHEMA_NODES = 32_768
+# Objects and arrays in a whole body, counted as `{` and `[` bytes before it is parsed at all (bytes.count:
+# outside data: URLs, which have neither: a few ms). Parsing is the one cost the item caps cannot bound: 750k
+# `{}` objects (1.5 MB) held the loop 20-55 ms in orjson. Everything the caps allow together stays far
+# below this (4096 parts, 32k schema values); a prompt with more braces than this is no text a model reads.
+MAX_JSON_CONTAINERS = 262_144
 
 
 @dataclass(frozen=True, slots=True)

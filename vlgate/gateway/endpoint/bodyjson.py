@@ -23,15 +23,25 @@ MAX_QUOTES = 1024  # quotes looked at per body: a body of many strings must not 
 _MARK = "data:" + os.urandom(16).hex() + "-"  # starts like the cut text; unguessable, so no client sends it
 
 
-def loads(raw: bytes) -> Any:
-    """orjson.loads(raw), cheaper for bodies with long data: URLs; raises orjson.JSONDecodeError the same way."""
+class TooManyContainers(ValueError):
+    """More JSON objects and arrays than the caller allows: refused before parsing holds the loop."""
+
+
+def loads(raw: bytes, max_containers: int | None = None) -> Any:
+    """orjson.loads(raw), cheaper for bodies with long data: URLs; raises orjson.JSONDecodeError the same way.
+    With `max_containers`, a body with more `{` and `[` (counted outside the cut-out data: URLs, which have
+    none) raises TooManyContainers before it is parsed."""
     if len(raw) < SPLICE_BODY_BYTES:
+        _count(raw, max_containers)
         return orjson.loads(raw)
     pieces, spans = _cut(raw)
     if not spans:
+        _count(raw, max_containers)
         return orjson.loads(raw)
+    text = b"".join(pieces)
+    _count(text, max_containers)
     try:
-        body = orjson.loads(b"".join(pieces))
+        body = orjson.loads(text)
     except orjson.JSONDecodeError:
         return orjson.loads(raw)  # the caller gets orjson's own error for the body it sent
     view = memoryview(raw)
@@ -43,6 +53,11 @@ def loads(raw: bytes) -> Any:
     if found != len(spans):  # a cut string was a key or inside another string
         return orjson.loads(raw)
     return body
+
+
+def _count(text: bytes, most: int | None) -> None:
+    if most is not None and text.count(b"{") + text.count(b"[") > most:
+        raise TooManyContainers(most)
 
 
 def _cut(raw: bytes) -> tuple[list[bytes], list[tuple[int, int]]]:

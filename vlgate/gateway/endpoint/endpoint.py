@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from vlgate.backends import BackendState
 from vlgate.errors import APIError
+from vlgate.gateway.apis.caps import MAX_JSON_CONTAINERS
 from vlgate.gateway.endpoint import bodyjson
 from vlgate.gateway.endpoint.context import RequestContext
 from vlgate.gateway.endpoint.respond import read_answer, send_error, send_json_bytes, stream_upstream
@@ -110,8 +111,11 @@ class ApiEndpoint:
         ctx.key = gw.keys.check(credentials(header(scope, b"authorization"), header(scope, b"x-api-key")))
         check_json_content_type(scope)
         raw = await reader.read(scope, receive)
-        try:
-            body = bodyjson.loads(raw)  # data: URLs of MBs cost the loop little
+        try:  # data: URLs of MBs cost the loop little; so many objects that parsing would hold it are refused
+            body = bodyjson.loads(raw, MAX_JSON_CONTAINERS)
+        except bodyjson.TooManyContainers:
+            raise APIError(400, f"The request body has more than {MAX_JSON_CONTAINERS} JSON objects and arrays.",
+                           code="array_above_max_length") from None
         except orjson.JSONDecodeError as exc:
             raise APIError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
         ctx.release_key = await gw.key_limits.admit(ctx.key, route.charges)  # released in Gateway.finish
