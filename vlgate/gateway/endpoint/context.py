@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from vlgate.gateway.apis.dialect import Dialect
 from vlgate.gateway.apis.openai.errors import OPENAI
-from vlgate.gateway.endpoint.route import GENERATION, Charges
+from vlgate.gateway.endpoint.charges import GENERATION, Charges
 from vlgate.gateway.observe.usage import StreamEnds, Tokens
 from vlgate.gateway.routing.affinity import Affinity
 

@@ -12,31 +12,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vlgate.gateway.apis.dialect import Dialect
+from vlgate.gateway.endpoint.charges import GENERATION, UTILITY, Charges
+
+__all__ = ["GENERATION", "UTILITY", "ApiRoute", "Charges", "Prepare"]
 
 if TYPE_CHECKING:
     from vlgate.gateway.endpoint.context import RequestContext
     from vlgate.gateway.gateway import Gateway
 
 Prepare = Callable[["Gateway", "RequestContext", dict[str, Any]], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class Charges:
-    """What one request of a route costs its API key's limits (`frontdoor/keylimits.py`).
-
-    `requests`: counts against `requests_per_minute`, once per backend call (a pipeline preset's steps
-    each count). `tokens`: the tokens the backends reported, or for a stream the client left, the ones
-    generated so far, count against `tokens_per_minute`. `concurrency`: each backend call in flight holds
-    one of the key's `concurrency` places.
-    """
-
-    requests: bool = True
-    tokens: bool = True
-    concurrency: bool = True
-
-
-GENERATION = Charges()
-UTILITY = Charges(tokens=False)  # token counting, templates: a backend call, no generation
 
 
 @dataclass(frozen=True, slots=True)

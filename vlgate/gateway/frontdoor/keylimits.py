@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from vlgate.config import KeyLimitConfig
 from vlgate.errors import APIError
-from vlgate.gateway.endpoint.route import GENERATION, Charges
+from vlgate.gateway.endpoint.charges import GENERATION, Charges
 
 WINDOW_S = 60.0
 
