@@ -161,7 +161,8 @@ def test_policy_unit() -> None:
         assert split_host(bad) is None, bad
     assert origin_allowed(None, "localhost:8000", [])
     assert origin_allowed("http://localhost:8000", "localhost:8000", [])
-    assert origin_allowed("http://localhost", "localhost", []) and origin_allowed("http://localhost", "localhost:80", [])
+    assert origin_allowed("http://localhost", "localhost", [])
+    assert origin_allowed("http://localhost", "localhost:80", [])
     assert not origin_allowed("https://localhost", "localhost:80", [])
     assert not origin_allowed("http://localhost:8001", "localhost:8000", [])
     assert not origin_allowed("http://localhost:8000", None, [])

@@ -1,14 +1,17 @@
 """Hot reload (`vlgate reload` and SIGHUP) under steady load: backends join and drain, keys, presets
 and limits change for new requests, not one request fails; a broken file is refused and the old
-config keeps running."""
+config keeps running. `vlgate reload` signals only the process holding the URL's listening socket."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,13 +19,16 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
+from support.llama import free_port
 from support.load import Load
 from support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
 K1, K2 = "key-one-0123456789", "key-two-0123456789"
+OPS = {"name": "ops", "key": K1, "admin": True}  # `vlgate reload` reads the config state: an admin key's view
 
 
 def rewrite(gw: GatewayProcess, config: dict[str, Any]) -> None:
@@ -32,8 +38,9 @@ def rewrite(gw: GatewayProcess, config: dict[str, Any]) -> None:
     gw.config_path.write_text(yaml.safe_dump(data))
 
 
-def vlgate_reload(gw: GatewayProcess, key: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vlgate.cli", "reload", "--url", gw.url, "--api-key", key],
+def vlgate_reload(gw: GatewayProcess | str, key: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    url = gw if isinstance(gw, str) else gw.url
+    return subprocess.run([sys.executable, "-m", "vlgate.cli", "reload", "--url", url, "--api-key", key, *extra],
                           capture_output=True, text=True, timeout=30, check=False)
 
 
@@ -49,7 +56,7 @@ def config_state(gw: GatewayProcess, key: str = K1) -> dict[str, Any]:
 
 def test_reload_under_steady_load(llama_server, tmp_path: Path) -> None:
     a, b = llama_server(slots=2, ctx=2048), llama_server(slots=2, ctx=2048)
-    first = {"gateway": {"api_keys": [K1], "queue": {"size": 64}}, "backends": [{"url": a.url, "name": "a"}]}
+    first = {"gateway": {"api_keys": [OPS], "queue": {"size": 64}}, "backends": [{"url": a.url, "name": "a"}]}
     gw = GatewayProcess(first, tmp_path).start()
     try:
         gw.wait_ready()
@@ -57,7 +64,7 @@ def test_reload_under_steady_load(llama_server, tmp_path: Path) -> None:
         with Load(gw.url, api_key=K1) as load:
             wait_until(lambda: load.ok >= 4, 30, "first answers")
             # b joins, a leaves, a second key, a preset, new limits and timeouts
-            rewrite(gw, {"gateway": {"api_keys": [K1, K2], "queue": {"size": 32, "timeout_s": 20},
+            rewrite(gw, {"gateway": {"api_keys": [OPS, K2], "queue": {"size": 32, "timeout_s": 20},
                                      "request_timeout_s": 120, "health": {"interval_s": 0.5}},
                          "backends": [{"url": b.url, "name": "b"}],
                          "presets": {"haiku": {"description": "a haiku", "prompt": "Write a haiku.", "image": "none"}}})
@@ -74,7 +81,7 @@ def test_reload_under_steady_load(llama_server, tmp_path: Path) -> None:
                                 20, "b serving")
             gone = wait_until(lambda: [x["name"] for x in config_state(gw)["backends"]] == ["b"], 30, "a gone")
             # SIGHUP straight to the process (what `systemctl reload` does): the second key goes again
-            rewrite(gw, {"gateway": {"api_keys": [K1]}, "backends": [{"url": b.url, "name": "b"}]})
+            rewrite(gw, {"gateway": {"api_keys": [OPS]}, "backends": [{"url": b.url, "name": "b"}]})
             assert gw.proc is not None
             os.kill(gw.proc.pid, signal.SIGHUP)
             hup = wait_until(lambda: config_state(gw)["config"]["generation"] == 3, 10, "generation 3")
@@ -92,7 +99,7 @@ def test_reload_under_steady_load(llama_server, tmp_path: Path) -> None:
 
 def test_an_invalid_file_is_refused_and_the_old_config_stays(llama_server, tmp_path: Path) -> None:
     a = llama_server(slots=1, ctx=1024)
-    good = {"gateway": {"api_keys": [K1]}, "backends": [{"url": a.url}]}
+    good = {"gateway": {"api_keys": [OPS]}, "backends": [{"url": a.url}]}
     gw = GatewayProcess(good, tmp_path).start()
     try:
         gw.wait_ready()
@@ -114,3 +121,55 @@ def test_an_invalid_file_is_refused_and_the_old_config_stays(llama_server, tmp_p
         assert config_state(gw)["config"]["reload_error"] == ""
     finally:
         gw.stop()
+
+
+class _Liar(http.server.BaseHTTPRequestHandler):
+    """A server on some port that names another process as the gateway (the attack `reload` must refuse)."""
+
+    victim = 0
+
+    def do_GET(self) -> None:
+        body = json.dumps({"status": "ready", "pid": self.victim, "backends": [],
+                           "config": {"generation": 1, "refused_at": None, "reload_error": ""}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_reload_signals_only_the_process_holding_the_socket(tmp_path: Path) -> None:
+    # a process of ours with "vlgate" in its command line (what the old check trusted); SIGHUP would kill it
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "vlgate"])
+    _Liar.victim = victim.pid
+    liar = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Liar)
+    threading.Thread(target=liar.serve_forever, daemon=True).start()
+    fb = FakeBackend().start()
+    gw = GatewayProcess({"gateway": {"api_keys": [OPS, K2]}, "backends": [{"url": fb.url}]}, tmp_path).start()
+    try:
+        gw.wait_ready()
+        lied = vlgate_reload(f"http://127.0.0.1:{liar.server_address[1]}", K1)
+        assert lied.returncode == 2 and f"process {victim.pid} does not hold the socket" in lied.stderr, lied.stderr
+        # --pid is checked too: the victim does not serve the gateway's URL
+        named = vlgate_reload(gw, K1, "--pid", str(victim.pid))
+        assert named.returncode == 2 and "does not hold the socket" in named.stderr, named.stderr
+        gone = vlgate_reload(f"http://127.0.0.1:{free_port()}", K1, "--pid", str(victim.pid))
+        assert gone.returncode == 2
+        time.sleep(0.3)
+        assert victim.poll() is None  # never signalled
+        assert config_state(gw)["config"]["generation"] == 1
+        user = vlgate_reload(gw, K2)  # a user key does not see the pid
+        assert user.returncode == 2 and "admin key" in user.stderr, user.stderr
+        done = vlgate_reload(gw, K1)  # the gateway itself holds its socket: reloaded
+        assert done.returncode == 0 and done.stdout.startswith("reloaded: generation 2"), done.stdout + done.stderr
+        done = vlgate_reload(gw.url.replace("127.0.0.1", "localhost"), K1)
+        assert done.returncode == 0, done.stderr
+    finally:
+        victim.kill()
+        victim.wait()
+        liar.shutdown()
+        gw.stop()
+        fb.stop()

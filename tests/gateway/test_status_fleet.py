@@ -36,7 +36,8 @@ DASHBOARD = Path(__file__).parents[2] / "vlgate" / "configs" / "grafana-dashboar
 def fleet(llama_server, tmp_path: Path) -> Iterator[tuple[GatewayProcess, list]]:
     servers = [llama_server(slots=2, ctx=1024, mmproj=True) for _ in range(2)]
     config = {"backends": [{"url": s.url} for s in servers],
-              "gateway": {"api_keys": [{"name": "team-a", "key": TEAM_KEY}, PLAIN_KEY], "metrics_token": TOKEN,
+              "gateway": {"api_keys": [{"name": "team-a", "key": TEAM_KEY, "admin": True}, PLAIN_KEY],
+                          "metrics_token": TOKEN,
                           "health": {"interval_s": 0.5}}}
     gw = GatewayProcess(config, tmp_path).start()
     _wait_ready(gw, 2)
@@ -169,8 +170,9 @@ def test_probes_answer_status_only_without_a_key(fleet) -> None:
     assert httpx.get(gw.url + "/ready", headers={"Authorization": "Bearer wrong"}, timeout=5).json() == {"status": "ready"}
     detail = httpx.get(gw.url + "/ready", headers={"Authorization": f"Bearer {PLAIN_KEY}"}, timeout=5).json()
     assert [b["name"] for b in detail["backends"]] == ["backend-0", "backend-1"]
+    assert "url" not in detail["backends"][0] and "config" not in detail  # a user key: no addresses
     anthropic_style = httpx.get(gw.url + "/ready", headers={"x-api-key": TEAM_KEY}, timeout=5).json()
-    assert len(anthropic_style["backends"]) == 2
+    assert len(anthropic_style["backends"]) == 2 and anthropic_style["backends"][0]["url"].startswith("http://")
     assert httpx.get(gw.url + "/health", timeout=5).json() == {"status": "ok"}
     r = httpx.get(gw.url + "/status", timeout=5)
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"

@@ -24,6 +24,7 @@ from support.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.slow
 
+USER_KEY = "sk-user-team-b-0123456789"
 KEY = "sk-page-test-key"
 
 
@@ -81,7 +82,9 @@ def _until(predicate, timeout: float, what: str) -> float:
 def test_page_shows_the_fleet_and_a_killed_backend(llama_server, tmp_path: Path, browser: WebDriver) -> None:
     servers = [llama_server(slots=2, ctx=1024) for _ in range(2)]
     gw = GatewayProcess({"backends": [{"url": s.url, "name": f"cpu{i}"} for i, s in enumerate(servers)],
-                         "gateway": {"api_keys": [{"name": "ops", "key": KEY}], "health": {"interval_s": 1}}},
+                         "gateway": {"api_keys": [{"name": "ops", "key": KEY, "admin": True},
+                                                 {"name": "team-b", "key": USER_KEY}],
+                                    "health": {"interval_s": 1}}},
                         tmp_path).start()
     try:
         auth = {"Authorization": f"Bearer {KEY}"}
@@ -120,5 +123,19 @@ def test_page_shows_the_fleet_and_a_killed_backend(llama_server, tmp_path: Path,
         browser.refresh()
         _until(lambda: _card_states(browser).get("cpu0") == "ready", 10, "the page after a reload")
         assert not browser.find_element(By.ID, "keyform").is_displayed()
+
+        # a user key: its own usage, the backends' state, no address and no error text
+        r = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {USER_KEY}"}, timeout=30,
+                       json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        assert r.status_code == 200
+        browser.execute_script(f"sessionStorage.setItem('vlgate.apiKey', '{USER_KEY}')")
+        browser.refresh()
+        _until(lambda: browser.find_element(By.ID, "keyshead").text == "Usage of your key (team-b)", 10,
+               "the user's view")
+        assert _card_states(browser) == {"cpu0": "ready", "cpu1": "down"}
+        keys = browser.find_element(By.ID, "keys").text
+        assert "team-b" in keys and "ops" not in keys
+        text = browser.find_element(By.TAG_NAME, "body").text
+        assert all(s.url.split("//")[1] not in text for s in servers) and "unreachable" not in text
     finally:
         gw.stop()

@@ -164,6 +164,18 @@ def test_text_view_of_a_snapshot() -> None:
     assert lines[-1].split() == ["team-a", "41", "200:40", "429:1", "900", "300", "3"]
 
 
+def test_text_view_of_a_user_snapshot() -> None:
+    """A user key's /status (no url, no errors): the table loses its URL column and says why."""
+    keep = ("name", "state", "slots", "in_flight", "served", "slots_busy", "deferred", "restarts", "gpu_stats",
+            "rps", "tps", "p50_ms", "p99_ms", "ttft_p50_ms")
+    user = {**SNAPSHOT, "role": "user", "key": "team-a",
+            "backends": [{k: b[k] for k in keep if k in b} for b in SNAPSHOT["backends"]]}
+    text = render(user, "http://gw")
+    assert "(key team-a: a user key sees its own usage and no backend addresses)" in text
+    assert "URL" not in text and "127.0.0.1" not in text and "last error" not in text
+    assert text.splitlines()[-1].split()[0] == "team-a"
+
+
 def test_watch_redraws_a_bounded_number_of_times() -> None:
     out = io.StringIO()
     calls = []
