@@ -17,6 +17,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from vlgate.errors import APIError
+from vlgate.gateway.apis.openai.errors import OPENAI
 from vlgate.gateway.frontdoor.hosts import HostPolicy
 
 
@@ -32,9 +34,9 @@ class _HeadersTooLarge(Exception):
     pass
 
 
-_HOST_REFUSED = (b'{"error":{"message":"This gateway serves only its own host names: the Host header is not '
-                 b'localhost, a loopback address or in gateway.allowed_hosts.","type":"permission_error",'
-                 b'"param":null,"code":"host_not_allowed"}}')
+_HOST_REFUSED = OPENAI.error_body(APIError(
+    403, "This gateway serves only its own host names: the Host header is not localhost, a loopback address or "
+    "in gateway.allowed_hosts.", code="host_not_allowed"))
 
 
 async def _refuse_host(scope: Any, receive: Any, send: Any) -> None:
@@ -47,9 +49,10 @@ async def _refuse_host(scope: Any, receive: Any, send: Any) -> None:
 
 
 def _close_with(transport: asyncio.Transport, status: bytes, message: str, extra: bytes = b"") -> None:
-    kind = "service_unavailable" if status.startswith(b"503") else "invalid_request_error"
-    body = ('{"error":{"message":"%s","type":"%s","param":null,"code":"%s"}}'
-            % (message, kind, status.split(b" ", 1)[1].decode().lower().replace(" ", "_"))).encode()
+    """Answer before any request reached the app (no route known yet: OpenAI's dialect) and close."""
+    code = int(status.split(b" ", 1)[0])
+    name = status.split(b" ", 1)[1].decode().lower().replace(" ", "_")
+    body = OPENAI.error_body(APIError(code, message, type="service_unavailable" if code == 503 else None, code=name))
     transport.write(b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
                     + str(len(body)).encode() + b"\r\nconnection: close\r\nx-should-retry: false\r\n" + extra
                     + b"\r\n" + body)
