@@ -238,8 +238,6 @@ def test_a_body_without_an_error_object(raw: bytes, text: str) -> None:
     assert isinstance(openai_error(status, body), openai.InternalServerError)
 
 
-@pytest.mark.xfail(strict=True, reason="complete_error sets status = 400 for a 501 before building the message, "
-                   "so a non-JSON 501 says 'The backend answered 400'")
 def test_a_non_json_501_names_the_status_the_backend_sent() -> None:
     status, body = oai.complete_error(501, b"Not Implemented")
     assert status == 400
@@ -272,10 +270,6 @@ def test_a_completed_stream_error_event_passes_unchanged(case: tuple[int, bytes]
     assert oai.complete_stream_errors(event) == event
 
 
-@pytest.mark.xfail(strict=True, reason="complete_stream_errors takes an event whose code is a string (already "
-                   "complete) as status 500, and client_fault then matches b'invalid' inside "
-                   "'\"type\":\"invalid_request_error\"': the event is rebuilt as code 'invalid_request', "
-                   "param null, n_ctx/n_prompt_tokens dropped")
 @pytest.mark.parametrize("case", [(400, CONTEXT), (501, NO_EMBEDDINGS)])
 def test_a_completed_invalid_request_stream_event_passes_unchanged(case: tuple[int, bytes]) -> None:
     event = b"data: " + oai.complete_error(*case)[1] + b"\n\n"
@@ -326,10 +320,6 @@ def test_error_event_whole_but_its_blank_line_in_the_next_chunk() -> None:
     assert oai.complete_stream_errors(b"data: " + CONTEXT) + b"\n\n" == completed
 
 
-@pytest.mark.xfail(strict=True, reason="complete_stream_errors parses 'data: {...}\\n' (orjson takes the trailing "
-                   "newline as whitespace) and rebuilds the event without that newline: when a chunk ends between the "
-                   "two newlines of the blank line, the client gets 'data: {...}\\n' and no blank line, so the SDK "
-                   "never dispatches the error and the stream looks complete")
 def test_error_event_split_inside_its_blank_line() -> None:
     completed = oai.complete_stream_errors(b"data: " + CONTEXT + b"\n\n")
     out = oai.complete_stream_errors(CHUNK + b"data: " + CONTEXT + b"\n") + oai.complete_stream_errors(b"\n")
@@ -434,10 +424,6 @@ def test_anthropic_stream_errors_rewrites_error_events_only() -> None:
     assert ANTHROPIC.stream_errors(chunk) is chunk  # no "error" anywhere: not even split
 
 
-@pytest.mark.xfail(strict=True, reason="AnthropicDialect.stream_errors rewrites the first half of a split error "
-                   "event as a complete 'The request failed with status 500.' event without its blank line; the "
-                   "second half then follows on the same data line, which no longer parses (unused while "
-                   "AnthropicStreamTap, which buffers whole events, taps every /v1/messages stream)")
 def test_anthropic_error_event_split_across_chunks_passes_as_it_came() -> None:
     event = B11434_ERROR + b"\n\n"
     cut = len(b'event: error\ndata: {"code":400,"mes')

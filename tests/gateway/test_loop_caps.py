@@ -326,6 +326,8 @@ def test_hostile_bodies_leave_health_answering(served: tuple[GatewayProcess, Fak
     lag = float(next(line.split()[-1] for line in metrics.splitlines()
                      if line.startswith("vlgate_event_loop_lag_max_seconds ")))
     print(f"vlgate_event_loop_lag_max_seconds after the hostile bodies: {lag * 1000:.1f} ms")
+    shown = httpx.get(gw.url + "/status").json()["gateway"]["loop_lag_ms"]  # the status page's tile
+    assert isinstance(shown, float) and shown >= 0
 
 
 # -- the loop-lag metric --------------------------------------------------------------------------------------

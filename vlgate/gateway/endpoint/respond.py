@@ -74,8 +74,8 @@ async def stream_upstream(send: Send, upstream: Upstream, ctx: RequestContext) -
                 chunk = tap.feed(chunk)
                 if not chunk:
                     continue
-            else:
-                chunk = ctx.dialect.stream_errors(chunk)  # one substring search unless an error event is there
+            # the backend's mid-stream error events in the route's dialect (one substring search otherwise)
+            chunk = ctx.dialect.stream_errors(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except (WireError, TimeoutError) as exc:
         backend = upstream.backend

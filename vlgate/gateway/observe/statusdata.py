@@ -127,6 +127,7 @@ def _full(gw: Gateway) -> dict[str, Any]:
             "status_503": statuses.get(503, 0),
             "errors_5xx": sum(n for s, n in statuses.items() if s >= 500),
             "retries": int(_counter_total(gw.metrics.retries)),
+            "loop_lag_ms": round(gw.loop_lag.recent_max_s * 1000, 1),  # worst of the last 10-20 s
             "image_cache": {"hits": cache.hits, "misses": cache.misses,
                             "hit_rate": _rate(cache.hits, cache.hits + cache.misses)},
             "affinity": {"hits": b.affinity_hits, "served": served, "hit_rate": _rate(b.affinity_hits, served)},

@@ -81,7 +81,12 @@ class AnthropicDialect:
     def stream_errors(self, chunk: bytes) -> bytes:
         if b"error" not in chunk:
             return chunk
-        return b"\n\n".join(stream_error(e).rstrip(b"\n") if is_error(e) else e for e in chunk.split(b"\n\n"))
+        events = chunk.split(b"\n\n")
+        for i, event in enumerate(events):
+            body = event.rstrip(b"\r\n")
+            if is_error(body) and sse.parse(body)[1] is not None:  # whole events only; a cut one as it came
+                events[i] = stream_error(body)[:-2] + event[len(body):]
+        return b"\n\n".join(events)
 
     def id_headers(self, request_id: bytes) -> list[tuple[bytes, bytes]]:
         return [(b"x-request-id", request_id), (b"request-id", request_id)]

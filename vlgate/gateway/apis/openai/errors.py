@@ -52,13 +52,16 @@ _CLIENT_FAULTS = (b"Failed to parse", b"Unsupported", b"Failed to load image", b
 
 
 def client_fault(status: int, data: bytes) -> bytes | None:
-    """A 400 body for a backend 500 that is really a bad request; None when it is a real server error."""
+    """A 400 body for a backend 500 that is really a bad request (its message says so); None when it is a real
+    server error. Only the message is read: a `type` of `invalid_request_error` is no such marker."""
     if status != 500 or not any(marker in data for marker in _CLIENT_FAULTS):
         return None
     try:
         err = orjson.loads(data)["error"]
         message = str(err["message"])
     except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    if not any(marker.decode() in message for marker in _CLIENT_FAULTS):
         return None
     return orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
                                    "code": "invalid_request"}})
@@ -86,21 +89,23 @@ _KNOWN: dict[str, tuple[str, str, str | None]] = {
 
 def complete_error(status: int, data: bytes) -> tuple[int, bytes]:
     """The status and body to send for a backend's error answer (status >= 400)."""
-    fault = client_fault(status, data)
-    if fault is not None:
-        return 400, fault
-    if status == 501:  # a feature the backend was not started with (e.g. embeddings): no server fault, a 4xx
-        status = 400
     try:
         body: Any = orjson.loads(data)
     except orjson.JSONDecodeError:
         body = None
     err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict) and set(err) >= {"message", "type", "param", "code"} \
+            and isinstance(err.get("code"), (str, type(None))):
+        return backend_status(status, data), data  # already complete (ours, or a node gateway's)
+    fault = client_fault(status, data)
+    if fault is not None:
+        return 400, fault
+    sent = status
+    if status == 501:  # a feature the backend was not started with (e.g. embeddings): no server fault, a 4xx
+        status = 400
     if not isinstance(err, dict):
-        text = data.decode("utf-8", errors="replace").strip()[:500] or f"HTTP {status}"
-        err = {"message": f"The backend answered {status}: {text}"}
-    elif set(err) >= {"message", "type", "param", "code"} and isinstance(err.get("code"), (str, type(None))):
-        return status, data  # already complete
+        text = data.decode("utf-8", errors="replace").strip()[:500] or f"HTTP {sent}"
+        err = {"message": f"The backend answered {sent}: {text}"}
     kind = str(err["type"]) if isinstance(err.get("type"), str) else ""
     openai_type, code, param = _KNOWN.get(kind) or (error_type(status), kind or None, None)
     out = {k: v for k, v in err.items() if k not in ("message", "type", "param", "code")}
@@ -125,7 +130,8 @@ def complete_stream_errors(chunk: bytes) -> bytes:
             except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
                 continue  # split across chunks or not JSON: passed on as it came
             status = code if isinstance(code, int) and 400 <= code < 600 else 500
-            events[i] = b"data: " + complete_error(status, payload)[1]
+            line_end = event[len(event.rstrip(b"\r\n")):]  # a chunk may end inside the blank line: keep it
+            events[i] = b"data: " + complete_error(status, payload)[1] + line_end
     return b"\n\n".join(events)
 
 

@@ -94,6 +94,7 @@ function drawGateway(s) {
     tile("429 queue full", g.status_429, g.status_429 ? "warn" : ""),
     tile("503 unavailable", g.status_503, g.status_503 ? "bad" : ""),
     tile("retries", g.retries, g.retries ? "warn" : ""),
+    tile("event-loop lag", `${fmtNum(g.loop_lag_ms, 0)} ms`, g.loop_lag_ms > 100 ? "bad" : g.loop_lag_ms > 50 ? "warn" : ""),
     tile("image cache hits", fmtPct(g.image_cache.hit_rate)),
     tile("affinity hits", fmtPct(g.affinity.hit_rate)),
   ];
