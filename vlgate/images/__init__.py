@@ -10,8 +10,9 @@ subcommand (`vlgate --help` would take 0.5 s).
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vlgate.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from vlgate.images.grid import GridRule
@@ -30,14 +31,4 @@ _LAZY = {
 __all__ = ["GridRule", "ImageError", "ImageInfo", "ImageNormalizer", "ImageSettings"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)
