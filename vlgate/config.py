@@ -182,8 +182,8 @@ class GatewayConfig(_Strict):
     max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="larger bodies get 413 before buffering")
     request_timeout_s: float = Field(default=900.0, gt=0,
                                      description="non-stream: longest wait for the whole answer (then 503, no retry)")
-    stream_idle_timeout_s: float = Field(default=300.0, gt=0,
-                                         description="streams: no bytes this long -> the stream ends with an error event")
+    stream_idle_timeout_s: float = Field(
+        default=300.0, gt=0, description="streams: no bytes this long -> the stream ends with an error event")
     default_slots: int = Field(default=1, ge=1, description="slots assumed until a backend's /props answers")
     pipeline_parallel: int = Field(default=4, ge=1, le=64,
                                    description="pipeline presets: most step requests one client request runs at once")
@@ -237,7 +237,8 @@ class Config(_Strict):
             try:
                 text = Path(self.gateway.api_keys_file).expanduser().read_text()
             except OSError as exc:
-                raise ConfigError(f"gateway.api_keys_file: cannot read {self.gateway.api_keys_file!r} ({exc.strerror})")
+                raise ConfigError(
+                    f"gateway.api_keys_file: cannot read {self.gateway.api_keys_file!r} ({exc.strerror})") from None
             keys += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
         env = os.environ.get("VLGATE_API_KEYS", "")
         keys += [k.strip() for k in env.split(",") if k.strip()]

@@ -52,7 +52,8 @@ class Script:
         sx, sy = im.width / SIZE[0], im.height / SIZE[1]
 
         def box(b: tuple[int, int, int, int]) -> str:
-            return f"<box><x_{round(b[0] * sx)}><y_{round(b[1] * sy)}><x_{round(b[2] * sx)}><y_{round(b[3] * sy)}></box>"
+            return (f"<box><x_{round(b[0] * sx)}><y_{round(b[1] * sy)}>"
+                    f"<x_{round(b[2] * sx)}><y_{round(b[3] * sy)}></box>")
 
         if prompt == "Segment the core target.":  # the cells coloured like the crop's centre
             gw, gh = im.width // 16, im.height // 16

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
 from support.pipeline_answers import (

@@ -228,7 +228,8 @@ def test_a_backend_becoming_ready_serves_the_queue() -> None:
 
 
 def test_a_reload_of_the_affinity_knobs_reaches_the_policy() -> None:
-    """A reload configures the balancer (Gateway.apply_config); the scheduler and the wait rule read them at each pick."""
+    """A reload configures the balancer (Gateway.apply_config); the scheduler and the wait rule read them
+    at each pick."""
 
     async def scenario() -> None:
         a, b = ready("a", 4), ready("b", 4)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from support.gateway_process import GatewayProcess
 from support.llama import free_port
 from support.wait import wait_until
@@ -54,7 +55,8 @@ def test_idle_drain_keeps_answering_503_for_the_delay(tmp_path: Path, sig: int, 
         closed = next((t - t_sig for t, s in seen if s == "refused"), exited)
         if delay_wanted:  # SIGTERM: a balancer polling readiness has drain_delay_s to see the 503
             assert closed >= 1.45
-            print(f"\n[drain] idle SIGTERM: /ready 503 until {closed:.2f}s (drain_delay_s 1.5), exit 0 at {exited:.2f}s")
+            print(f"\n[drain] idle SIGTERM: /ready 503 until {closed:.2f}s (drain_delay_s 1.5), "
+                  f"exit 0 at {exited:.2f}s")
         else:  # Ctrl-C: nobody's balancer is watching
             assert closed < 1.0
     finally:
@@ -127,8 +129,9 @@ def test_sigterm_with_streams_in_flight(llama_server, tmp_path: Path) -> None:
             [(round(t - t_term, 3), s) for t, s in seen], {i: round(t - t_term, 3) for i, (t, _) in ends.items()})
         answers = [s for _, s in seen]
         assert "refused" not in answers or 503 not in answers[answers.index("refused"):]  # closed once, for good
-        print(f"\n[drain] SIGTERM with {STREAMS} streams (1 running, {r['queued']} queued): streams ended {last_end - t_term:.2f}s after "
-              f"the signal; /ready 503 on all {len(before_end)} probes until then; listener closed and exit 0 "
+        print(f"\n[drain] SIGTERM with {STREAMS} streams (1 running, {r['queued']} queued): "
+              f"streams ended {last_end - t_term:.2f}s after the signal; "
+              f"/ready 503 on all {len(before_end)} probes until then; listener closed and exit 0 "
               f"{t_exit - last_end:.2f}s after the last stream")
     finally:
         gw.stop()
@@ -174,7 +177,8 @@ def test_aliases_drain_like_v1(llama_server, tmp_path: Path) -> None:
             r = httpx.post(gw.url + path, json=late, timeout=10)
             assert r.status_code == 503, (path, r.status_code, r.text)
             err = r.json()["error"]
-            assert (err["type"] if path == "/v1/messages" else err["code"]) in ("draining", "overloaded_error"), (path, r.text)
+            kind = err["type"] if path == "/v1/messages" else err["code"]
+            assert kind in ("draining", "overloaded_error"), (path, r.text)
             assert r.headers["retry-after"] == "1"
         for t in threads:
             t.join(90)

@@ -9,6 +9,7 @@ import time
 import httpx
 import openai
 import pytest
+
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
 
@@ -63,7 +64,8 @@ def raw_request(port: int, head: bytes, timeout: float = 5.0) -> bytes:
 
 def test_oversized_headers_are_431(gw) -> None:
     gateway, _ = gw
-    big = raw_request(gateway.port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 64 * 1024 + b"\r\n\r\n")
+    big = raw_request(gateway.port,
+                      b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 64 * 1024 + b"\r\n\r\n")
     assert big.startswith(b"HTTP/1.1 431"), big[:200]
     assert b"x-should-retry: false" in big and b'"code":"request_header_fields_too_large"' in big
     many = b"".join(b"X-H%d: v\r\n" % i for i in range(40))

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
-
 from vlgate.config import ConfigError, parse_config
 from vlgate.gateway.frontdoor.hosts import HostPolicy, origin_allowed, split_host
 

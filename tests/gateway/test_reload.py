@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
 from support.llama import free_port
@@ -90,8 +91,9 @@ def test_reload_under_steady_load(llama_server, tmp_path: Path) -> None:
             wait_until(lambda: load.ok >= ok_before + 4, 30, "answers after the reloads")
         assert load.failed == [] and load.ok > 8
         applied = re.findall(r"config reloaded in (\d+) ms", gw.log())
-        print(f"\n[reload] applied in {', '.join(applied)} ms (gateway log); `vlgate reload` round trip {took:.2f}s; new backend serving {joined:.2f}s later, the removed "
-              f"one drained and gone after {gone:.2f}s more; SIGHUP to new generation {hup:.2f}s; "
+        print(f"\n[reload] applied in {', '.join(applied)} ms (gateway log); `vlgate reload` round trip {took:.2f}s; "
+              f"new backend serving {joined:.2f}s later, the removed one drained and gone after {gone:.2f}s more; "
+              f"SIGHUP to new generation {hup:.2f}s; "
               f"{load.ok} requests under load, 0 failed")
     finally:
         gw.stop()
@@ -110,7 +112,8 @@ def test_an_invalid_file_is_refused_and_the_old_config_stays(llama_server, tmp_p
         ready = httpx.get(gw.url + "/ready", headers={"Authorization": f"Bearer {K1}"})
         assert ready.status_code == 200  # still serving, on the old config
         assert ready.json()["config"]["generation"] == 1
-        assert "gateway.queue.size: Input should be greater than or equal to 0" in ready.json()["config"]["reload_error"]
+        reload_error = ready.json()["config"]["reload_error"]
+        assert "gateway.queue.size: Input should be greater than or equal to 0" in reload_error
         assert "config reload refused" in gw.log()
         assert status(gw, K1) == 200 and status(gw, K2) == 401  # the old keys
         gw.config_path.write_text("gateway: [unclosed\n")

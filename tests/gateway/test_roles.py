@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
-
 from vlgate.backends import Backend
 from vlgate.config import parse_config
 from vlgate.gateway.frontdoor.auth import KeyChecker, key_name

@@ -20,8 +20,8 @@ import openai
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from support.gateway_process import GatewayProcess
 
+from support.gateway_process import GatewayProcess
 from vlgate.gateway.frontdoor.auth import key_name
 
 pytestmark = pytest.mark.slow
@@ -167,7 +167,8 @@ def test_probes_answer_status_only_without_a_key(fleet) -> None:
     gw, _ = fleet
     r = httpx.get(gw.url + "/ready", timeout=5)
     assert r.status_code == 200 and r.json() == {"status": "ready"}
-    assert httpx.get(gw.url + "/ready", headers={"Authorization": "Bearer wrong"}, timeout=5).json() == {"status": "ready"}
+    wrong = httpx.get(gw.url + "/ready", headers={"Authorization": "Bearer wrong"}, timeout=5)
+    assert wrong.json() == {"status": "ready"}
     detail = httpx.get(gw.url + "/ready", headers={"Authorization": f"Bearer {PLAIN_KEY}"}, timeout=5).json()
     assert [b["name"] for b in detail["backends"]] == ["backend-0", "backend-1"]
     assert "url" not in detail["backends"][0] and "config" not in detail  # a user key: no addresses

@@ -20,6 +20,7 @@ from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+
 from support.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.slow
@@ -45,7 +46,8 @@ def _ensure_chromium() -> str:
 @pytest.fixture(scope="session")
 def browser() -> Iterator[WebDriver]:
     options = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1050"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1050"):
         options.add_argument(arg)
     options.binary_location = shutil.which("chromium") or ""
     driver = webdriver.Chrome(service=Service(_ensure_chromium()), options=options)
@@ -65,7 +67,8 @@ def _tokens_per_s(driver: WebDriver, backend: str) -> float:
     try:
         card = driver.find_element(By.CSS_SELECTOR, f'article.card[data-backend="{backend}"]')
         terms = card.find_elements(By.TAG_NAME, "dt")
-        value = next(t.find_element(By.XPATH, "following-sibling::dd[1]").text for t in terms if t.text == "req/s · tok/s")
+        value = next(t.find_element(By.XPATH, "following-sibling::dd[1]").text
+                     for t in terms if t.text == "req/s · tok/s")
         return float(value.split("·")[1].replace(",", ""))
     except (StaleElementReferenceException, StopIteration, ValueError):
         return 0.0

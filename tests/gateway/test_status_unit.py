@@ -9,12 +9,12 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from vlgate.cli.status import render, watch
 from vlgate.config import ConfigError, NamedKey, parse_config
 from vlgate.errors import APIError
 from vlgate.gateway.frontdoor.auth import KeyChecker, bearer_matches, key_name
 from vlgate.gateway.observe.timeline import Timeline
 from vlgate.gateway.observe.usage import KeyUsage, StreamEnds, Tokens, answer_tokens
-from vlgate.cli.status import render, watch
 
 
 def sse(*events: dict) -> bytes:
@@ -38,7 +38,8 @@ def test_stream_ends_keep_head_and_tail_only() -> None:
 
 
 @pytest.mark.parametrize(("events", "expected"), [
-    ([{"choices": [{"delta": {"content": "hi"}}]}, {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}],
+    ([{"choices": [{"delta": {"content": "hi"}}]},
+      {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}],
      Tokens(7, 3)),  # chat stream with include_usage
     # Responses: the completed event carries the whole answer, longer than the tail: only its usage is read
     ([{"type": "response.completed", "response": {"output": [{"text": "y" * 40000}],
@@ -233,8 +234,9 @@ def test_gpu_numbers_and_the_gpu_label_under_up(monkeypatch: pytest.MonkeyPatch)
     assert fake.closed
 
     class _Scraper:
-        last: ClassVar = {"gpu0": Scrape(_parse("# TYPE llamacpp:requests_processing gauge\nllamacpp:requests_processing 2\n"),
-                               1, 4, Gpus().sample("0"), 0.002, 0.0)}
+        last: ClassVar = {"gpu0": Scrape(_parse("# TYPE llamacpp:requests_processing gauge\n"
+                                                "llamacpp:requests_processing 2\n"),
+                                         1, 4, Gpus().sample("0"), 0.002, 0.0)}
 
     registry = CollectorRegistry()
     registry.register(FleetCollector(_Scraper(), [Backend(url="http://x", name="gpu0", gpu="0"),  # type: ignore[arg-type]

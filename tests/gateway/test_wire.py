@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import ClassVar
 
 import orjson
 import pytest
@@ -282,8 +283,9 @@ def test_hop_by_hop_headers_are_not_passed_on() -> None:
     from vlgate.gateway.forward.forwarder import Upstream
 
     class FakeResponse:
-        headers = [(b"content-type", b"application/json"), (b"connection", b"keep-alive, x-secret"),
-                   (b"x-secret", b"1"), (b"keep-alive", b"timeout=5"), (b"upgrade", b"h2c"), (b"x-kept", b"2")]
+        headers: ClassVar = [(b"content-type", b"application/json"), (b"connection", b"keep-alive, x-secret"),
+                             (b"x-secret", b"1"), (b"keep-alive", b"timeout=5"), (b"upgrade", b"h2c"),
+                             (b"x-kept", b"2")]
 
     upstream = Upstream.__new__(Upstream)
     upstream.response = FakeResponse()  # type: ignore[assignment]  # only .headers is read

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from support.gateway_process import GatewayProcess
 from support.hostile import HostileBackend
 

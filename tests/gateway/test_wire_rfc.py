@@ -20,7 +20,8 @@ from vlgate.gateway.forward.wire import Pool, WireError
 SETTINGS = settings(max_examples=120, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-TOKEN = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~", min_size=1, max_size=12)
+TOKEN = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~",
+                min_size=1, max_size=12)
 VCHAR = "".join(chr(c) for c in range(0x21, 0x7F))
 FRAMED = {"content-length", "transfer-encoding", "connection", "keep-alive"}
 
@@ -237,8 +238,8 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
     (b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 2\r\n\r\n{}", "obs-fold"),
     (b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\n{}", "not HTTP/1.x"),
     (b"HTTP/1.1 099 Low\r\nContent-Length: 2\r\n\r\n{}", "status below 100"),
-    (b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(MAX_FIELDS + 1)) + b"Content-Length: 2\r\n\r\n{}",
-     "too many fields"),
+    (b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(MAX_FIELDS + 1))
+     + b"Content-Length: 2\r\n\r\n{}", "too many fields"),
     (b"HTTP/1.1 200 OK\r\nX: " + b"v" * MAX_HEAD_BYTES + b"\r\nContent-Length: 2\r\n\r\n{}", "head too large"),
     (b"HTTP/1.1 103 Hints\r\nLink: x\r\n\r\n" * (MAX_HEAD_BYTES // 30) + OK, "endless 1xx"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n"

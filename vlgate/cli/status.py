@@ -63,7 +63,8 @@ def render(s: dict[str, Any], url: str) -> str:
                  f"{_n(g['tps'])} tok/s, p50 {_n(g.get('p50_ms'))} ms, p99 {_n(g.get('p99_ms'))} ms, "
                  f"TTFT p50 {_n(g.get('ttft_p50_ms'))} ms")
     lines.append(f"  requests {g['requests']}, 429 {g['status_429']}, 503 {g['status_503']}, "
-                 f"retries {g['retries']}, image cache hits {_pct(g['image_cache']['hit_rate'])}, affinity hits {_pct(g['affinity']['hit_rate'])}")
+                 f"retries {g['retries']}, image cache hits {_pct(g['image_cache']['hit_rate'])}, "
+                 f"affinity hits {_pct(g['affinity']['hit_rate'])}")
     admin = s.get("role", "admin") == "admin"
     if not admin:
         lines.append(f"  (key {s.get('key')}: a user key sees its own usage and no backend addresses)")
