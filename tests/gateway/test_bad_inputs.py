@@ -3,14 +3,13 @@ backend, and the gateway keeps serving (no 500 from our own code, nothing in its
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 import openai
 import pytest
 
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
+from support.rawhttp import raw_request as raw
 
 JSON = {"Content-Type": "application/json"}
 
@@ -65,14 +64,6 @@ def test_wrong_types_through_the_sdk(gw) -> None:
         assert exc.value.body["param"], (extra, exc.value.body)  # type: ignore[index]
     assert len(fb.chat_requests()) == before
 
-
-def raw(port: int, request: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(request)
-        out = b""
-        while chunk := s.recv(65536):
-            out += chunk
-    return out
 
 
 @pytest.mark.parametrize("path", [b"/v1/../health", b"//v1/chat/completions", b"/v1/chat/completions%00",

@@ -12,6 +12,7 @@ import pytest
 
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
+from support.rawhttp import raw_request
 
 JSON = {"Content-Type": "application/json"}
 HELLO = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -52,14 +53,6 @@ def test_post_bodies_must_be_json(gw, ctype: str | None) -> None:
                     headers={"Content-Type": "application/json; charset=utf-8"})
     assert ok.status_code == 200
 
-
-def raw_request(port: int, head: bytes, timeout: float = 5.0) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(head)
-        out = b""
-        while chunk := s.recv(65536):
-            out += chunk
-    return out
 
 
 def test_oversized_headers_are_431(gw) -> None:

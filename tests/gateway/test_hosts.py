@@ -7,7 +7,6 @@ before any route runs, nothing reaches a backend); `/admin` takes JSON only and 
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import httpx
@@ -15,6 +14,7 @@ import pytest
 
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
+from support.rawhttp import raw_request as raw
 from vlgate.config import ConfigError, parse_config
 from vlgate.gateway.frontdoor.hosts import HostPolicy, origin_allowed, split_host
 
@@ -70,14 +70,6 @@ def test_loopback_and_allowlisted_hosts_are_served(gw, host: str) -> None:
     assert call(gateway, "GET", "/status", host).status_code == 200
     assert call(gateway, "POST", UNPARK, host).json()["error"]["code"] == "not_parked"
 
-
-def raw(port: int, head: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(head)
-        out = b""
-        while chunk := s.recv(65536):
-            out += chunk
-    return out
 
 
 def test_missing_repeated_host_and_pipelining(gw) -> None:
