@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -83,8 +83,27 @@ def judge(stream: bool, r: httpx.Response | None, raw: str) -> tuple[str, str]:
     return f"status {r.status_code}", f"{dict(r.headers)} {raw[:300]}"
 
 
-class SteadyLoad:
+class _Background:
+    """A test's background thread (`_thread`, stopped by `_stop`) as a context manager, joined within JOIN_S."""
+
+    JOIN_S = 5.0
+    _thread: threading.Thread
+    _stop: threading.Event
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(self.JOIN_S)
+        assert not self._thread.is_alive(), f"{type(self).__name__} did not stop"
+
+
+class SteadyLoad(_Background):
     """`workers` clients in a thread of their own, half streams, until stop(); bounded by `max_requests`."""
+
+    JOIN_S = 60.0
 
     def __init__(self, url: str, workers: int = 6, max_tokens: int = 16, max_requests: int = 5000) -> None:
         self.url, self.workers, self.max_tokens, self.max_requests = url, workers, max_tokens, max_requests
@@ -109,14 +128,6 @@ class SteadyLoad:
             r, raw = await post_chat(client, self.url, body)
             self.outcomes.append(Outcome("stream" if stream else "plain", t0, time.monotonic(), *judge(stream, r, raw)))
 
-    def __enter__(self) -> SteadyLoad:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(60)
-        assert not self._thread.is_alive(), "load did not stop"
 
     def counts(self) -> dict[str, int]:
         return dict(sorted(Counter(f"{o.kind} {o.result}" for o in self.outcomes).items()))
@@ -125,7 +136,7 @@ class SteadyLoad:
         return [o for o in self.outcomes if o.result not in GOOD]
 
 
-class StateLog:
+class StateLog(_Background):
     """The gateway's view of one backend (its /ready), sampled every 50 ms in a thread."""
 
     def __init__(self, gw: GatewayProcess, name: str) -> None:
@@ -159,13 +170,6 @@ class StateLog:
     def ready_between(self, start: float, end: float) -> list[tuple[float, str, str]]:
         return [s for s in self.samples if start <= s[0] <= end and s[1] == "ready"]
 
-    def __enter__(self) -> StateLog:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
@@ -173,6 +177,18 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
     while not cond():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.005)
+
+
+def check_held_requests_failed_cleanly(load: SteadyLoad, held: set[str], out_t: float, frozen_at: float,
+                                       request_timeout_s: float, idle_s: float) -> None:
+    """The requests the frozen backend held ended with errors the client sees (an error event for a stream, a
+    503 for a plain one); only those failed (none started after it left rotation), each within its bound."""
+    counts = load.counts()
+    assert "stream" not in held or counts.get("stream error event", 0) >= 1, counts
+    assert "plain" not in held or counts.get("plain error 503", 0) >= 1, counts
+    errors = [o for o in load.outcomes if o.result != "ok"]
+    assert all(o.t0 <= out_t + 0.1 for o in errors), [o for o in errors if o.t0 > out_t + 0.1]
+    check_errors_timed(load, frozen_at, request_timeout_s, idle_s)
 
 
 def check_errors_timed(load: SteadyLoad, frozen_at: float, request_timeout_s: float, idle_s: float) -> None:
@@ -276,12 +292,7 @@ def test_a_sigstopped_llama_server_leaves_rotation_and_comes_back_under_load(
         assert load.bad() == [], f"{load.bad()[:5]}\n{load.counts()}"
         assert out_s <= out_window + SLACK_S and back_s <= back_window + SLACK_S
         # the requests it held when frozen ended with errors the client sees, each within its own timeout
-        counts = load.counts()
-        assert "stream" not in held or counts.get("stream error event", 0) >= 1, counts
-        assert "plain" not in held or counts.get("plain error 503", 0) >= 1, counts
-        errors = [o for o in load.outcomes if o.result != "ok"]
-        assert all(o.t0 <= out_t + 0.1 for o in errors), [o for o in errors if o.t0 > out_t + 0.1]
-        check_errors_timed(load, frozen_at, request_timeout_s, idle_s)
+        check_held_requests_failed_cleanly(load, held, out_t, frozen_at, request_timeout_s, idle_s)
         # new work went to the live backends meanwhile, and to the victim again after its return
         assert len([o for o in load.outcomes if o.result == "ok" and out_t < o.t0 and o.t1 < cont_at]) > 0
         assert served_before > 0 and predicted_after > predicted
@@ -338,12 +349,7 @@ def test_a_wedged_generation_is_taken_out_by_the_watchdog_and_back_once_it_progr
         assert out_state == "suspect" and out_reason.startswith("wedged: slot"), out_reason
         assert out_s <= out_window + SLACK_S and back_s <= back_window + SLACK_S
         assert flaps == [], "a backend still wedged came back into rotation"
-        counts = load.counts()
-        assert "stream" not in held or counts.get("stream error event", 0) >= 1, counts
-        assert "plain" not in held or counts.get("plain error 503", 0) >= 1, counts
-        errors = [o for o in load.outcomes if o.result != "ok"]
-        assert all(o.t0 <= out_t + 0.1 for o in errors), [o for o in errors if o.t0 > out_t + 0.1]
-        check_errors_timed(load, frozen_at, request_timeout_s, idle_s)
+        check_held_requests_failed_cleanly(load, held, out_t, frozen_at, request_timeout_s, idle_s)
         assert wedgy.completed > completed, "no work reached it after its return"
         assert "Traceback" not in gw.log() and "Internal gateway error" not in gw.log()
     finally:

@@ -12,6 +12,7 @@ import pytest
 
 from support.gateway_process import GatewayProcess
 from support.hostile import HostileBackend
+from support.stack import stopped_at_exit
 
 
 def chat(text: str) -> dict:
@@ -20,20 +21,17 @@ def chat(text: str) -> dict:
 
 @pytest.fixture
 def hostile(tmp_path: Path) -> Iterator:
-    started: list[tuple[GatewayProcess, HostileBackend]] = []
+    with stopped_at_exit() as started:
 
-    def make(mode: str, **gateway_cfg) -> tuple[GatewayProcess, HostileBackend]:
-        fb = HostileBackend(mode=mode).start()
-        gw = GatewayProcess({"backends": [{"url": fb.url}], "gateway": gateway_cfg}, tmp_path)
-        started.append((gw, fb))
-        gw.start()
-        gw.wait_ready()
-        return gw, fb
+        def make(mode: str, **gateway_cfg) -> tuple[GatewayProcess, HostileBackend]:
+            fb = HostileBackend(mode=mode).start()
+            gw = GatewayProcess({"backends": [{"url": fb.url}], "gateway": gateway_cfg}, tmp_path)
+            started.append((gw, fb))
+            gw.start()
+            gw.wait_ready()
+            return gw, fb
 
-    yield make
-    for gw, fb in started:
-        gw.stop()
-        fb.stop()
+        yield make
 
 
 def test_early_hints_then_the_answer_each_user_gets_their_own(hostile) -> None:

@@ -15,6 +15,7 @@ from PIL import Image
 
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
+from support.stack import stopped_at_exit
 
 pytestmark = pytest.mark.slow
 
@@ -113,19 +114,16 @@ def test_backend_receives_only_grid_sized_data_urls(tmp_path: Path) -> None:
 @pytest.fixture
 def fake_behind_gateway(tmp_path: Path):
     """Factory: a scripted backend behind a gateway with the given `images:` settings."""
-    started: list[tuple[GatewayProcess, FakeBackend]] = []
+    with stopped_at_exit() as started:
 
-    def make(images: dict | None = None) -> tuple[GatewayProcess, FakeBackend]:
-        fb = FakeBackend().start()
-        gw = GatewayProcess({"backends": [{"url": fb.url}], "images": images or {}}, tmp_path).start()
-        started.append((gw, fb))
-        gw.wait_ready()
-        return gw, fb
+        def make(images: dict | None = None) -> tuple[GatewayProcess, FakeBackend]:
+            fb = FakeBackend().start()
+            gw = GatewayProcess({"backends": [{"url": fb.url}], "images": images or {}}, tmp_path).start()
+            started.append((gw, fb))
+            gw.wait_ready()
+            return gw, fb
 
-    yield make
-    for gw, fb in started:
-        gw.stop()
-        fb.stop()
+        yield make
 
 
 def test_ssrf_urls_are_refused_by_default(fake_behind_gateway) -> None:

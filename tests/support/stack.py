@@ -50,3 +50,15 @@ def fake_behind_gateway(tmp: Path, gateway: dict[str, Any] | None = None,
     finally:
         gw.stop()
         fb.stop()
+
+
+@contextlib.contextmanager
+def stopped_at_exit() -> Iterator[list[tuple[GatewayProcess, Any]]]:
+    """A list a test fixture appends its (gateway, backend) pairs to: all stopped, by PID, when it ends."""
+    started: list[tuple[GatewayProcess, Any]] = []
+    try:
+        yield started
+    finally:
+        for gw, backend in started:
+            gw.stop()
+            backend.stop()
