@@ -131,6 +131,17 @@ class WatchdogConfig(_Strict):
     slots_timeouts: int = Field(default=3, ge=1, description="/slots timing out this many times in a row: wedged")
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry traces (gateway/observe/tracing.py; `pip install 'vlgate[otel]'`). Left unset, the standard
+    OTEL_* variables decide: on when OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set."""
+
+    enabled: bool | None = Field(default=None, description="true: on (the SDK's default endpoint when none is "
+                                 "given); false: off even with OTEL_* set; unset: on when an OTLP endpoint is set")
+    endpoint: str | None = Field(default=None, description="the collector's OTLP/HTTP base URL, e.g. "
+                                 "http://otel-collector:4318 (/v1/traces is appended); default: the OTEL_* variables")
+    service_name: str | None = Field(default=None, description="service.name; default OTEL_SERVICE_NAME, else vlgate")
+
+
 class KeyLimitConfig(_Strict):
     """Limits of one API key (by name): unset = unlimited."""
 
@@ -205,6 +216,7 @@ class GatewayConfig(_Strict):
     key_limits: dict[str, KeyLimitConfig] = Field(
         default_factory=dict, description="per API key name; '*' applies to every key without its own entry")
     outlier: OutlierConfig = OutlierConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @field_validator("allowed_hosts")
     @classmethod

@@ -17,7 +17,8 @@ from support.llama import free_port
 
 
 class GatewayProcess:
-    def __init__(self, config: dict[str, Any], workdir: Path, args: list[str] | None = None) -> None:
+    def __init__(self, config: dict[str, Any], workdir: Path, args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # drain_delay_s 0: tests stop many gateways and no load balancer watches them (test_drain.py sets it)
@@ -31,6 +32,7 @@ class GatewayProcess:
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / f"gateway-{self.port}.log"
         self.args = args or []
+        self.env = env or {}  # on top of this process's environment (OTEL_* for the tracing tests)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> GatewayProcess:
@@ -38,7 +40,7 @@ class GatewayProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "vlgate.cli", "serve", "--config", str(self.config_path), *self.args],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -23,7 +23,7 @@ from vlgate.gateway.apis.responses import routes as responses
 from vlgate.gateway.endpoint.dispatch import GatewayApp, api_endpoints, starlette_routes
 from vlgate.gateway.endpoint.route import ApiRoute
 from vlgate.gateway.gateway import Gateway, backends_from_config
-from vlgate.gateway.observe import page
+from vlgate.gateway.observe import page, tracing
 from vlgate.gateway.observe.accesslog import AccessLog
 from vlgate.gateway.routes import admin, capacity, probes
 
@@ -59,6 +59,7 @@ def create_app(config: Config, backends: list[Backend] | None = None, *, poll_he
                reload_config: Callable[[], Config] | None = None) -> GatewayApp:
     """The gateway app. `poll_health=False`: the launcher owns backend state (`vlgate up`).
     `reload_config`: re-reads the config on SIGHUP (gateway/reload.py)."""
+    tracing.setup(config.gateway.tracing)  # OpenTelemetry when OTEL_* or gateway.tracing ask for it (once a process)
     gw = Gateway(config, backends if backends is not None else backends_from_config(config),
                  manage_state=poll_health, reload_config=reload_config)
 

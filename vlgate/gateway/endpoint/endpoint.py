@@ -29,6 +29,7 @@ from vlgate.gateway.endpoint.route import ApiRoute
 from vlgate.gateway.frontdoor.auth import credentials
 from vlgate.gateway.frontdoor.bodies import BodyReader, ClientGone
 from vlgate.gateway.gateway import Gateway
+from vlgate.gateway.observe import tracing
 
 log = logging.getLogger("vlgate.gateway.endpoint")
 
@@ -85,6 +86,7 @@ class ApiEndpoint:
                 await send_error(send, DRAINING, ctx)
                 return
             gw.admitted += 1
+        span = tracing.request(scope, route, ctx.id) if tracing.ENABLED else None  # the trace (observe/tracing.py)
         status = 500
         limits = gw.config.gateway.limits
         body = BodyReader(gw.bodies, gw.config.gateway.max_body_bytes, limits.body_timeout_s)
@@ -104,6 +106,8 @@ class ApiEndpoint:
             if route.drains:
                 gw.admitted -= 1
             gw.finish(ctx, status)
+            if span is not None:
+                tracing.finish(span, ctx, status)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext,
                       reader: BodyReader) -> int:
@@ -119,6 +123,8 @@ class ApiEndpoint:
         except orjson.JSONDecodeError as exc:
             raise APIError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
         ctx.release_key = await gw.key_limits.admit(ctx.key, route.charges)  # released in Gateway.finish
+        if tracing.ENABLED:
+            tracing.request_body(route, body)
         await route.prepare(gw, ctx, body)
         if ctx.body_changed:
             raw = orjson.dumps(body)
@@ -134,7 +140,7 @@ class ApiEndpoint:
         try:
             if ctx.respond is not None:  # a preset pipeline: several backend requests, answered by the gateway
                 return await ctx.respond(send)
-            upstream = await gw.forwarder.send(route.upstream, raw, ctx.affinity, ctx.stream, route.takes_slot)
+            upstream = await gw.forwarder.send(route.upstream, raw, ctx.affinity, ctx.stream, route.takes_slot, ctx.id)
             ctx.backend = upstream.backend.name
             ctx.attempts = upstream.attempts
             ctx.ttfb = time.perf_counter() - ctx.started

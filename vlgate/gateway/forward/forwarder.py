@@ -31,6 +31,7 @@ from vlgate.gateway.forward.wire import (
     HeadTooLarge,
     Response,
 )
+from vlgate.gateway.observe import tracing
 from vlgate.gateway.routing.affinity import Affinity
 from vlgate.gateway.routing.balancer import Balancer
 
@@ -110,11 +111,15 @@ class Forwarder:
         self.outliers.cfg = cfg.outlier
 
     async def _attempt(self, path: str, body: bytes, affinity: Affinity | None, tried: set[Backend],
-                       attempt: int, stream: bool, slot: bool = True) -> Upstream:
+                       attempt: int, stream: bool, slot: bool = True, request_id: str = "") -> Upstream:
         # prefer a backend not yet tried; fall back to any when every one has been tried
         fresh = any(b.available and b not in tried for b in self.balancer.backends)
         untried = frozenset(tried) if fresh else frozenset()
-        backend = await self.balancer.acquire(affinity, untried) if slot else self.balancer.least_loaded(untried)
+        if slot:
+            with tracing.queue():  # a span when traces are on (observe/tracing.py), else a no-op
+                backend = await self.balancer.acquire(affinity, untried)
+        else:
+            backend = self.balancer.least_loaded(untried)
         tried.add(backend)
         released = not slot  # nothing to give back for work that took no slot
 
@@ -125,49 +130,57 @@ class Forwarder:
                 self.balancer.release(backend)
 
         headers = "".join(f"{k}: {v}\r\n" for k, v in backend.auth_headers().items()).encode("latin-1")
+        if request_id:  # endpoint.request_id: ASCII letters, digits, - and _ only
+            headers += b"X-Request-ID: " + request_id.encode() + b"\r\n"
         # llama-server sends a stream's headers with its first token, but a non-stream answer's only when
         # the whole answer is ready: the first-byte timeout can only judge streams
         wait = self.cfg.retry.first_byte_timeout_s if stream else self.cfg.request_timeout_s
         # a non-stream answer is whole within request_timeout_s, its body too (a read past it raises TimeoutError)
         deadline = None if stream else asyncio.get_running_loop().time() + wait
-        try:
-            async with asyncio.timeout(wait):
-                # a stream that stalls stream_idle_timeout_s ends with an error event (the read raises TimeoutError)
-                resp = await self.client.pool(backend.url).post(
-                    path, body, headers, self.cfg.stream_idle_timeout_s if stream else None, deadline)
-        except TimeoutError:
-            release()
-            if not stream:  # a slow answer, not a broken backend: replaying it elsewhere would double the load
-                raise APIError(503, f"The backend did not answer within request_timeout_s ({wait:g}s).",
-                               code="backend_timeout", headers={"Retry-After": "1"}) from None
-            self.outliers.failure(backend, BackendState.SUSPECT, "no response headers within first_byte_timeout")
-            raise Retryable(f"{backend.name}: no response within {wait:g}s", backend) from None
-        except (Disconnected, OSError) as exc:
-            release()
-            self.outliers.failure(backend, BackendState.DOWN, f"connection failed: {type(exc).__name__}")
-            raise Retryable(f"{backend.name}: {type(exc).__name__}: {exc}", backend) from exc
-        except BadResponse as exc:  # an answer that is not HTTP: nothing reached the client yet
-            release()
-            self.outliers.failure(backend, BackendState.SUSPECT, f"bad response: {type(exc).__name__}")
-            if isinstance(exc, HeadTooLarge):  # as NGINX and Envoy: a 502, not replayed elsewhere
-                raise APIError(502, f"The backend's response head is too large ({exc}).",
-                               code="backend_response_too_large") from None
-            raise Retryable(f"{backend.name}: bad response ({type(exc).__name__})", backend) from exc
-        except BaseException:
-            release()
-            raise
-        if resp.status == 503:
-            # "Loading model" (or no slot): this backend is not ready; another may be
-            text = (await resp.read()).decode(errors="replace")[:200]
-            resp.release()
-            release()
-            if "loading" in text.lower():  # not a failure: the poller or launcher says when it is ready
-                backend.mark_failed(BackendState.SUSPECT, "Loading model")
-            elif any(word in text for word in _BUSY):
-                pass  # full or draining (a node gateway, another replica's load): healthy, try another one
-            else:
-                self.outliers.failure(backend, BackendState.SUSPECT, f"503 from backend: {text}")
-            raise Retryable(f"{backend.name}: 503 {text}", backend)
+        # the attempt's span (traces on): its traceparent goes along; it ends with the response headers
+        with tracing.attempt(backend.name, backend.url, path, attempt) as span:
+            try:
+                async with asyncio.timeout(wait):
+                    # a stream that stalls stream_idle_timeout_s ends with an error event (the read raises
+                    # TimeoutError)
+                    resp = await self.client.pool(backend.url).post(path, body, headers + span.traceparent,
+                                                                    self.cfg.stream_idle_timeout_s if stream else None,
+                                                                    deadline)
+            except TimeoutError:
+                release()
+                if not stream:  # a slow answer, not a broken backend: replaying it elsewhere doubles the load
+                    raise APIError(503, f"The backend did not answer within request_timeout_s ({wait:g}s).",
+                                   code="backend_timeout", headers={"Retry-After": "1"}) from None
+                self.outliers.failure(backend, BackendState.SUSPECT,
+                                      "no response headers within first_byte_timeout")
+                raise Retryable(f"{backend.name}: no response within {wait:g}s", backend) from None
+            except (Disconnected, OSError) as exc:
+                release()
+                self.outliers.failure(backend, BackendState.DOWN, f"connection failed: {type(exc).__name__}")
+                raise Retryable(f"{backend.name}: {type(exc).__name__}: {exc}", backend) from exc
+            except BadResponse as exc:  # an answer that is not HTTP: nothing reached the client yet
+                release()
+                self.outliers.failure(backend, BackendState.SUSPECT, f"bad response: {type(exc).__name__}")
+                if isinstance(exc, HeadTooLarge):  # as NGINX and Envoy: a 502, not replayed elsewhere
+                    raise APIError(502, f"The backend's response head is too large ({exc}).",
+                                   code="backend_response_too_large") from None
+                raise Retryable(f"{backend.name}: bad response ({type(exc).__name__})", backend) from exc
+            except BaseException:
+                release()
+                raise
+            span.status(resp.status)
+            if resp.status == 503:
+                # "Loading model" (or no slot): this backend is not ready; another may be
+                text = (await resp.read()).decode(errors="replace")[:200]
+                resp.release()
+                release()
+                if "loading" in text.lower():  # not a failure: the poller or launcher says when it is ready
+                    backend.mark_failed(BackendState.SUSPECT, "Loading model")
+                elif any(word in text for word in _BUSY):
+                    pass  # full or draining (a node gateway, another replica's load): healthy, try another one
+                else:
+                    self.outliers.failure(backend, BackendState.SUSPECT, f"503 from backend: {text}")
+                raise Retryable(f"{backend.name}: 503 {text}", backend)
         return Upstream(backend, resp, release, attempt, self.outliers)
 
     def _retry_allowed(self) -> bool:
@@ -178,19 +191,20 @@ class Forwarder:
         return self.retrying < max(o.min_retry_concurrency, o.retry_budget_ratio * active)
 
     async def send(self, path: str, body: bytes, affinity: Affinity | None = None, stream: bool = False,
-                   slot: bool = True) -> Upstream:
+                   slot: bool = True, request_id: str = "") -> Upstream:
         """The first backend response with headers, after bounded jittered retries on other backends.
         `slot`: the work takes a backend slot (waits in the balancer's queue for one); else it goes to the
-        least loaded available backend at once (a route declaring `takes_slot=False`)."""
+        least loaded available backend at once (a route declaring `takes_slot=False`). `request_id` goes to the
+        backend as `X-Request-ID`."""
         tried: set[Backend] = set()
         try:
             # the first attempt outside tenacity: its machinery costs ~4% of a core at c=16 (py-spy)
-            return await self._attempt(path, body, affinity, tried, 1, stream, slot)
+            return await self._attempt(path, body, affinity, tried, 1, stream, slot, request_id)
         except Retryable as exc:
-            return await self._retry(path, body, affinity, tried, stream, exc, slot)
+            return await self._retry(path, body, affinity, tried, stream, exc, slot, request_id)
 
     async def _retry(self, path: str, body: bytes, affinity: Affinity | None, tried: set[Backend], stream: bool,
-                     first: Retryable, slot: bool) -> Upstream:
+                     first: Retryable, slot: bool, request_id: str = "") -> Upstream:
         retry = self.cfg.retry
         attempt = 0
         try:
@@ -215,7 +229,7 @@ class Forwarder:
                         self.on_retry(path)
                     self.retrying += 1
                     try:
-                        return await self._attempt(path, body, affinity, tried, attempt, stream, slot)
+                        return await self._attempt(path, body, affinity, tried, attempt, stream, slot, request_id)
                     finally:
                         self.retrying -= 1
         except Retryable as exc:

@@ -28,6 +28,7 @@ from vlgate.gateway.apis.openai.errors import complete_error
 from vlgate.gateway.endpoint.context import RequestContext
 from vlgate.gateway.endpoint.respond import read_answer, send_json_bytes
 from vlgate.gateway.gateway import Gateway
+from vlgate.gateway.observe import tracing
 from vlgate.gateway.observe.usage import Tokens
 from vlgate.gateway.presetrun.source import image_of_data_url, original_pixels
 from vlgate.gateway.routing.affinity import Affinity
@@ -110,7 +111,7 @@ class PresetResponder:
         if self.requests and self.ctx.charges.requests:
             self.gw.key_limits.charge_call(self.ctx.key)
         self.requests += 1
-        upstream = await self.gw.forwarder.send(CHAT_PATH, orjson.dumps(body), affinity, False)
+        upstream = await self.gw.forwarder.send(CHAT_PATH, orjson.dumps(body), affinity, False, request_id=self.ctx.id)
         self.ctx.backend, self.ctx.attempts = upstream.backend.name, self.ctx.attempts + upstream.attempts  # log line
         try:
             data = await read_answer(upstream)
@@ -152,7 +153,8 @@ class PresetResponder:
     async def respond(self, send: Send) -> int:
         first = {k: v for k, v in self.body.items() if k not in ("stream", "stream_options")}
         affinity = _affinity(self.image) if self.image else self.ctx.affinity
-        response = await self.call(first, affinity)  # step 0: its failure is the request's
+        with tracing.step("prompt"):  # a span per step when traces are on (observe/tracing.py)
+            response = await self.call(first, affinity)  # step 0: its failure is the request's
         text, finish_reason = _text(response)
         ext = extension(self.run.name, self.run.parsers, text, self.image, finish_reason)
         self.errors = list(ext.pop("parse_errors"))
@@ -193,14 +195,16 @@ class PresetResponder:
                         if not items:  # demo.py: nothing to work on, the earlier answer stands
                             steps.append(log.done())
                             break
-                        await self.for_each(step, items, labels, ext, log)
+                        with tracing.step(step.name):
+                            await self.for_each(step, items, labels, ext, log)
                     else:
                         if needs_labels(step):
                             labels = step_labels(step, text)
                             if not labels:
                                 steps.append(log.done())
                                 break
-                        text, previous = await self.on_image(step, labels, log)
+                        with tracing.step(step.name):
+                            text, previous = await self.on_image(step, labels, log)
                         for key, value in previous.items():
                             if key not in ("preset", "image"):
                                 ext[key] = value
