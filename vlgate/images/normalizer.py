@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from vlgate.images import dataurl
@@ -25,6 +27,10 @@ log = logging.getLogger(__name__)
 
 
 class ImageNormalizer:
+    # wraps the work on a body's images (given their count): a trace span when the gateway traces
+    # (gateway/observe/tracing.py sets it), else a context manager that does nothing
+    observe: Callable[[int], AbstractContextManager[object]] = staticmethod(lambda _count: nullcontext())
+
     def __init__(self, settings: ImageSettings) -> None:
         self.settings = settings
         self.formats = available_formats(settings.formats)
@@ -49,7 +55,8 @@ class ImageNormalizer:
             raise ImageError(f"too many images: {len(parts)}, the limit is {limit}", param=parts[limit].param,
                              code="too_many_images")
         budget = ByteBudget(self.settings.limits.max_image_bytes, self.settings.limits.max_request_bytes)
-        results = await _all_or_first_error([self._one(part, budget) for part in parts])
+        with self.observe(len(parts)):
+            results = await _all_or_first_error([self._one(part, budget) for part in parts])
         for part, result in zip(parts, results, strict=True):
             part.write(result.data_url)
         return [result.info for result in results]

@@ -11,7 +11,7 @@ imported until tracing is on.
 One trace per API request, continuing the client's `traceparent` (W3C trace context):
 
     chat youtu-vl                    SERVER    the request, door to last byte (endpoint/endpoint.py)
-    ├── images                       INTERNAL  image normalization (ImageNormalizer.normalize_body)
+    ├── images                       INTERNAL  image normalization (ImageNormalizer.observe)
     ├── queue                        INTERNAL  waiting in the balancer for a backend slot (Balancer.acquire)
     └── POST /v1/chat/completions    CLIENT    one backend attempt, until its response headers (a retry: one more)
     a preset the gateway runs itself: `step prompt`, `step detect`, `step core_target`, ... under the request,
@@ -348,22 +348,8 @@ def setup(cfg: TracingConfig, environ: Mapping[str, str] = os.environ) -> bool:
 
 
 def _trace_images() -> None:
-    """An `images` span around ImageNormalizer.normalize_body for bodies that carry images (wrapped here, once
-    tracing is on, so the images package knows nothing of traces and costs nothing when they are off)."""
+    """An `images` span around the work on a body's images: the normalizer's own `observe` hook, set once
+    tracing is on (the images package knows nothing of traces and costs nothing when they are off)."""
     from vlgate.images.normalizer import ImageNormalizer
-    from vlgate.images.parts import find_images
 
-    original = ImageNormalizer.normalize_body
-
-    async def normalize_body(self: ImageNormalizer, body: dict[str, Any]) -> list[Any]:
-        try:
-            count = len(find_images(body))
-        except Exception:
-            count = 1  # a bad part: the normalizer's own error, inside the span
-        if not count:
-            return await original(self, body)
-        with _Child("images", {"vlgate.images": count}):
-            return await original(self, body)
-
-    normalize_body.__doc__ = original.__doc__
-    ImageNormalizer.normalize_body = normalize_body  # type: ignore[method-assign]
+    ImageNormalizer.observe = staticmethod(lambda count: _Child("images", {"vlgate.images": count}))
