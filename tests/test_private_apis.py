@@ -12,6 +12,7 @@ version not yet checked: raise a cap when this file passes on the new version).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import zlib
 from typing import Any
@@ -46,11 +47,14 @@ def test_uvicorn_httptools_protocol() -> None:
 
     config = uvicorn.Config(app, http=HttpToolsProtocol, log_config=None)
     config.load()
+    loop = asyncio.new_event_loop()  # the protocol takes the current loop; earlier tests may have closed theirs
     try:
-        proto = HttpToolsProtocol(config, ServerState(), {})
+        proto = HttpToolsProtocol(config, ServerState(), {}, _loop=loop)
     except TypeError as exc:
-        pytest.fail(f"private API changed: HttpToolsProtocol(config, server_state, app_state) ({exc}); "
+        pytest.fail(f"private API changed: HttpToolsProtocol(config, server_state, app_state, _loop) ({exc}); "
                     f"used by {where} through uvicorn.Config(http=...)", pytrace=False)
+    finally:
+        loop.close()
     need(hasattr(proto, "app"), "HttpToolsProtocol instance attribute `app` (swapped for a Host refusal)", where)
     need(hasattr(proto, "transport"), "HttpToolsProtocol instance attribute `transport`", where)
     need(config.http_protocol_class is HttpToolsProtocol, "uvicorn.Config(http=<protocol class>)", where)
