@@ -1,6 +1,6 @@
 """Grammar-constrained output on the new routes, end to end with a real llama-server: Responses `text.format`
 (via `responses.parse()`, also streamed) and tools, Anthropic `tool_use`. Needs the tiny model's byte-level
-BPE vocabulary (launcher/tinymodel.py): a random model then produces schema-valid JSON under the grammar."""
+BPE vocabulary (vlgate/tinymodel/): a random model then produces schema-valid JSON under the grammar."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Structured output and tool calls on chat, end to end: a real tiny llama-server (`--jinja`) behind the
 real gateway, the openai SDK with strict validation and LangChain. Each case runs over several seeds and
-temperatures: the tiny model (launcher/tinymodel.py) is random, so one lucky answer would prove little.
+temperatures: the tiny model (vlgate/tinymodel/) is random, so one lucky answer would prove little.
 Answers are checked against the JSON schema they were asked for (`jsonschema`), not just parsed."""
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def test_vocab_is_byte_level_bpe(tiny_model: TinyModel) -> None:
 
 
 def test_token_kinds_and_groups() -> None:
-    """What the shaped output layer keys on (launcher/tinyshape.py), for a few telling tokens."""
+    """What the shaped output layer keys on (vlgate/tinymodel/shape.py), for a few telling tokens."""
     vocab = tiny_vocab()
     expect = {'"': (Kind.QUOTE, Group.QUOTE), '"}': (Kind.CLOSE, Group.QUOTE_CLOSE), "}": (Kind.CLOSE, Group.CLOSE),
               '":': (Kind.COLON, Group.MIXED), "Ġcat": (Kind.WORD, Group.FREE), "Ċ": (Kind.SPACE, Group.NEWLINE),
