@@ -219,8 +219,12 @@ def test_hostile_answers_never_leave_a_dirty_connection_pooled(case: tuple[bytes
     assert not got.reused or expected.reused  # reused only when h11 saw a whole answer and nothing after it
     if got.answer is not None and expected.answer is not None:
         assert got.answer == expected.answer
-    if expected.answer is None:
-        assert got.answer is None, "the client read an answer where h11 found none"
+    if expected.answer is None and got.answer is not None:
+        # h11 refuses a transfer coding it does not know; RFC 9112 6.3 reads such an answer to the close, which
+        # the client does (never pooling it)
+        codings = [v for k, v in got.answer[1] if k == b"transfer-encoding"]
+        assert codings and codings[-1].rsplit(b",", 1)[-1].strip().lower() != b"chunked" and not got.reused, (
+            "the client read an answer where h11 found none")
 
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
