@@ -37,16 +37,22 @@ ANSWER = json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created":
                      "usage": {"prompt_tokens": 12, "completion_tokens": 80, "total_tokens": 92}}).encode()
 
 
-def one_request_off(headers: bytes) -> bytes:
-    """The statements tracing added to the hot path, as they run when it is off."""
-    span = tracing.request(SCOPE, ROUTE, "id") if tracing.ENABLED else None  # type: ignore[arg-type]
-    if tracing.ENABLED:
-        tracing.request_body(ROUTE, BODY)
+def queue_and_attempt(headers: bytes) -> bytes:
+    """The forwarder's two spans around one backend attempt, as forward/forwarder.py opens them."""
     with tracing.queue():
         pass
     with tracing.attempt("backend-0", "http://127.0.0.1:8081", "/v1/chat/completions", 1) as s:
         sent = headers + s.traceparent
         s.status(200)
+    return sent
+
+
+def one_request_off(headers: bytes) -> bytes:
+    """The statements tracing added to the hot path, as they run when it is off."""
+    span = tracing.request(SCOPE, ROUTE, "id") if tracing.ENABLED else None  # type: ignore[arg-type]
+    if tracing.ENABLED:
+        tracing.request_body(ROUTE, BODY)
+    sent = queue_and_attempt(headers)
     if span is not None:
         raise AssertionError("tracing is on")
     return sent
@@ -61,11 +67,7 @@ def one_request_on(headers: bytes) -> bytes:
                          answer=ANSWER)
     span = tracing.request(SCOPE, ROUTE, ctx.id)  # type: ignore[arg-type]
     tracing.request_body(ROUTE, BODY)
-    with tracing.queue():
-        pass
-    with tracing.attempt("backend-0", "http://127.0.0.1:8081", "/v1/chat/completions", 1) as s:
-        sent = headers + s.traceparent
-        s.status(200)
+    sent = queue_and_attempt(headers)
     tracing.finish(span, ctx, 200)
     return sent
 

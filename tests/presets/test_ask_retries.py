@@ -142,12 +142,17 @@ def test_503_with_retry_after_is_waited_out_and_the_image_succeeds(server: Calla
     assert r.stderr.count("vlgate ask:") == 0
 
 
+def two_images(folder: Path) -> tuple[Path, str]:
+    """A folder of a.png (small) and b.png; returns the folder and a.png's marker in request bodies."""
+    folder.mkdir()
+    first = image(folder / "a.png", 10)
+    image(folder / "b.png", 200)
+    return folder, first
+
+
 def test_always_429_fails_that_image_after_the_bound_and_the_folder_goes_on(server: Callable[[Script], Scripted],
                                                                            tmp_path: Path) -> None:
-    folder = tmp_path / "uploads"
-    folder.mkdir()
-    busy = image(folder / "a.png", 10)
-    image(folder / "b.png", 200)
+    folder, busy = two_images(tmp_path / "uploads")
     gw = server(lambda n, body: error(429, "rate limit: 1 request per minute", "0") if busy in body
                 else (200, {}, ANSWER))
     r = vlgate_ask("detect", str(folder), "--url", gw.url, "--no-overlay", "--concurrency", "1", "--retries", "3",
@@ -179,10 +184,7 @@ def test_default_bounds_give_up_at_once_on_a_retry_after_beyond_the_budget(serve
 
 def test_a_reset_connection_is_retried_and_other_4xx_are_not(server: Callable[[Script], Scripted],
                                                              tmp_path: Path) -> None:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    bad = image(folder / "a.png", 10)
-    image(folder / "b.png", 200)
+    folder, bad = two_images(tmp_path / "in")
     resets = [0]
 
     def script(n: int, body: str) -> tuple[int, dict[str, str], dict[str, Any]] | None:
