@@ -21,6 +21,7 @@ from pydantic import (
 from vlgate.images.settings import ImageSettings
 from vlgate.launcher.settings import LauncherSettings
 from vlgate.presets.settings import PresetsSettings
+from vlgate.store.settings import StorageSettings
 
 
 class ConfigError(Exception):
@@ -230,6 +231,7 @@ class Config(_Strict):
     images: ImageSettings = ImageSettings()
     launcher: LauncherSettings = LauncherSettings()
     presets: PresetsSettings = Field(default_factory=dict)
+    storage: StorageSettings = StorageSettings()
 
     @model_validator(mode="after")
     def _one_image_budget(self) -> Config:

@@ -81,5 +81,6 @@ def create_app(config: Config, backends: list[Backend] | None = None, *, poll_he
         lifespan=lifespan,
     )
     app.api_endpoints = endpoints
+    gw.api_endpoints = dict(endpoints)  # in-process calls (endpoint/internal.py)
     app.state.gateway = gw
     return app

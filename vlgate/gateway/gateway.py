@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from starlette.requests import Request
+from starlette.types import ASGIApp
 
 from vlgate.backends import Backend, BackendState
 from vlgate.config import Config
@@ -34,6 +35,7 @@ from vlgate.gateway.observe.usage import charged_tokens
 from vlgate.gateway.routing.balancer import Balancer
 from vlgate.images import ImageNormalizer
 from vlgate.presets import PresetRegistry, TokenCheck, check_special_tokens
+from vlgate.store.base import Store
 
 access_log = logging.getLogger("vlgate.access")
 
@@ -83,6 +85,9 @@ class Gateway:
         self.reloader = Reloader(self, reload_config)
         self.admitted = 0  # requests of draining routes in progress: a drain waits for them (endpoint/endpoint.py)
         self.metrics.registry.register(ModelServerGauges(self.node_load))  # Inference Extension gauges
+        # stored responses, conversations, files, batches (vlgate/store/); opened in startup, None when disabled
+        self.store: Store | None = None
+        self.api_endpoints: dict[str, ASGIApp] = {}  # path -> endpoint, for in-process calls (endpoint/internal.py)
 
     def node_load(self) -> NodeLoad:
         """This gateway's capacity as the tier above sees it (`/slots`, model-server gauges)."""

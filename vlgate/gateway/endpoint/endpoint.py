@@ -24,6 +24,7 @@ from vlgate.errors import APIError
 from vlgate.gateway.apis.caps import MAX_JSON_CONTAINERS
 from vlgate.gateway.endpoint import bodyjson
 from vlgate.gateway.endpoint.context import RequestContext
+from vlgate.gateway.endpoint.internal import CALLER
 from vlgate.gateway.endpoint.respond import read_answer, send_error, send_json_bytes, stream_upstream
 from vlgate.gateway.endpoint.route import ApiRoute
 from vlgate.gateway.frontdoor.auth import credentials
@@ -112,7 +113,11 @@ class ApiEndpoint:
     async def _handle(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext,
                       reader: BodyReader) -> int:
         gw, route = self.gateway, self.route
-        ctx.key = gw.keys.check(credentials(header(scope, b"authorization"), header(scope, b"x-api-key")))
+        caller = scope.get(CALLER)  # an in-process call (background, batch): the key was checked when accepted
+        if caller is not None:
+            ctx.key = caller.key
+        else:
+            ctx.key = gw.keys.check(credentials(header(scope, b"authorization"), header(scope, b"x-api-key")))
         check_json_content_type(scope)
         raw = await reader.read(scope, receive)
         try:  # data: URLs of MBs cost the loop little; so many objects that parsing would hold it are refused

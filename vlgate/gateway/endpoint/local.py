@@ -1,0 +1,95 @@
+"""What every route answered from the store shares (stored responses, conversations, files, batches).
+
+These routes are not forwarded, so they are plain Starlette routes; but they take the same front door:
+the API key (its name owns what it creates), the drain, the body's size/time/bytes-held limits, JSON
+only, and errors in OpenAI's shape (raised as `APIError`, shaped by the app's one handler). List routes
+page the way OpenAI's do (`after`, `limit`, `order`; `first_id`, `last_id`, `has_more`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from vlgate.errors import APIError
+from vlgate.gateway.endpoint import bodyjson
+from vlgate.gateway.endpoint.endpoint import DRAINING, check_json_content_type
+from vlgate.gateway.frontdoor.auth import header_credentials
+from vlgate.gateway.frontdoor.bodies import BodyReader
+from vlgate.gateway.gateway import Gateway, gateway_of
+from vlgate.store.base import Order, Record, Store
+
+MAX_JSON_CONTAINERS = 10_000  # a store route's body is small (metadata, items): refuse what would hold the loop
+
+
+class Local:
+    """One request to a store route, authorized: its gateway, store and owner."""
+
+    def __init__(self, request: Request, *, writes: bool = False) -> None:
+        gw = gateway_of(request)
+        if writes and gw.balancer.draining:
+            raise DRAINING
+        key = gw.keys.check(header_credentials(request.headers))
+        if gw.store is None:
+            raise APIError(400, "This gateway stores nothing (storage.enabled is false).", code="storage_disabled")
+        self.request = request
+        self.gw: Gateway = gw
+        self.store: Store = gw.store
+        self.owner = key or ""  # the key's name; "" without keys (everyone is one owner then)
+
+    async def json(self) -> dict[str, Any]:
+        """The JSON object body, read under the front door's limits (empty body: {})."""
+        request, gw = self.request, self.gw
+        check_json_content_type(request.scope)
+        limits = gw.config.gateway.limits
+        reader = BodyReader(gw.bodies, gw.config.gateway.max_body_bytes, limits.body_timeout_s)
+        try:
+            raw = await reader.read(request.scope, request.receive)
+        finally:
+            reader.release()
+        if not raw.strip():
+            return {}
+        try:
+            body = bodyjson.loads(raw, MAX_JSON_CONTAINERS)
+        except bodyjson.TooManyContainers:
+            raise APIError(400, f"The request body has more than {MAX_JSON_CONTAINERS} JSON objects and arrays.",
+                           code="array_above_max_length") from None
+        except orjson.JSONDecodeError as exc:
+            raise APIError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
+        return body
+
+    def page(self, default_order: Order = "desc", max_limit: int = 100) -> tuple[str | None, int, Order]:
+        """`after`, `limit` (1..max_limit, default 20) and `order` from the query string."""
+        query = self.request.query_params
+        after = query.get("after") or None
+        try:
+            limit = int(query.get("limit", "20"))
+        except ValueError:
+            limit = -1
+        if not 1 <= limit <= max_limit:
+            raise APIError(400, f"limit must be an integer from 1 to {max_limit}.", param="limit",
+                           code="invalid_value")
+        order = query.get("order", default_order)
+        if order not in ("asc", "desc"):
+            raise APIError(400, "order must be 'asc' or 'desc'.", param="order", code="invalid_value")
+        return after, limit, order  # type: ignore[return-value]
+
+    def param(self, name: str) -> str:
+        return str(self.request.path_params[name])
+
+
+def not_found(what: str, id: str, param: str | None = None) -> APIError:
+    """The one answer for an unknown id and another key's object: nothing says that it exists."""
+    return APIError(404, f"No {what} found with id '{id[:100]}'.", param=param, code="not_found")
+
+
+def list_object(records: Iterable[Record], has_more: bool,
+                show: Callable[[Record], dict[str, Any]] = lambda r: r.data) -> dict[str, Any]:
+    data = [show(r) for r in records]
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None, "has_more": has_more}

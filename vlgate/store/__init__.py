@@ -1,0 +1,1 @@
+"""Stored state: responses, conversations, files, batch jobs (interface in `base.py`)."""
