@@ -16,10 +16,14 @@ from vlgate.backends import Backend
 from vlgate.config import Config
 from vlgate.errors import APIError
 from vlgate.gateway.apis.anthropic import routes as anthropic
+from vlgate.gateway.apis.batches import routes as batches
+from vlgate.gateway.apis.conversations import routes as conversations
+from vlgate.gateway.apis.files import routes as files
 from vlgate.gateway.apis.openai import models
 from vlgate.gateway.apis.openai import routes as openai
 from vlgate.gateway.apis.openai.errors import response
 from vlgate.gateway.apis.responses import routes as responses
+from vlgate.gateway.apis.responses import stored
 from vlgate.gateway.endpoint.dispatch import GatewayApp, api_endpoints, starlette_routes
 from vlgate.gateway.endpoint.route import ApiRoute
 from vlgate.gateway.gateway import Gateway, backends_from_config
@@ -31,8 +35,9 @@ log = logging.getLogger("vlgate.gateway.app")
 
 # every POST API route, declared by its API (apis/<api>/routes.py): a new route is one declaration there
 API_ROUTES: tuple[ApiRoute, ...] = (*openai.ROUTES, *responses.ROUTES, *anthropic.ROUTES)
-# the GET routes (models, probes, the status page, capacity) and the operator's /admin
-GET_ROUTE_MODULES = (models, probes, page, capacity, admin)
+# the GET routes (models, probes, the status page, capacity), the operator's /admin, and the routes
+# answered from the store (stored responses, conversations, files, batches: endpoint/local.py)
+GET_ROUTE_MODULES = (models, probes, page, capacity, admin, stored, conversations, files, batches)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

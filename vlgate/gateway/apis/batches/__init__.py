@@ -1,0 +1,1 @@
+"""The batches API (OpenAI's), answered from the store."""

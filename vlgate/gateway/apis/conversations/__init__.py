@@ -1,0 +1,1 @@
+"""The conversations API (OpenAI's), answered from the store."""
