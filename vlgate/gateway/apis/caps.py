@@ -153,30 +153,78 @@ ANTHROPIC: Table = (
 
 
 def check(body: dict[str, Any], table: Table) -> None:
-    """A 400 naming the first list (or object) over its cap; cheap: len() on places already bounded, rows
-    whose first key the body lacks skipped at once, and a place's name built only for an error (building
-    every name cost ~6% of the gateway's CPU at 16 concurrent chats, py-spy)."""
-    pools: dict[str, int] = {}
-    nodes = 0
+    """A 400 naming the first list (or object) over its cap. Cheap: the table is compiled once into a tree
+    of the body's keys (`_compile`), walked once, with len() on places already bounded; a place's name is
+    built only for an error. Row by row, the walk cost 14.6 µs on a one-message chat, more than pydantic's
+    validation of it (10 µs); the tree walk costs ~2 µs (same machine, timeit)."""
+    state = _Walk()
+    _walk(_compile(table), body, (), state)
+
+
+class _Node:
+    """What applies at one place of a body: a cap, a schema, the places under it by key, and (`items`) in
+    each item of the list there."""
+
+    __slots__ = ("cap", "children", "items", "schema")
+
+    def __init__(self) -> None:
+        self.cap: Cap | None = None
+        self.schema = False
+        self.children: dict[str, _Node] = {}
+        self.items: _Node | None = None
+
+
+@functools.cache
+def _compile(table: Table) -> _Node:
+    root = _Node()
     for row in table:
-        steps = _steps(row.path)
-        if steps[0][0] not in body:
-            continue
-        for where, value in _places(body, steps):
-            if isinstance(row, Schema):
-                nodes += _schema_nodes(value, where, MAX_SCHEMA_NODES - nodes)
-                continue
-            if not isinstance(value, list | dict):
-                continue  # a wrong type is pydantic's to name
-            n = len(value)
-            if n > row.most:
-                raise _too_many(_param(where), value, row.most)
-            if row.pool:
-                pools[row.pool] = pools.get(row.pool, 0) + n
-                if pools[row.pool] > row.total:
-                    param = _param(where)
-                    raise APIError(400, f"Invalid '{param}': the request has more than {row.total} "
-                                   f"{row.pool} in all.", param=param, code="array_above_max_length")
+        node = root
+        for name in row.path.split("."):
+            node = node.children.setdefault(name.removesuffix("[]"), _Node())
+            if name.endswith("[]"):
+                node.items = node.items or _Node()
+                node = node.items
+        if isinstance(row, Schema):
+            node.schema = True
+        else:
+            node.cap = row
+    return root
+
+
+class _Walk:
+    __slots__ = ("nodes", "pools")
+
+    def __init__(self) -> None:
+        self.pools: dict[str, int] = {}
+        self.nodes = 0  # schema values counted so far (MAX_SCHEMA_NODES for all schemas together)
+
+
+def _walk(node: _Node, value: Any, where: Where, state: _Walk) -> None:
+    if node.schema:
+        state.nodes += _schema_nodes(value, where, MAX_SCHEMA_NODES - state.nodes)
+    is_list = isinstance(value, list)
+    if not is_list and not isinstance(value, dict):
+        return  # a wrong type is pydantic's to name
+    row = node.cap
+    if row is not None:
+        n = len(value)
+        if n > row.most:
+            raise _too_many(_param(where), value, row.most)
+        if row.pool:
+            total = state.pools[row.pool] = state.pools.get(row.pool, 0) + n
+            if total > row.total:
+                param = _param(where)
+                raise APIError(400, f"Invalid '{param}': the request has more than {row.total} "
+                               f"{row.pool} in all.", param=param, code="array_above_max_length")
+    if is_list:
+        items = node.items
+        if items is not None:  # only items that can hold more: a C-speed pass over token ids
+            for i in compress(range(len(value)), map(isinstance, value, repeat(list | dict))):
+                _walk(items, value[i], (*where, i), state)
+    elif node.children:
+        for key, child in node.children.items():
+            if key in value:
+                _walk(child, value[key], (*where, key), state)
 
 
 def _too_many(param: str, value: list[Any] | dict[str, Any], most: int) -> APIError:
@@ -193,33 +241,9 @@ def _too_many(param: str, value: list[Any] | dict[str, Any], most: int) -> APIEr
 Where = tuple[str | int, ...]  # a place in the body: keys and list indexes ("messages", 0, "content")
 
 
-@functools.cache
-def _steps(path: str) -> tuple[tuple[str, bool], ...]:
-    """`path` parsed once: (key, steps into every item of the list there)."""
-    return tuple((name.removesuffix("[]"), name.endswith("[]")) for name in path.split("."))
-
-
 def _param(where: Where) -> str:
     """A place as OpenAI names it: `messages[0].content`."""
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" if i else p for i, p in enumerate(where))
-
-
-def _places(body: Any, steps: tuple[tuple[str, bool], ...]) -> list[tuple[Where, Any]]:
-    """(place, value) for each place the path reaches in `body`; places of another shape are skipped."""
-    found: list[tuple[Where, Any]] = [((), body)]
-    for key, many in steps:
-        step: list[tuple[Where, Any]] = []
-        for where, node in found:
-            if not isinstance(node, dict) or key not in node:
-                continue
-            here, value = (*where, key), node[key]
-            if not many:
-                step.append((here, value))
-            elif isinstance(value, list):  # only items that can hold more: a C-speed pass over token ids
-                nested = compress(range(len(value)), map(isinstance, value, repeat(list | dict)))
-                step.extend(((*here, i), value[i]) for i in nested)
-        found = step
-    return found
 
 
 def _schema_nodes(schema: Any, where: Where, budget: int) -> int:
