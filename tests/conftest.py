@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -10,6 +13,30 @@ import pytest
 from support.llama import LlamaServer
 from vlgate.launcher.binary import ensure_server
 from vlgate.tinymodel.model import TinyModel, write_tiny_model
+
+# ---------------------------------------------------------------- the store's data directory
+
+_DATA_DIR = tempfile.mkdtemp(prefix="vlgate-test-data-")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Gateways started by tests keep their embedded store (SQLite) in a temp dir, never in the user's
+    data directory, and never reach a database the developer's environment names."""
+    os.environ["VLGATE_DATA_DIR"] = _DATA_DIR
+    os.environ.pop("VLGATE_STORAGE_URL", None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_DATA_DIR, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def store_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's gateways start with an empty store of their own (a restart within a test finds it again)."""
+    path = tmp_path_factory.mktemp("vlgate-data")
+    monkeypatch.setenv("VLGATE_DATA_DIR", str(path))
+    return path
+
 
 # ---------------------------------------------------------------- llama-server binary + tiny model
 

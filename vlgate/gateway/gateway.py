@@ -35,7 +35,9 @@ from vlgate.gateway.observe.usage import charged_tokens
 from vlgate.gateway.routing.balancer import Balancer
 from vlgate.images import ImageNormalizer
 from vlgate.presets import PresetRegistry, TokenCheck, check_special_tokens
-from vlgate.store.base import Store
+from vlgate.store import open_store
+from vlgate.store.base import Store, StoreError
+from vlgate.store.sweeper import Sweeper
 
 access_log = logging.getLogger("vlgate.access")
 
@@ -87,6 +89,7 @@ class Gateway:
         self.metrics.registry.register(ModelServerGauges(self.node_load))  # Inference Extension gauges
         # stored responses, conversations, files, batches (vlgate/store/); opened in startup, None when disabled
         self.store: Store | None = None
+        self.sweeper: Sweeper | None = None  # retention (store/sweeper.py)
         self.api_endpoints: dict[str, ASGIApp] = {}  # path -> endpoint, for in-process calls (endpoint/internal.py)
 
     def node_load(self) -> NodeLoad:
@@ -125,6 +128,7 @@ class Gateway:
         return None
 
     async def startup(self) -> None:
+        await self._open_store()  # first: a database that cannot be reached stops the start, nothing to undo
         self.loop_lag.start()
         self.backend_client = new_client()
         self.forwarder = Forwarder(self.backend_client, self.balancer, self.config.gateway,
@@ -142,6 +146,24 @@ class Gateway:
             self.discovery.start()
         self.reloader.install_signal()
 
+    async def _open_store(self) -> None:
+        storage = self.config.storage
+        if not storage.enabled:
+            return
+        try:
+            self.store = await open_store(storage)
+        except StoreError as exc:
+            access_log.error("cannot start: %s", exc)
+            raise
+        self.sweeper = Sweeper(self.store, storage.retention.sweep_interval_s)
+        self.sweeper.start()
+
+    async def _close_store(self) -> None:
+        if self.sweeper is not None:
+            await self.sweeper.aclose()
+        if self.store is not None:
+            await self.store.close()
+
     async def shutdown(self) -> None:
         await self.loop_lag.aclose()
         if self.discovery is not None:
@@ -156,6 +178,7 @@ class Gateway:
             await self.backend_client.close()
         for images in (*self._retired_images, self.images):
             await images.aclose()
+        await self._close_store()  # last: requests that finish during the shutdown may still store
 
     def apply_config(self, config: Config, keys: KeyChecker, presets: PresetRegistry) -> list[str]:
         """A reloaded config (fleet/reload.py checked it): each part re-configured by its own method, for

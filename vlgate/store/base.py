@@ -158,3 +158,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def stats(self) -> dict[str, tuple[int, int]]:
         """Per kind: (records, bytes of data and blobs): the store's size for the status page and /metrics."""
+
+    @abc.abstractmethod
+    async def count_by_status(self, kind: str) -> dict[str, int]:
+        """How many records of `kind` have each `data["status"]` (batch jobs by status, for the operator)."""
