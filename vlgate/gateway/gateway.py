@@ -37,6 +37,7 @@ from vlgate.images import ImageNormalizer
 from vlgate.presets import PresetRegistry, TokenCheck, check_special_tokens
 from vlgate.store import open_store
 from vlgate.store.base import Store, StoreError
+from vlgate.store.metrics import StoreStats
 from vlgate.store.sweeper import Sweeper
 
 access_log = logging.getLogger("vlgate.access")
@@ -90,6 +91,7 @@ class Gateway:
         # stored responses, conversations, files, batches (vlgate/store/); opened in startup, None when disabled
         self.store: Store | None = None
         self.sweeper: Sweeper | None = None  # retention (store/sweeper.py)
+        self.store_stats: StoreStats | None = None  # its size in /metrics and /status (store/metrics.py)
         self.api_endpoints: dict[str, ASGIApp] = {}  # path -> endpoint, for in-process calls (endpoint/internal.py)
 
     def node_load(self) -> NodeLoad:
@@ -157,8 +159,14 @@ class Gateway:
             raise
         self.sweeper = Sweeper(self.store, storage.retention.sweep_interval_s)
         self.sweeper.start()
+        self.store_stats = StoreStats(self.store, self.sweeper)
+        await self.store_stats.start()
+        self.metrics.registry.register(self.store_stats)
 
     async def _close_store(self) -> None:
+        if self.store_stats is not None:
+            self.metrics.registry.unregister(self.store_stats)
+            await self.store_stats.aclose()
         if self.sweeper is not None:
             await self.sweeper.aclose()
         if self.store is not None:

@@ -100,6 +100,7 @@ def snapshot(gw: Gateway, access: Access = OPEN) -> dict[str, Any]:
     data["backends"] = public_backends(gw.backends, data["backends"])
     data["keys"] = [k for k in data["keys"] if k["name"] == access.name]
     data["reason"] = public_reason(gw) if data["reason"] else ""
+    data["store"] = {k: v for k, v in data["store"].items() if k in ("enabled", "backend")}  # sizes: the operator's
     return data
 
 
@@ -136,4 +137,6 @@ def _full(gw: Gateway) -> dict[str, Any]:
         "series": obs.timelines.gateway.series(),
         "backends": [describe_backend(gw, x) for x in gw.backends],
         "keys": obs.usage.describe(),
+        # stored responses, conversations, files, batch jobs: backend, size per kind, jobs by status
+        "store": gw.store_stats.status() if gw.store_stats is not None else {"enabled": False},
     }
