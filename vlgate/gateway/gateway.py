@@ -14,6 +14,8 @@ from starlette.requests import Request
 from starlette.types import ASGIApp
 
 from vlgate.backends import Backend, BackendState
+from vlgate.batches.metrics import BatchCollector
+from vlgate.batches.worker import BatchWorker
 from vlgate.config import Config
 from vlgate.gateway.endpoint.context import RequestContext
 from vlgate.gateway.fleet.capacity import ModelServerGauges, NodeLoad, node_load
@@ -92,6 +94,7 @@ class Gateway:
         self.store: Store | None = None
         self.sweeper: Sweeper | None = None  # retention (store/sweeper.py)
         self.store_stats: StoreStats | None = None  # its size in /metrics and /status (store/metrics.py)
+        self.batch_worker: BatchWorker | None = None  # batch lines, in slots interactive traffic leaves free
         self.api_endpoints: dict[str, ASGIApp] = {}  # path -> endpoint, for in-process calls (endpoint/internal.py)
 
     def node_load(self) -> NodeLoad:
@@ -147,6 +150,10 @@ class Gateway:
         if self.discovery is not None:
             self.discovery.start()
         self.reloader.install_signal()
+        if self.store is not None:  # batch jobs: this replica works the fleet's lines (batches/worker.py)
+            self.batch_worker = BatchWorker(self.store, self.balancer, self.api_endpoints, self.config.storage)
+            self.metrics.registry.register(BatchCollector(self.batch_worker))
+            self.batch_worker.start()
 
     async def _open_store(self) -> None:
         storage = self.config.storage
@@ -173,6 +180,8 @@ class Gateway:
             await self.store.close()
 
     async def shutdown(self) -> None:
+        if self.batch_worker is not None:  # first: its lines in flight stop and go back to the store
+            await self.batch_worker.aclose()
         await self.loop_lag.aclose()
         if self.discovery is not None:
             await self.discovery.aclose()
