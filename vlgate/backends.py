@@ -78,6 +78,11 @@ class Backend:
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
+    @property
+    def auth_head(self) -> bytes:
+        """`auth_headers` as HTTP/1.1 header lines (the backend wire sends them with every request)."""
+        return b"Authorization: Bearer " + self.api_key.encode("latin-1") + b"\r\n" if self.api_key else b""
+
     def describe(self) -> dict[str, object]:
         return {
             "name": self.name,

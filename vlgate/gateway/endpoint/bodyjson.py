@@ -56,7 +56,7 @@ def loads(raw: bytes, max_containers: int | None = None) -> Any:
 
 
 def _count(text: bytes, most: int | None) -> None:
-    if most is not None and text.count(b"{") + text.count(b"[") > most:
+    if most is not None and len(text) > most and text.count(b"{") + text.count(b"[") > most:
         raise TooManyContainers(most)
 
 

@@ -90,6 +90,9 @@ class Upstream:
         self.release()
 
 
+_EMPTY: frozenset[Backend] = frozenset()
+
+
 def new_client() -> Client:
     return Client(connect_timeout=5.0)
 
@@ -113,8 +116,9 @@ class Forwarder:
     async def _attempt(self, path: str, body: bytes, affinity: Affinity | None, tried: set[Backend],
                        attempt: int, stream: bool, slot: bool = True, request_id: str = "") -> Upstream:
         # prefer a backend not yet tried; fall back to any when every one has been tried
-        fresh = any(b.available and b not in tried for b in self.balancer.backends)
-        untried = frozenset(tried) if fresh else frozenset()
+        untried = _EMPTY
+        if tried and any(b.available and b not in tried for b in self.balancer.backends):
+            untried = frozenset(tried)
         if slot:
             with tracing.queue():  # a span when traces are on (observe/tracing.py), else a no-op
                 backend = await self.balancer.acquire(affinity, untried)
@@ -129,7 +133,7 @@ class Forwarder:
                 released = True
                 self.balancer.release(backend)
 
-        headers = "".join(f"{k}: {v}\r\n" for k, v in backend.auth_headers().items()).encode("latin-1")
+        headers = backend.auth_head  # the backend's own --api-key, as header lines
         if request_id:  # endpoint.request_id: ASCII letters, digits, - and _ only
             headers += b"X-Request-ID: " + request_id.encode() + b"\r\n"
         # llama-server sends a stream's headers with its first token, but a non-stream answer's only when
