@@ -78,10 +78,11 @@ def test_input_image_reaches_the_model(gw) -> None:
     assert with_image.usage.input_tokens > plain.usage.input_tokens  # the image's tokens were counted
 
 
-def test_previous_response_id_is_a_clear_400(gw) -> None:
+def test_unknown_previous_response_id_is_openais_400(gw) -> None:
+    """(stored responses and their chains: test_responses_stored.py)"""
     with pytest.raises(openai.BadRequestError) as exc:
         client(gw).responses.create(model="youtu-vl", input="and then?", previous_response_id="resp_1")
-    assert "whole conversation" in exc.value.message
+    assert exc.value.code == "previous_response_not_found" and "resp_1" in exc.value.message
 
 
 def test_presets_on_responses(gw) -> None:

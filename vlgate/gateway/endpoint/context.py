@@ -42,4 +42,7 @@ class RequestContext:
     finish: Callable[[bytes], bytes] | None = None  # non-stream post-processing (presets)
     stream_tap: StreamTap | None = None  # stream post-processing (presets)
     respond: Callable[[Any], Awaitable[int]] | None = None  # answers itself, given `send` (pipeline presets)
+    # awaited once a 200 answer is complete, before its end reaches the client (a stored response exists by
+    # the time the client has its id: apis/responses/state.py)
+    persist: Callable[[], Awaitable[None]] | None = None
     spent: Tokens | None = None  # summed usage of the backend calls a pipeline made itself (charged at finish)

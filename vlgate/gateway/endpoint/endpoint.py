@@ -157,8 +157,11 @@ class ApiEndpoint:
             upstream.release()
             status = upstream.status
             headers = upstream.headers() + route.dialect.id_headers(ctx.id.encode())
-            if status == 200 and ctx.finish is not None:
-                data = ctx.finish(data)
+            if status == 200:
+                if ctx.finish is not None:
+                    data = ctx.finish(data)
+                if ctx.persist is not None:
+                    await ctx.persist()
             elif status >= 400:
                 status, data = route.dialect.backend_error(status, data)
                 if status >= 500:  # final: our retries already ran, the SDK's must not multiply them

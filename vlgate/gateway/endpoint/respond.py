@@ -87,11 +87,13 @@ async def stream_upstream(send: Send, upstream: Upstream, ctx: RequestContext) -
                        type="server_error", code="backend_stream_error")
         await send({"type": "http.response.body", "body": ctx.dialect.error_event(err), "more_body": True})
     else:
+        upstream.response.release()
+        upstream.release()
+        upstream.succeeded()
+        if ctx.persist is not None:  # the tap holds the final event until it is stored
+            await ctx.persist()
         if tap is not None:
             rest = tap.flush()
             if rest:
                 await send({"type": "http.response.body", "body": rest, "more_body": True})
-        upstream.response.release()
-        upstream.release()
-        upstream.succeeded()
     await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -17,7 +17,7 @@ from vlgate.gateway.apis.openai.completion import rewrite_object
 # request fields OpenAI echoes on the response object, with OpenAI's defaults
 _ECHOED: dict[str, Any] = {
     "instructions": None, "max_output_tokens": None, "temperature": None, "top_p": None,
-    "previous_response_id": None, "metadata": {}, "store": False, "truncation": "disabled",
+    "previous_response_id": None, "metadata": {}, "store": False, "truncation": "disabled", "background": False,
 }
 
 # what the gateway adds to the finished response object: (response, request echo) -> None
@@ -31,6 +31,7 @@ class Echo:
     fields: dict[str, Any]
     finish: Finisher | None = None  # e.g. a preset's parsed result
     cap: int | None = None  # the max_output_tokens sent upstream (a preset may have set it)
+    id: str | None = None  # the gateway's id for a stored response (else the backend's): the id the client keeps
     created_at: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -49,7 +50,7 @@ class Echo:
 
     def skeleton(self, response: dict[str, Any], status: str) -> dict[str, Any]:
         """A lifecycle event's response object (created / in_progress): nothing generated yet."""
-        return {"id": response.get("id", ""), "object": "response", "created_at": self.created_at,
+        return {"id": self.id or response.get("id", ""), "object": "response", "created_at": self.created_at,
                 "status": status, "output": [], "error": None,
                 "incomplete_details": None, "usage": None, **self.fields}
 
@@ -58,6 +59,8 @@ def complete_response(response: dict[str, Any], echo: Echo) -> dict[str, Any]:
     """Fill a finished response object (non-stream answer, `response.completed` event) in place."""
     for key, value in echo.fields.items():
         response.setdefault(key, value)
+    if echo.id is not None:
+        response["id"] = echo.id
     response.setdefault("object", "response")
     response.setdefault("created_at", echo.created_at)
     response.setdefault("status", "completed")

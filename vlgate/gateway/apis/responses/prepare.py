@@ -1,8 +1,10 @@
 """`POST /v1/responses` (OpenAI Responses API): validated, presets and images applied, answers completed.
 
-Forwarded to llama-server's own `/v1/responses` (stateless there too); `text.format` is mapped to the
+Forwarded to llama-server's own `/v1/responses` (stateless there); `text.format` is mapped to the
 `response_format` the backend honours, and every answer or stream event is completed so the openai SDK's
-strict validation and its `responses.stream()` / `responses.parse()` helpers accept it.
+strict validation and its `responses.stream()` / `responses.parse()` helpers accept it. Stored responses,
+their chains and conversations are the gateway's (state.py); `background: true` runs in-process
+(background.py).
 """
 
 from __future__ import annotations
@@ -11,14 +13,18 @@ import json
 from typing import Any
 
 from vlgate.errors import APIError
+from vlgate.gateway.apis.openai.completion import rewrite_object
 from vlgate.gateway.apis.openai.models import check_model
+from vlgate.gateway.apis.responses import background
 from vlgate.gateway.apis.responses.completion import (
     Echo,
     Finisher,
+    complete_response,
     complete_response_bytes,
     output_text,
 )
 from vlgate.gateway.apis.responses.schemas import responses_format, validate_responses
+from vlgate.gateway.apis.responses.state import State, load_state
 from vlgate.gateway.apis.responses.stream import ResponsesStreamRewriter
 from vlgate.gateway.apis.toolchoice import responses_tool_choice
 from vlgate.gateway.endpoint.context import RequestContext
@@ -34,6 +40,9 @@ async def prepare_responses(gw: Gateway, ctx: RequestContext, body: dict[str, An
     validate_responses(body)
     check_model(gw, body)
     echo = Echo.of(body)  # what the client asked for, before the gateway rewrites it for the backend
+    state = await load_state(gw, ctx.key, body, echo)  # None: nothing stored or loaded (no store call)
+    if state is not None:
+        ctx.body_changed = True
     if responses_format(body) | responses_tool_choice(body):
         ctx.body_changed = True
     run = resolve_preset(gw, body, RESPONSES)
@@ -50,11 +59,27 @@ async def prepare_responses(gw: Gateway, ctx: RequestContext, body: dict[str, An
     echo.cap = body.get("max_output_tokens")  # after the preset's defaults: what the backend was given
     if run is not None:
         echo.finish = _preset_finisher(run, images)
-    if body.get("stream") is True:
-        ctx.stream_tap = ResponsesStreamRewriter(echo)
-    else:
-        ctx.finish = lambda data: complete_response_bytes(data, echo)
     ctx.affinity = chat_affinity(_as_messages(body), [i.sha256 for i in images])
+    if state is None:
+        if body.get("stream") is True:
+            ctx.stream_tap = ResponsesStreamRewriter(echo)
+        else:
+            ctx.finish = lambda data: complete_response_bytes(data, echo)
+        return
+    state.take_input(body)
+    if state.background:
+        ctx.respond = await background.accept(gw, ctx, body, echo, state)
+        return
+    _stored(ctx, body, echo, state)
+
+
+def _stored(ctx: RequestContext, body: dict[str, Any], echo: Echo, state: State) -> None:
+    """The answer is completed as usual, then stored before its end reaches the client."""
+    if body.get("stream") is True:
+        ctx.stream_tap = state.tap = ResponsesStreamRewriter(echo, hold_final=True)
+    else:
+        ctx.finish = lambda data: rewrite_object(data, lambda response: state.finish(complete_response(response, echo)))
+    ctx.persist = state.persist
 
 
 def _preset_finisher(run: PresetRun, images: list[ImageInfo]) -> Finisher:
@@ -90,7 +115,15 @@ def _as_messages(body: dict[str, Any]) -> list[Any]:
 
 
 async def prepare_responses_count(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> None:
+    """`/v1/responses/input_tokens`: a chain or a conversation counts too (nothing is stored)."""
     validate_responses(body)
     check_model(gw, body)
+    given = body.get("store")
+    body["store"] = False  # a count stores nothing
+    ctx.body_changed = await load_state(gw, ctx.key, body, Echo.of(body)) is not None
+    if given is None:
+        del body["store"]
+    else:
+        body["store"] = given
     if await gw.images.normalize_body(body):
         ctx.body_changed = True

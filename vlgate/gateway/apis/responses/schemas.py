@@ -1,9 +1,10 @@
 """The Responses API request (`POST /v1/responses`, `/v1/responses/input_tokens`) in OpenAI's own rules.
 
 llama-server b11434 converts a Responses request to a chat request (server-chat.cpp) and is lenient or
-fails late; the gateway refuses what cannot work with a 400 naming the field: server-side state
-(`previous_response_id`, `conversation`, `background`), `file_id`/`input_file` inputs, tools other than
-functions, and `text.format` shapes it cannot map to the backend's `response_format`.
+fails late; the gateway refuses what cannot work with a 400 naming the field: `prompt` templates,
+`file_id`/`input_file` inputs, tools other than functions, and `text.format` shapes it cannot map to the
+backend's `response_format`. Server-side state (`store`, `previous_response_id`, `conversation`,
+`background`) is the gateway's own (state.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pydantic import Field, model_validator
 from vlgate.errors import APIError
 from vlgate.gateway.apis import caps
 from vlgate.gateway.apis.openai.schemas import _Open, validate
+from vlgate.gateway.apis.responses.items import check_metadata, item_kind
 from vlgate.gateway.apis.tagged import validate_tagged
 
 
@@ -75,17 +77,6 @@ class ReasoningItem(_Open):
     content: Annotated[list[ReasoningText], Field(min_length=1)]
 
 
-def _item_kind(item: Any) -> str:
-    """An input item's kind (an easy input message has a `role` and no `type`)."""
-    if isinstance(item, dict):
-        kind = item.get("type")
-        if kind in (None, "message") and "role" in item:
-            return "message"
-        if isinstance(kind, str):
-            return kind
-    return "unknown"
-
-
 class FunctionTool(_Open):
     type: Literal["function"]  # llama-server knows no other tool type (web search, files, MCP, ...)
     name: Annotated[str, Field(min_length=1, max_length=64)]
@@ -112,6 +103,10 @@ class TextConfig(_Open):
     format: TextFormat | None = None
 
 
+class ConversationRef(_Open):
+    id: Annotated[str, Field(min_length=1, max_length=256)]
+
+
 class ResponsesRequest(_Open):
     item_caps = caps.RESPONSES  # checked first by validate(), before any item below is validated
     model: str | None = None
@@ -125,8 +120,10 @@ class ResponsesRequest(_Open):
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     text: TextConfig | None = None
-    previous_response_id: str | None = None
+    previous_response_id: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    conversation: Annotated[str, Field(min_length=1, max_length=256)] | ConversationRef | None = None
     store: bool | None = None
+    background: bool | None = None
     truncation: Literal["auto", "disabled"] | None = None
     metadata: dict[str, str] | None = None
     preset: str | dict[str, Any] | None = None
@@ -139,27 +136,28 @@ _ITEMS: dict[str, type[_Open]] = {"message": MessageItem, "function_call": Funct
 def validate_responses(body: Any) -> None:
     """A 400 in OpenAI's shape for anything llama-server would mishandle or the gateway cannot serve."""
     validate(ResponsesRequest, body)
-    if body.get("previous_response_id"):
-        raise APIError(400, "previous_response_id is not supported: this gateway stores no responses; send the "
-                       "whole conversation in 'input'.", param="previous_response_id", code="unsupported_parameter")
-    for name in ("conversation", "background", "prompt"):
-        if body.get(name):
-            raise APIError(400, f"'{name}' is not supported: this gateway keeps no server-side state; send the "
-                           "whole conversation in 'input'.", param=name, code="unsupported_parameter")
-    items = body["input"]
-    if isinstance(items, list):
-        for i, item in enumerate(items):
-            kind = _item_kind(item)
-            model = _ITEMS.get(kind)
-            if model is None:
-                raise APIError(400, f"Invalid value for 'input[{i}]': unsupported input item type {kind!r} "
-                               f"(supported: {', '.join(_ITEMS)}).", param=f"input[{i}]", code="invalid_value")
-            try:
-                validate_tagged(model, item, ("input_text", "output_text", "input_image", "refusal"))
-            except APIError as exc:
-                param = f"input[{i}]" + (f".{exc.param}" if exc.param else "")
-                raise APIError(400, exc.message.replace(f"'{exc.param}'", f"'{param}'"), param=param,
-                               code=exc.code) from None
+    if body.get("prompt"):
+        raise APIError(400, "'prompt' (a stored prompt template) is not supported here; send the text in 'input'.",
+                       param="prompt", code="unsupported_parameter")
+    check_metadata(body.get("metadata"))
+    if isinstance(body["input"], list):
+        validate_items(body["input"], "input")
+
+
+def validate_items(items: list[Any], where: str) -> None:
+    """Each input item in the shapes llama-server reads (`where`: the list's name in errors)."""
+    for i, item in enumerate(items):
+        kind = item_kind(item)
+        model = _ITEMS.get(kind)
+        if model is None:
+            raise APIError(400, f"Invalid value for '{where}[{i}]': unsupported input item type {kind!r} "
+                           f"(supported: {', '.join(_ITEMS)}).", param=f"{where}[{i}]", code="invalid_value")
+        try:
+            validate_tagged(model, item, ("input_text", "output_text", "input_image", "refusal"))
+        except APIError as exc:
+            param = f"{where}[{i}]" + (f".{exc.param}" if exc.param else "")
+            raise APIError(400, exc.message.replace(f"'{exc.param}'", f"'{param}'"), param=param,
+                           code=exc.code) from None
 
 
 def responses_format(body: dict[str, Any]) -> bool:

@@ -1,11 +1,71 @@
-"""(being built: issue 21) routes answered from the store."""
+"""Stored responses, answered from the store: retrieve, delete, input items, cancel.
+
+Each names the key that asks (`Local`): another key's response is exactly an unknown id (404).
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
+from vlgate.errors import APIError
+from vlgate.gateway.apis.responses import background
+from vlgate.gateway.apis.responses.records import guarded, json_response, settle, show
+from vlgate.gateway.endpoint.local import Local, list_object, not_found
 from vlgate.gateway.gateway import Gateway
+from vlgate.store.base import RESPONSE, RESPONSE_INPUT, Record
+
+
+async def _record(local: Local) -> Record:
+    id = local.param("response_id")
+    record = await local.store.get(RESPONSE, id, local.owner)
+    if record is None:
+        raise not_found("response", id, param="response_id")
+    return record
+
+
+@guarded
+async def retrieve(request: Request) -> Response:
+    local = Local(request)
+    if request.query_params.get("stream", "false").lower() not in ("false", "0"):
+        raise APIError(400, "Streaming a stored response again is not supported here: retrieve it without "
+                       "'stream'.", param="stream", code="unsupported_parameter")
+    record = await settle(local.store, await _record(local))
+    return json_response(show(record.data))
+
+
+@guarded
+async def delete(request: Request) -> Response:
+    """The response and its input items; a background run of it stops."""
+    local = Local(request, writes=True)
+    id = local.param("response_id")
+    if not await local.store.delete(RESPONSE, id, local.owner):
+        raise not_found("response", id, param="response_id")
+    background.stop_local(id)
+    return json_response({"id": id, "object": "response", "deleted": True})
+
+
+@guarded
+async def input_items(request: Request) -> Response:
+    local = Local(request)
+    record = await _record(local)
+    after, limit, order = local.page("desc")
+    records, more = await local.store.list_page(RESPONSE_INPUT, local.owner, parent=record.id, after=after,
+                                                limit=limit, order=order)
+    return json_response(list_object(records, more, lambda r: show(r.data)))
+
+
+@guarded
+async def cancel(request: Request) -> Response:
+    local = Local(request, writes=True)
+    return json_response(await background.cancel(local.store, await _record(local)))
 
 
 def routes(gw: Gateway) -> list[BaseRoute]:
-    return []
+    return [
+        Route("/v1/responses/{response_id}", retrieve, methods=["GET"]),
+        Route("/v1/responses/{response_id}", delete, methods=["DELETE"]),
+        Route("/v1/responses/{response_id}/input_items", input_items, methods=["GET"]),
+        Route("/v1/responses/{response_id}/cancel", cancel, methods=["POST"]),
+    ]

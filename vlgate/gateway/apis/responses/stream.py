@@ -5,6 +5,10 @@ the full response object on lifecycle events, and `response.function_call_argume
 finish without ever having been announced. The rewriter keeps the little state needed to number items
 and parts, adds what is missing, and passes through anything it does not know (numbered). Error events
 (`data: {"error": ...}`) and comments pass unchanged: the SDK raises on the former.
+
+A stored response's final event (`response.completed` / `response.incomplete`) is kept in `final`; with
+`hold_final` it and whatever follows wait in the tap until `flush`, which the endpoint calls once the
+response is stored: a client that has the final event can retrieve or continue the response at once.
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ _LIFECYCLE = ("response.created", "response.in_progress", "response.queued")
 class ResponsesStreamRewriter:
     """A stream tap (see context.StreamTap): bytes of backend events in, bytes of OpenAI events out."""
 
-    def __init__(self, echo: Echo) -> None:
+    def __init__(self, echo: Echo, *, hold_final: bool = False) -> None:
         self.echo = echo
+        self.hold_final = hold_final
+        self.final: dict[str, Any] | None = None  # the finished response object, once its event passed
+        self._held: list[bytes] = []
         self._split = sse.EventSplitter()
         self._seq = 0
         self._index: dict[str, int] = {}  # output item id -> output_index
@@ -33,14 +40,16 @@ class ResponsesStreamRewriter:
         for raw in self._split.feed(chunk):
             _, data = sse.parse(raw)
             if not isinstance(data, dict) or "type" not in data:  # comment, error event, unknown: as is
-                out.append(raw + b"\n\n")
+                (self._held if self._held else out).append(raw + b"\n\n")
                 continue
             for kind, event in self._rewrite(data):
-                out.append(sse.event(kind, event))
+                is_final = self.final is not None and event.get("response") is self.final
+                (self._held if self._held or (is_final and self.hold_final) else out).append(sse.event(kind, event))
         return b"".join(out)
 
     def flush(self) -> bytes:
-        return self._split.rest()
+        held, self._held = b"".join(self._held), []
+        return held + self._split.rest()
 
     # -- one backend event -> the events the client gets ------------------------------------------
     def _rewrite(self, data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -55,6 +64,7 @@ class ResponsesStreamRewriter:
             data["response"] = self.echo.skeleton({**self._response, **response}, response.get("status", "in_progress"))
         elif kind == "response.completed" and isinstance(response, dict):
             complete_response(response, self.echo)
+            self.final = response
             if response["status"] == "incomplete":  # OpenAI ends a cut-off answer with response.incomplete
                 kind = data["type"] = "response.incomplete"
             if "vlgate" in response:  # a preset's parsed result: on the event too, as on chat's last chunk
