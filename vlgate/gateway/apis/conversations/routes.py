@@ -62,7 +62,8 @@ async def create(request: Request) -> Response:
     body = await local.json()
     now = time.time()
     id = new_id("conv")
-    data = {"id": id, "object": "conversation", "created_at": int(now), "metadata": check_metadata(body.get("metadata"))}
+    metadata = check_metadata(body.get("metadata"))
+    data = {"id": id, "object": "conversation", "created_at": int(now), "metadata": metadata}
     items = await _items(local, body.get("items") or [], id, now)
     until = expires(now, local.gw.config.storage.retention.conversations_s)
     await local.store.add([Record(CONVERSATION, id, local.owner, data, int(now), expires_at=until), *items])

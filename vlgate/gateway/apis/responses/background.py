@@ -1,8 +1,9 @@
 """`background: true`: answered at once (`queued`), run in-process, polled with GET, cancelled with POST.
 
 The work takes the client's own road: an in-process call of `POST /v1/responses` (endpoint/internal.py)
-with the prepared request (history, preset and images already applied; `store: false`, so the call itself
-stores nothing) as the key that asked, so key limits, admission, retries and accounting apply. Its result
+with the prepared request (history, preset and images already applied, not again: the call carries a
+one-time token; `store: false`, so the call itself stores nothing) as the key that asked, so key limits,
+admission, retries and accounting apply. Its result
 replaces the record only while the record is still in progress (compare-and-set), so a cancel racing the
 completion ends one way: cancelled (the result is dropped) or finished (the cancel answers the finished
 response). While it runs, the gateway renews the record's lease every third of `storage.batches.lease_s`;
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,8 +40,10 @@ from vlgate.store.base import RESPONSE, Record, Store, StoreError
 log = logging.getLogger("vlgate.gateway.responses")
 
 PATH = "/v1/responses"
+PREPARED = "vlgate_prepared"  # marks a run's own call (a one-time token only this process knows)
 _STATE_FIELDS = ("background", "previous_response_id", "conversation", "store", "stream")
 _running: dict[str, asyncio.Task[None]] = {}  # response id -> its run in this process
+_prepared: set[str] = set()  # tokens of runs' calls not yet made
 # ResponseError.code's values (the SDK validates them); a gateway error code outside them is mapped
 _IMAGE_CODES = {"invalid_image", "invalid_image_format", "invalid_base64_image", "invalid_image_url",
                 "image_too_large", "image_too_small", "image_parse_error", "invalid_image_mode",
@@ -55,12 +59,20 @@ async def accept(gw: Gateway, ctx: RequestContext, body: dict[str, Any], echo: E
     records = state.response_records({**queued, LEASE: now + lease_s}, now)
     with store_errors():
         await state.store.add(records)
-    inner = orjson.dumps({**{k: v for k, v in body.items() if k not in _STATE_FIELDS}, "store": False})
+    token = secrets.token_hex(16)
+    _prepared.add(token)
+    inner = orjson.dumps({**{k: v for k, v in body.items() if k not in _STATE_FIELDS}, "store": False,
+                          PREPARED: token})
     run = Run(gw, state, echo, records[0], lease_s)
     gw.admitted += 1  # a drain waits for it as for a request (released when the run ends)
     task = asyncio.get_running_loop().create_task(run.run(inner, Caller(ctx.key, "background"), ctx.id))
     _running[state.id] = task
-    task.add_done_callback(lambda _t: _running.pop(state.id, None))
+
+    def ended(_task: asyncio.Task[None]) -> None:
+        _running.pop(state.id, None)
+        _prepared.discard(token)  # a run cancelled before its call
+
+    task.add_done_callback(ended)
     answer = orjson.dumps(queued)
     headers = ctx.dialect.id_headers(ctx.id.encode())
 
@@ -141,6 +153,16 @@ def _error_code(status: int, code: Any) -> str:
     if isinstance(code, str) and "image" in code:
         return "invalid_image"
     return "invalid_prompt"
+
+
+def take_prepared(body: dict[str, Any]) -> bool:
+    """True for a background run's own call (its request was prepared, images included, when accepted:
+    it is not prepared again). The token is removed from the body and can serve once."""
+    token = body.pop(PREPARED, None)
+    if isinstance(token, str) and token in _prepared:
+        _prepared.discard(token)
+        return True
+    return False
 
 
 def stop_local(response_id: str) -> None:

@@ -38,6 +38,11 @@ from vlgate.presets.apply import RESPONSES
 
 async def prepare_responses(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> None:
     validate_responses(body)
+    if background.take_prepared(body):  # a background run's own call: prepared when it was accepted
+        ctx.body_changed = True
+        ctx.finish = lambda data: complete_response_bytes(data, Echo.of(body))
+        ctx.affinity = chat_affinity(_as_messages(body), [])
+        return
     check_model(gw, body)
     echo = Echo.of(body)  # what the client asked for, before the gateway rewrites it for the backend
     state = await load_state(gw, ctx.key, body, echo)  # None: nothing stored or loaded (no store call)
@@ -52,7 +57,8 @@ async def prepare_responses(gw: Gateway, ctx: RequestContext, body: dict[str, An
             raise APIError(400, f"Preset '{run.name}' runs several steps (or draws an overlay), which "
                            "/v1/responses does not do; send it to /v1/chat/completions.", param="preset",
                            code="unsupported_preset")
-    images = await gw.images.normalize_body(body)
+    # a history's images were normalized when they were stored (the gateway's own encoding): not again
+    images = await gw.images.normalize_body(body if state is None else {"input": state.new_input(body)})
     ctx.images = len(images)  # usage per key
     if images:
         ctx.body_changed = True
@@ -120,10 +126,10 @@ async def prepare_responses_count(gw: Gateway, ctx: RequestContext, body: dict[s
     check_model(gw, body)
     given = body.get("store")
     body["store"] = False  # a count stores nothing
-    ctx.body_changed = await load_state(gw, ctx.key, body, Echo.of(body)) is not None
+    state = await load_state(gw, ctx.key, body, Echo.of(body))
     if given is None:
         del body["store"]
     else:
         body["store"] = given
-    if await gw.images.normalize_body(body):
-        ctx.body_changed = True
+    images = await gw.images.normalize_body(body if state is None else {"input": state.new_input(body)})
+    ctx.body_changed = state is not None or bool(images)

@@ -48,10 +48,14 @@ class State:
     final: dict[str, Any] | None = None  # the finished response object (non-stream)
     tap: ResponsesStreamRewriter | None = None  # a stream's rewriter (it holds the final object)
 
+    def new_input(self, body: dict[str, Any]) -> list[Any]:
+        """The request's own input items (a preset's system message included), without the history."""
+        old = {id(item) for item in self.history}
+        return [item for item in body["input"] if id(item) not in old]
+
     def take_input(self, body: dict[str, Any]) -> None:
         """The new input items, as stored: after presets and images (the model's view of them)."""
-        old = {id(item) for item in self.history}
-        self.items = [as_stored(item) for item in body["input"] if isinstance(item, dict) and id(item) not in old]
+        self.items = [as_stored(item) for item in self.new_input(body) if isinstance(item, dict)]
 
     def finish(self, response: dict[str, Any]) -> dict[str, Any]:
         self.final = response

@@ -1,0 +1,85 @@
+"""A real tiny llama-server behind a real gateway that stores state (SQLite in a data dir of the test's own),
+with two API keys, for the stored-responses, conversations and agents tests. `restart()` starts a new
+gateway process on the same data dir (the restart tests)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+
+from support.gateway_process import GatewayProcess
+from support.llama import LlamaServer
+
+KEY_A, KEY_B = "sk-team-a", "sk-team-b"
+KEYS = [{"name": "team-a", "key": KEY_A}, {"name": "team-b", "key": KEY_B}]
+LEASE_S = 2.0  # background responses' lease (storage.batches.lease_s): a lost run is failed this fast
+
+
+class StatefulStack:
+    def __init__(self, tmp: Path, llama: LlamaServer) -> None:
+        self.tmp, self.llama = tmp, llama
+        self.data_dir = tmp / "data"
+        self.config: dict[str, Any] = {
+            "backends": [{"url": llama.url}],
+            "gateway": {"drain_delay_s": 0, "api_keys": KEYS},
+            "storage": {"data_dir": str(self.data_dir), "batches": {"lease_s": LEASE_S}},
+        }
+        self.gw = self._start()
+
+    def _start(self) -> GatewayProcess:
+        gw = GatewayProcess(self.config, self.tmp).start()
+        gw.wait_ready()
+        return gw
+
+    def restart(self, sig: int | None = None) -> GatewayProcess:
+        """Stop the gateway (SIGTERM, or `sig`, e.g. SIGKILL) and start a new one on the same data dir."""
+        if sig is None:
+            self.gw.stop()
+        else:
+            self.gw.stop(sig)
+        self.gw = self._start()
+        return self.gw
+
+    def client(self, key: str = KEY_A, **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.gw.url + "/v1", api_key=key, _strict_response_validation=True,
+                             max_retries=0, **kwargs)
+
+    def http(self, method: str, path: str, key: str = KEY_A, **kwargs: Any) -> httpx.Response:
+        return httpx.request(method, self.gw.url + path, headers={"Authorization": f"Bearer {key}"}, timeout=60,
+                             **kwargs)
+
+    def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Read the gateway's SQLite store directly (what is really kept, not what the API says)."""
+        with sqlite3.connect(self.data_dir / "vlgate.db", timeout=10) as db:
+            return list(db.execute(sql, params))
+
+    def wait_status(self, response_id: str, done: tuple[str, ...] = ("completed", "incomplete", "failed", "cancelled"),
+                    timeout: float = 60.0, key: str = KEY_A) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self.client(key).responses.retrieve(response_id)
+            if r.status in done or time.monotonic() > deadline:
+                return r
+            time.sleep(0.05)
+
+
+@contextmanager
+def stateful_stack(tmp: Path, binary: Path, model: Any, *, ctx: int = 4096) -> Iterator[StatefulStack]:
+    """`model`: the `tiny_model` fixture. Yields once the gateway's backend is ready."""
+    llama = LlamaServer(binary, model.model, mmproj=model.mmproj, slots=2, ctx=ctx, extra_args=["--jinja"],
+                        log_dir=tmp / "llama").start()
+    stack = None
+    try:
+        stack = StatefulStack(tmp, llama)
+        yield stack
+    finally:
+        if stack is not None:
+            stack.gw.stop()
+        llama.stop()
