@@ -1,7 +1,7 @@
 """The `vlgate` command. Every failure a user can cause is one clear line and a non-zero exit.
 
 One module per family of subcommands, each registering itself here: `serve.py` (the gateway alone),
-`launch.py` (up, launch, install-server, status), `reload.py`, `ask.py`, `config_cmd.py` (config schema);
+`launch.py` (up, launch, install-server, status), `reload.py`, `ask.py`, `batch.py`, `config_cmd.py`;
 `common.py` is what they share. Registering imports only the standard library (heavy imports wait until a
 command runs), so `vlgate --help` starts about as fast as Python with pydantic (bench/cli_start.py).
 """
@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from vlgate import __version__
 from vlgate.cli import ask, config_cmd
+from vlgate.cli import batch as batch_cli
 from vlgate.cli import launch as launcher_cli
 from vlgate.cli import reload as reload_cli
 from vlgate.cli import serve as gateway_cli
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     reload_cli.register(sub)
     launcher_cli.register(sub)
     ask.register(sub)
+    batch_cli.register(sub)
     config_cmd.register(sub)
     return parser
 
