@@ -95,7 +95,7 @@ def test_previous_response_id_chains_input_and_output_not_instructions(st: State
     # the count route reads chains too
     counted = c.responses.input_tokens.count(model=M, input=[{"role": "user", "content": "third"}],
                                              previous_response_id=r2.id)
-    assert counted.input_tokens == c.responses.input_tokens.count(model=M, input=explicit).input_tokens  # type: ignore[arg-type]
+    assert counted.input_tokens == c.responses.input_tokens.count(model=M, input=explicit).input_tokens
     # each response keeps only its own new input
     assert [i.type for i in c.responses.input_items.list(r3.id)] == ["message"]
 
@@ -114,7 +114,7 @@ def test_stream_is_stored_before_its_end(st: StatefulStack) -> None:
     final = finals[0]
     events = list(c.responses.create(model=M, input="x", max_output_tokens=3, stream=True))
     ids = {e.response.id for e in events if hasattr(e, "response")}  # created, in_progress, incomplete: one id
-    assert len(ids) == 1 and c.responses.retrieve(ids.pop()).status == events[-1].response.status  # type: ignore[union-attr]
+    assert len(ids) == 1 and c.responses.retrieve(ids.pop()).status == events[-1].response.status
     again = c.responses.create(model=M, input="more", max_output_tokens=3, previous_response_id=final.id)
     assert again.previous_response_id == final.id
 
