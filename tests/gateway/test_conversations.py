@@ -14,7 +14,7 @@ import openai
 import pytest
 from PIL import Image
 
-from support.statefulgw import KEY_B, StatefulStack, stateful_stack
+from support.statefulgw import KEY_B, StatefulStack, spec_errors, stateful_stack
 
 pytestmark = pytest.mark.slow
 M = "youtu-vl"
@@ -164,3 +164,39 @@ def test_another_keys_conversation_is_an_unknown_id(st: StatefulStack) -> None:
     assert error_of(lambda: b.conversations.items.retrieve(item.id, conversation_id=other.id))[0] == 404
     assert a.conversations.retrieve(conv.id).metadata == {"owner": "a"}
     assert [i.id for i in a.conversations.items.list(conv.id).data] == [item.id]
+
+
+def test_objects_conform_to_the_spec(st: StatefulStack) -> None:
+    """The raw JSON, checked against the official spec's schemas (the SDK's strict models above too)."""
+    made = st.http("POST", "/v1/conversations", json={"metadata": {"k": "v"}, "items": [
+        {"role": "user", "content": [{"type": "input_image", "image_url": png((64, 64))},
+                                     {"type": "input_text", "text": "hi"}]},
+        {"type": "message", "role": "assistant", "content": "earlier answer"}]})
+    assert made.status_code == 200, made.text
+    conv = made.json()
+    tools = [{"type": "function", "name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    r = st.http("POST", "/v1/responses", json={"model": M, "input": "Weather?", "tools": tools,
+                                               "max_output_tokens": 60, "conversation": conv["id"]}).json()
+    call = r["output"][0]
+    assert call["type"] == "function_call"
+    st.http("POST", "/v1/responses", json={"model": M, "tools": tools, "max_output_tokens": 4, "conversation":
+                                           conv["id"], "input": [{"type": "function_call_output",
+                                                                  "call_id": call["call_id"], "output": "Sunny."}]})
+    added = st.http("POST", f"/v1/conversations/{conv['id']}/items", json={"items": [{"role": "user",
+                                                                                      "content": "more"}]}).json()
+    listed = st.http("GET", f"/v1/conversations/{conv['id']}/items?order=asc").json()
+    assert [i["type"] for i in listed["data"]] == ["message", "message", "message", "function_call",
+                                                   "function_call_output", "message", "message"]
+    checks: list[tuple[Any, str]] = [
+        (conv, "ConversationResource"), (added, "ConversationItemList"), (listed, "ConversationItemList"),
+        (st.http("GET", f"/v1/conversations/{conv['id']}").json(), "ConversationResource"),
+        (st.http("POST", f"/v1/conversations/{conv['id']}", json={"metadata": {"x": "y"}}).json(),
+         "ConversationResource"),
+        (st.http("DELETE", f"/v1/conversations/{conv['id']}/items/{added['data'][0]['id']}").json(),
+         "ConversationResource"),
+        (st.http("DELETE", f"/v1/conversations/{conv['id']}").json(), "DeletedConversationResource"),
+        *((item, "ConversationItem") for item in listed["data"]),
+    ]
+    for value, component in checks:
+        assert spec_errors(value, component) == [], (component, spec_errors(value, component))

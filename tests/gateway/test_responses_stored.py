@@ -18,7 +18,7 @@ import openai
 import pytest
 from PIL import Image
 
-from support.statefulgw import KEY_B, LEASE_S, StatefulStack, stateful_stack
+from support.statefulgw import KEY_B, LEASE_S, StatefulStack, spec_errors, stateful_stack
 
 pytestmark = pytest.mark.slow
 M = "youtu-vl"
@@ -261,3 +261,27 @@ def test_restart_keeps_responses_and_fails_lost_background_runs(st: StatefulStac
     failed = st.wait_status(lost.id, ("failed",), timeout=LEASE_S * 3)
     assert failed.status == "failed" and failed.error is not None and failed.error.code == "server_error"
     assert "restarted" in failed.error.message
+
+
+def test_objects_conform_to_the_spec(st: StatefulStack) -> None:
+    """The raw JSON, checked against the official spec's schemas (the SDK's strict models above too)."""
+    tools = [{"type": "function", "name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    made = st.http("POST", "/v1/responses", json={"model": M, "input": "Weather in Paris?", "tools": tools,
+                                                  "max_output_tokens": 60, "metadata": {"a": "b"}})
+    assert made.status_code == 200, made.text
+    r = made.json()
+    assert [o["type"] for o in r["output"]] == ["function_call"]
+    call = r["output"][0]
+    follow = st.http("POST", "/v1/responses", json={
+        "model": M, "previous_response_id": r["id"], "tools": tools, "max_output_tokens": 4,
+        "input": [{"type": "function_call_output", "call_id": call["call_id"], "output": "Sunny."}]}).json()
+    queued = st.http("POST", "/v1/responses", json={"model": M, "input": "later", "max_output_tokens": 2,
+                                                    "background": True}).json()
+    for response in (r, follow, queued, st.http("GET", f"/v1/responses/{follow['id']}").json()):
+        assert spec_errors(response, "Response") == [], spec_errors(response, "Response")
+    for id in (r["id"], follow["id"]):
+        items = st.http("GET", f"/v1/responses/{id}/input_items").json()
+        assert items["data"] and spec_errors(items, "ResponseItemList") == [], items
+    assert st.wait_status(queued["id"]).status == "incomplete"
+    assert spec_errors(st.http("GET", f"/v1/responses/{queued['id']}").json(), "Response") == []

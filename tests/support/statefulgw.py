@@ -83,3 +83,25 @@ def stateful_stack(tmp: Path, binary: Path, model: Any, *, ctx: int = 4096) -> I
         if stack is not None:
             stack.gw.stop()
         llama.stop()
+
+
+_SPEC: dict[str, Any] = {}
+
+
+# where the spec's schema is stricter than OpenAI's own answers: its examples of a queued or cancelled response
+# (POST /responses/{id}/cancel) and of the stream's lifecycle events carry `"usage": null`
+_AS_OPENAI_ANSWERS = {"usage: None is not of type 'object'"}
+
+
+def spec_errors(value: Any, component: str) -> list[str]:
+    """What is wrong with `value` as the official spec's `components/schemas/<component>` (tests/data), less
+    what OpenAI's own answers do too."""
+    import json
+
+    import jsonschema
+
+    if not _SPEC:
+        _SPEC.update(json.loads((Path(__file__).parents[1] / "data" / "openai-openapi.json").read_text()))
+    validator = jsonschema.Draft202012Validator({**_SPEC, "$ref": f"#/components/schemas/{component}"})
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message[:300]}" for e in validator.iter_errors(value)]
+    return [e for e in errors if e not in _AS_OPENAI_ANSWERS]

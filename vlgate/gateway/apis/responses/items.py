@@ -54,11 +54,15 @@ def _stored_part(part: Any, text_type: str) -> Any:
         return part
     if part.get("type") == "input_image" and part.get("detail") is None:
         return {**part, "detail": "auto"}
-    if part.get("type") == "output_text" and not isinstance(part.get("annotations"), list):
-        return {**part, "annotations": []}
     if part.get("type") == "input_text" and text_type == "output_text":  # an assistant's text is output text
-        return {**part, "type": "output_text", "annotations": []}
+        part = {**part, "type": "output_text"}
+    if part.get("type") == "output_text":  # both lists are required of an output text
+        return {**part, "annotations": _list(part.get("annotations")), "logprobs": _list(part.get("logprobs"))}
     return part
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def as_output_item(item: dict[str, Any]) -> dict[str, Any]:
