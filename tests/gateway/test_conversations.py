@@ -14,15 +14,19 @@ import openai
 import pytest
 from PIL import Image
 
-from support.statefulgw import KEY_B, StatefulStack, spec_errors, stateful_stack
+from support.postgres import postgres_server  # noqa: F401  (fixture)
+from support.statefulgw import KEY_B, StatefulStack, spec_errors, stateful_stack, store_url
 
 pytestmark = pytest.mark.slow
 M = "youtu-vl"
 
 
-@pytest.fixture(scope="module")
-def st(tmp_path_factory: pytest.TempPathFactory, llama_server_bin, tiny_model) -> Iterator[StatefulStack]:
-    with stateful_stack(tmp_path_factory.mktemp("conversations"), llama_server_bin, tiny_model) as stack:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def st(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, llama_server_bin,
+       tiny_model) -> Iterator[StatefulStack]:
+    """The same tests on the embedded store and on a real PostgreSQL server."""
+    tmp = tmp_path_factory.mktemp("conversations")
+    with store_url(request) as url, stateful_stack(tmp, llama_server_bin, tiny_model, storage_url=url) as stack:
         yield stack
 
 

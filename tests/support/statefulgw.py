@@ -1,6 +1,6 @@
-"""A real tiny llama-server behind a real gateway that stores state (SQLite in a data dir of the test's own),
-with two API keys, for the stored-responses, conversations and agents tests. `restart()` starts a new
-gateway process on the same data dir (the restart tests)."""
+"""A real tiny llama-server behind a real gateway that stores state (SQLite in a data dir of the test's own, or
+a real PostgreSQL database), with two API keys, for the stored-responses, conversations and agents tests.
+`restart()` starts a new gateway process on the same store (the restart tests)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import openai
+import pytest
 
 from support.gateway_process import GatewayProcess
 from support.llama import LlamaServer
@@ -23,13 +24,16 @@ LEASE_S = 2.0  # background responses' lease (storage.batches.lease_s): a lost r
 
 
 class StatefulStack:
-    def __init__(self, tmp: Path, llama: LlamaServer) -> None:
-        self.tmp, self.llama = tmp, llama
+    def __init__(self, tmp: Path, llama: LlamaServer, storage_url: str | None = None) -> None:
+        self.tmp, self.llama, self.storage_url = tmp, llama, storage_url
         self.data_dir = tmp / "data"
+        storage: dict[str, Any] = {"data_dir": str(self.data_dir), "batches": {"lease_s": LEASE_S}}
+        if storage_url:
+            storage["url"] = storage_url
         self.config: dict[str, Any] = {
             "backends": [{"url": llama.url}],
             "gateway": {"drain_delay_s": 0, "api_keys": KEYS},
-            "storage": {"data_dir": str(self.data_dir), "batches": {"lease_s": LEASE_S}},
+            "storage": storage,
         }
         self.gw = self._start()
 
@@ -56,7 +60,12 @@ class StatefulStack:
                              **kwargs)
 
     def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        """Read the gateway's SQLite store directly (what is really kept, not what the API says)."""
+        """Read the gateway's store directly (what is really kept, not what the API says); `?` placeholders."""
+        if self.storage_url:
+            import psycopg
+
+            with psycopg.connect(self.storage_url) as conn:
+                return list(conn.execute(sql.replace("?", "%s"), params).fetchall())
         with sqlite3.connect(self.data_dir / "vlgate.db", timeout=10) as db:
             return list(db.execute(sql, params))
 
@@ -71,13 +80,15 @@ class StatefulStack:
 
 
 @contextmanager
-def stateful_stack(tmp: Path, binary: Path, model: Any, *, ctx: int = 4096) -> Iterator[StatefulStack]:
-    """`model`: the `tiny_model` fixture. Yields once the gateway's backend is ready."""
+def stateful_stack(tmp: Path, binary: Path, model: Any, *, ctx: int = 4096,
+                   storage_url: str | None = None) -> Iterator[StatefulStack]:
+    """`model`: the `tiny_model` fixture; `storage_url`: a PostgreSQL database (else SQLite in `tmp`).
+    Yields once the gateway's backend is ready."""
     llama = LlamaServer(binary, model.model, mmproj=model.mmproj, slots=2, ctx=ctx, extra_args=["--jinja"],
                         log_dir=tmp / "llama").start()
     stack = None
     try:
-        stack = StatefulStack(tmp, llama)
+        stack = StatefulStack(tmp, llama, storage_url)
         yield stack
     finally:
         if stack is not None:
@@ -105,3 +116,18 @@ def spec_errors(value: Any, component: str) -> list[str]:
     validator = jsonschema.Draft202012Validator({**_SPEC, "$ref": f"#/components/schemas/{component}"})
     errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message[:300]}" for e in validator.iter_errors(value)]
     return [e for e in errors if e not in _AS_OPENAI_ANSWERS]
+
+
+@contextmanager
+def store_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """For a fixture parametrized over "sqlite" / "postgresql": None (SQLite), or a fresh database on the
+    session's real PostgreSQL server (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield None
+        return
+    server = request.getfixturevalue("postgres_server")
+    name = server.new_database()
+    try:
+        yield server.url(name)
+    finally:
+        server.drop_database(name)
