@@ -204,3 +204,15 @@ def test_objects_conform_to_the_spec(st: StatefulStack) -> None:
     ]
     for value, component in checks:
         assert spec_errors(value, component) == [], (component, spec_errors(value, component))
+
+
+def test_a_background_response_extends_its_conversation_when_done(st: StatefulStack) -> None:
+    c = st.client()
+    conv = c.conversations.create(items=[{"role": "user", "content": "first"}])
+    q = c.responses.create(model=M, input="second", conversation=conv.id, background=True, max_output_tokens=3)
+    assert q.status == "queued" and q.conversation is not None and q.conversation.id == conv.id
+    done = st.wait_status(q.id)
+    assert done.status == "incomplete" and done.conversation is not None
+    items = c.conversations.items.list(conv.id, order="asc").data
+    assert [getattr(i, "role", None) for i in items] == ["user", "user", "assistant"]
+    assert items[2].id == done.output[0].id
