@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import time
+from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -61,6 +62,18 @@ def request_id(scope: Scope) -> str:
 # new request ids: random per process (replicas differ), then a counter (os.urandom costs a syscall a request)
 _ID_PREFIX = os.urandom(4).hex()
 _ids = itertools.count(1)
+
+
+def parse_json(raw: bytes, max_containers: int) -> Any:
+    """The body parsed (data: URLs of MBs cost the loop little; so many objects that parsing would hold it
+    are refused), or a 400 in the route's shape."""
+    try:
+        return bodyjson.loads(raw, max_containers)
+    except bodyjson.TooManyContainers:
+        raise APIError(400, f"The request body has more than {max_containers} JSON objects and arrays.",
+                       code="array_above_max_length") from None
+    except orjson.JSONDecodeError as exc:
+        raise APIError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -120,13 +133,7 @@ class ApiEndpoint:
             ctx.key = gw.keys.check(credentials(header(scope, b"authorization"), header(scope, b"x-api-key")))
         check_json_content_type(scope)
         raw = await reader.read(scope, receive)
-        try:  # data: URLs of MBs cost the loop little; so many objects that parsing would hold it are refused
-            body = bodyjson.loads(raw, MAX_JSON_CONTAINERS)
-        except bodyjson.TooManyContainers:
-            raise APIError(400, f"The request body has more than {MAX_JSON_CONTAINERS} JSON objects and arrays.",
-                           code="array_above_max_length") from None
-        except orjson.JSONDecodeError as exc:
-            raise APIError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+        body = parse_json(raw, MAX_JSON_CONTAINERS)
         ctx.release_key = await gw.key_limits.admit(ctx.key, route.charges)  # released in Gateway.finish
         if tracing.ENABLED:
             tracing.request_body(route, body)

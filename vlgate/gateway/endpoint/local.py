@@ -11,12 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 
 from vlgate.errors import APIError
-from vlgate.gateway.endpoint import bodyjson
-from vlgate.gateway.endpoint.endpoint import DRAINING, check_json_content_type
+from vlgate.gateway.endpoint.endpoint import DRAINING, check_json_content_type, parse_json
 from vlgate.gateway.frontdoor.auth import header_credentials
 from vlgate.gateway.frontdoor.bodies import BodyReader
 from vlgate.gateway.gateway import Gateway, gateway_of
@@ -52,13 +50,7 @@ class Local:
             reader.release()
         if not raw.strip():
             return {}
-        try:
-            body = bodyjson.loads(raw, MAX_JSON_CONTAINERS)
-        except bodyjson.TooManyContainers:
-            raise APIError(400, f"The request body has more than {MAX_JSON_CONTAINERS} JSON objects and arrays.",
-                           code="array_above_max_length") from None
-        except orjson.JSONDecodeError as exc:
-            raise APIError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+        body = parse_json(raw, MAX_JSON_CONTAINERS)
         if not isinstance(body, dict):
             raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
         return body
