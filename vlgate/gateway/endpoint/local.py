@@ -74,6 +74,20 @@ class Local:
     def param(self, name: str) -> str:
         return str(self.request.path_params[name])
 
+    async def delete(self, kind: str, what: str, param: str) -> str:
+        """Delete the record the path names (with its children); 404 as for an unknown id."""
+        id = self.param(param)
+        if not await self.store.delete(kind, id, self.owner):
+            raise not_found(what, id, param=param)
+        return id
+
+    async def children(self, kind: str, parent: str, show: Callable[[Record], dict[str, Any]]) -> dict[str, Any]:
+        """A page of the records under `parent` (a conversation's items, a response's input items)."""
+        after, limit, order = self.page("desc")
+        records, more = await self.store.list_page(kind, self.owner, parent=parent, after=after, limit=limit,
+                                                   order=order)
+        return list_object(records, more, show)
+
 
 def not_found(what: str, id: str, param: str | None = None) -> APIError:
     """The one answer for an unknown id and another key's object: nothing says that it exists."""

@@ -93,9 +93,7 @@ async def update(request: Request) -> Response:
 async def delete(request: Request) -> Response:
     """The conversation and all its items."""
     local = Local(request, writes=True)
-    id = local.param("conversation_id")
-    if not await local.store.delete(CONVERSATION, id, local.owner):
-        raise not_found("conversation", id, param="conversation_id")
+    id = await local.delete(CONVERSATION, "conversation", "conversation_id")
     return json_response({"id": id, "object": "conversation.deleted", "deleted": True})
 
 
@@ -103,10 +101,7 @@ async def delete(request: Request) -> Response:
 async def list_items(request: Request) -> Response:
     local = Local(request)
     record = await _conversation(local)
-    after, limit, order = local.page("desc")
-    items, more = await local.store.list_page(CONVERSATION_ITEM, local.owner, parent=record.id, after=after,
-                                              limit=limit, order=order)
-    return json_response(list_object(items, more, lambda r: show(r.data)))
+    return json_response(await local.children(CONVERSATION_ITEM, record.id, lambda r: show(r.data)))
 
 
 @guarded

@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute, Route
 from vlgate.errors import APIError
 from vlgate.gateway.apis.responses import background
 from vlgate.gateway.apis.responses.records import guarded, json_response, settle, show
-from vlgate.gateway.endpoint.local import Local, list_object, not_found
+from vlgate.gateway.endpoint.local import Local, not_found
 from vlgate.gateway.gateway import Gateway
 from vlgate.store.base import RESPONSE, RESPONSE_INPUT, Record
 
@@ -39,9 +39,7 @@ async def retrieve(request: Request) -> Response:
 async def delete(request: Request) -> Response:
     """The response and its input items; a background run of it stops."""
     local = Local(request, writes=True)
-    id = local.param("response_id")
-    if not await local.store.delete(RESPONSE, id, local.owner):
-        raise not_found("response", id, param="response_id")
+    id = await local.delete(RESPONSE, "response", "response_id")
     background.stop_local(id)
     return json_response({"id": id, "object": "response", "deleted": True})
 
@@ -50,10 +48,7 @@ async def delete(request: Request) -> Response:
 async def input_items(request: Request) -> Response:
     local = Local(request)
     record = await _record(local)
-    after, limit, order = local.page("desc")
-    records, more = await local.store.list_page(RESPONSE_INPUT, local.owner, parent=record.id, after=after,
-                                                limit=limit, order=order)
-    return json_response(list_object(records, more, lambda r: show(r.data)))
+    return json_response(await local.children(RESPONSE_INPUT, record.id, lambda r: show(r.data)))
 
 
 @guarded
