@@ -5,15 +5,12 @@ conversation, and two keys that cannot see each other's conversations."""
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Iterator
 from typing import Any
 
-import openai
 import pytest
-from PIL import Image
 
+from support import statefulgw
 from support.postgres import postgres_server  # noqa: F401  (fixture)
 from support.statefulgw import KEY_B, StatefulStack, spec_errors, stateful_stack, store_url
 
@@ -31,16 +28,10 @@ def st(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
 
 
 def png(size: tuple[int, int] = (900, 600)) -> str:
-    buf = io.BytesIO()
-    Image.new("RGB", size, (20, 30, 200)).save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return statefulgw.png(size, (20, 30, 200))
 
 
-def error_of(call: Any) -> tuple[int, dict[str, Any]]:
-    with pytest.raises(openai.APIStatusError) as exc:
-        call()
-    assert isinstance(exc.value.body, dict)
-    return exc.value.status_code, exc.value.body
+error_of = statefulgw.sdk_error
 
 
 def test_conversation_lifecycle(st: StatefulStack) -> None:

@@ -5,8 +5,6 @@ SQLite data dir."""
 
 from __future__ import annotations
 
-import base64
-import io
 import signal
 import time
 from collections.abc import Iterator
@@ -14,10 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-import openai
 import pytest
-from PIL import Image
 
+from support import statefulgw
 from support.postgres import postgres_server  # noqa: F401  (fixture)
 from support.statefulgw import KEY_B, LEASE_S, StatefulStack, spec_errors, stateful_stack, store_url
 
@@ -36,16 +33,10 @@ def st(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
 
 
 def png(size: tuple[int, int] = (1000, 700)) -> str:
-    buf = io.BytesIO()
-    Image.new("RGB", size, (200, 30, 30)).save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return statefulgw.png(size, (200, 30, 30))
 
 
-def error_of(call: Any) -> tuple[int, dict[str, Any]]:
-    with pytest.raises(openai.APIStatusError) as exc:
-        call()
-    assert isinstance(exc.value.body, dict)
-    return exc.value.status_code, exc.value.body
+error_of = statefulgw.sdk_error
 
 
 def test_store_retrieve_and_input_items(st: StatefulStack) -> None:

@@ -4,6 +4,8 @@ a real PostgreSQL database), with two API keys, for the stored-responses, conver
 
 from __future__ import annotations
 
+import base64
+import io
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from PIL import Image
 
 from support.gateway_process import GatewayProcess
 from support.llama import LlamaServer
@@ -131,3 +134,18 @@ def store_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
         yield server.url(name)
     finally:
         server.drop_database(name)
+
+
+def png(size: tuple[int, int], color: tuple[int, int, int]) -> str:
+    """A flat PNG as a data: URL (the gateway normalizes it: a stored item keeps the normalized image)."""
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def sdk_error(call: Any) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body of the SDK call's error (it must fail)."""
+    with pytest.raises(openai.APIStatusError) as exc:
+        call()
+    assert isinstance(exc.value.body, dict)
+    return exc.value.status_code, exc.value.body
