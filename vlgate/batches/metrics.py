@@ -1,4 +1,4 @@
-"""This replica's batch work in /metrics: lines running now, lines finished by result, tries again.
+"""This replica's batch work in /metrics: lines running now, lines finished by result, tries again, preemptions.
 
 Jobs by status and the store's size are the store's own collector (`store/metrics.py`); progress of one
 job is its `request_counts` (GET /v1/batches/{id}).
@@ -28,6 +28,8 @@ class BatchCollector(Collector):
         yield lines
         yield CounterMetricFamily("vlgate_batch_line_retries", "Batch line tries answered 429/503, tried again later",
                                   value=stats.retried)
+        yield CounterMetricFamily("vlgate_batch_line_preemptions", "Batch lines that left their slot to a queued "
+                                  "interactive request (run again later)", value=stats.preempted)
 
     def describe(self) -> list[Metric]:
         return []

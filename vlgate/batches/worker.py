@@ -2,10 +2,11 @@
 
 Politeness: a line is claimed only while no interactive request waits in the balancer's queue, a ready
 backend has a free slot, and this replica's batch lines in flight stay under `storage.batches.share` of the
-ready backends' slots (at least one). Interactive requests then never wait behind more than that share,
-and a batch fills the slots they leave free. Lines take the client's road (`endpoint/internal.py`):
-presets, images, key limits and accounting apply as on a live request. A 429 or 503 (busy, draining, no
-backend) is tried again later, never written as the line's result.
+ready backends' slots (at least one). When requests queue anyway (a burst finds every slot busy), the
+newest batch lines in flight leave at once, as a client that hangs up would (their slots go to the queue),
+and run again when there is room: interactive requests never wait for a batch line to finish. Lines take
+the client's road (`endpoint/internal.py`): presets, images, key limits and accounting apply as on a live
+request. A 429 or 503 (busy, draining, no backend) is tried again later, never written as the result.
 
 Durability: lines are claimed in the store under a lease this worker renews every lease_s/3; a replica
 that dies stops renewing, and any worker takes its lines once the lease runs out. A line's result is
@@ -39,6 +40,7 @@ log = logging.getLogger("vlgate.batches")
 
 IDLE_S = 1.0  # the store is asked for new lines this often while there are none
 BUSY_S = 0.05  # free slots are looked for this often while the fleet has none to spare
+PREEMPT_S = 0.01  # the balancer's queue is looked at this often while batch lines are in flight
 SETTLE_S = 1.0  # batches with lines running or just finished here are checked this often (done? cancelled?)
 RETRY_FIRST_S, RETRY_MAX_S = 1.0, 30.0  # a line answered 429/503 waits this long before its next try
 RETRY_STATUSES = frozenset({429, 503})
@@ -51,6 +53,7 @@ class Stats:
     completed: int = 0
     failed: int = 0
     retried: int = 0
+    preempted: int = 0  # lines that left their slot to a queued request (and ran again later)
     lost: int = 0  # results not recorded: the line was taken over or its batch cancelled meanwhile
 
 
@@ -63,6 +66,7 @@ class BatchWorker:
         self.settings = settings
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.running: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._calling: dict[tuple[str, int], asyncio.Future[None]] = {}  # lines in a route now: their `leave`
         self.stats = Stats()
         self._wake = asyncio.Event()
         self._touched: dict[str, str] = {}  # batch id -> owner: settle these soon
@@ -74,6 +78,7 @@ class BatchWorker:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._claim_loop(), name="vlgate-batch-claims"),
                        loop.create_task(self._heartbeat(), name="vlgate-batch-heartbeat"),
+                       loop.create_task(self._preempt_loop(), name="vlgate-batch-preempt"),
                        loop.create_task(self._settle_loop(), name="vlgate-batch-settle")]
 
     def wake(self) -> None:
@@ -128,6 +133,22 @@ class BatchWorker:
                 await asyncio.wait_for(self._wake.wait(), wait)
             except TimeoutError:
                 pass
+
+    async def _preempt_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PREEMPT_S)
+            self.preempt()
+
+    def preempt(self) -> int:
+        """Requests queue while every slot is busy: as many of the newest batch lines in flight leave."""
+        b = self.balancer
+        if not b.queued or not self._calling or any(x.free_slots > 0 for x in b.ready_backends()):
+            return 0
+        newest = list(self._calling.values())[-b.queued:]  # insertion order: the last started last
+        for leave in newest:
+            if not leave.done():
+                leave.set_result(None)
+        return len(newest)
 
     async def _heartbeat(self) -> None:
         lease = self.settings.batches.lease_s
@@ -212,21 +233,28 @@ class BatchWorker:
                                        "output file.")
         raw = orjson.dumps(body)
         caller = Caller(owner or None, "batch")
-        tries = 0
+        key, tries = (line.batch_id, line.index), 0
         while True:
-            answer = await call(endpoint, url, raw, caller)
-            if answer.status not in RETRY_STATUSES:
+            leave = self._calling[key] = asyncio.get_running_loop().create_future()
+            try:
+                answer = await call(endpoint, url, raw, caller, leave=leave)
+            finally:
+                self._calling.pop(key, None)
+            if leave.done() and not leave.cancelled() and not answer.headers:  # preempted: its slot went to a request
+                self.stats.preempted += 1
+            elif answer.status in RETRY_STATUSES:
+                tries += 1
+                self.stats.retried += 1
+                await asyncio.sleep(_retry_wait(answer, tries))
+            else:
                 return results.answered(line.index, line.custom_id, answer)
-            tries += 1
-            self.stats.retried += 1
-            await asyncio.sleep(_retry_wait(answer, tries))
-            while not self.capacity(holding=1):  # the fleet is busy: wait for a free slot before trying again
+            while not self.capacity(holding=1):  # the fleet is busy: wait for room before trying again
                 await asyncio.sleep(BUSY_S)
 
     def describe(self) -> dict[str, Any]:
         """This replica's batch work, for the status page."""
         return {"worker": self.id, "running": len(self.running), "completed": self.stats.completed,
-                "failed": self.stats.failed, "retried": self.stats.retried}
+                "failed": self.stats.failed, "retried": self.stats.retried, "preempted": self.stats.preempted}
 
 
 def _retry_wait(answer: Answer, tries: int) -> float:

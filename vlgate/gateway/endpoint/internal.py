@@ -37,10 +37,12 @@ class Answer:
 
 
 async def call(endpoint: ASGIApp, path: str, body: bytes, caller: Caller, *,
-               request_id: str | None = None) -> Answer:
+               request_id: str | None = None, leave: asyncio.Future[None] | None = None) -> Answer:
     """POST `body` to a route's endpoint (`Gateway.api_endpoints[path]`) as `caller`; the whole answer
     (non-stream). Cancelling the call cancels
-    the request (its backend connection drops, the slot frees)."""
+    the request (its backend connection drops, the slot frees). `leave`: once it has a result, the caller
+    leaves as a client would (a 499 in the access log and metrics, not a 500; the slot frees): the answer
+    is then empty; a batch line preempted by interactive traffic leaves this way."""
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if request_id is not None:
         headers.append((b"x-request-id", request_id.encode()))
@@ -56,7 +58,7 @@ async def call(endpoint: ASGIApp, path: str, body: bytes, caller: Caller, *,
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        await never
+        await (never if leave is None else leave)
         return {"type": "http.disconnect"}
 
     answer = Answer(status=500)
