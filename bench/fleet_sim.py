@@ -35,9 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import emit, machine
+from sim_policies import CacheAware, SimNode
 
 from vlgate.backends import Backend, BackendState
-from vlgate.gateway.routing.balancer import Balancer
+from vlgate.gateway.routing.balancer import Balancer, _Waiter
 from vlgate.gateway.routing.plugins.profile import DEFAULT, PROFILES
 from vlgate.gateway.routing.scheduler import make_scheduler
 
@@ -63,6 +64,9 @@ class Request:
     cached: int = 0
     follow_up_local: bool | None = None
     image_local: bool | None = None
+    refused: int = 0  # the HTTP status of a refusal (429, 503), 0 when served
+    retry_after: str | None = None
+    refused_after: float = 0.0  # how long the client waited for its refusal
 
     @property
     def prompt_tokens(self) -> int:
@@ -106,6 +110,12 @@ class Node:
     busy: int = 0
     queue: deque[Request] = field(default_factory=deque)
     served: int = 0
+    kv_tokens: int = 0  # context of the running requests (the cache-aware baseline's KV utilization)
+
+    @property
+    def waiting(self) -> int:
+        """Requests llama-server defers (no free slot): its queue metric."""
+        return len(self.queue)
 
 
 class Workload:
@@ -175,30 +185,34 @@ class Sim:
         self.events: list[tuple[float, int, str, object]] = []
         self.seq = itertools.count()
         self.done: list[Request] = []
+        self.refused: list[Request] = []
         self.backends = [Backend(url=f"http://sim{i}", name=f"sim{i}", slots=slots) for i in range(nodes)]
         for b in self.backends:
             b.set_state(BackendState.READY)
         self.now = 0.0
+        self.vlgate = policy.startswith("vlgate")
         self.balancer = Balancer(self.backends, clock=lambda: self.now)
         if generic:  # the default profile's plug-ins one by one instead of its fused fast path
             self.balancer.scheduler = make_scheduler(DEFAULT, self.balancer.tuning, self.balancer.holders, fused=False)
         self.loop = asyncio.new_event_loop()  # futures only (never run): Balancer.enqueue resolves them
-        self.waiting: dict[asyncio.Future[Backend], Request] = {}
+        self.waiting: dict[asyncio.Future[Backend], tuple[Request, object]] = {}
         # the baselines: the same scheduler, their profile; `in_flight` counts what each proxy connection
         # holds open (running + deferred by llama-server), all a least-connections proxy can see
-        self.baseline = (None if policy.startswith("vlgate")
-                         else make_scheduler(PROFILES[policy], rng=random.Random(seed)))
+        self.baseline = (make_scheduler(PROFILES[policy], rng=random.Random(seed)) if policy in PROFILES
+                         and not self.vlgate else None)
+        # the Kubernetes routers' cache-aware scheduler (bench/sim_policies.py), with or without shedding
+        self.cache_aware = (CacheAware(nodes, CACHE_TOKENS, seed, shed="shed" in policy)
+                            if policy.startswith("cache-aware") else None)
 
     def push(self, t: float, kind: str, obj: object) -> None:
         heapq.heappush(self.events, (t, next(self.seq), kind, obj))
 
     # -- policies ------------------------------------------------------------------------------
     def choose(self) -> Node:
-        """The baselines: send at once; llama-server queues (defers) what finds no free slot."""
+        """The proxy baselines: send at once; llama-server queues (defers) what finds no free slot."""
         assert self.baseline is not None
         backend = self.baseline.pick(self.backends).backend
         assert backend is not None  # no filters: every READY backend is a candidate
-        backend.in_flight += 1
         return self.nodes[self.backends.index(backend)]
 
     def affinity(self, req: Request) -> tuple[object, ...] | None:
@@ -207,6 +221,7 @@ class Sim:
     def start(self, node: Node, req: Request, now: float) -> None:
         node.busy += 1
         node.served += 1
+        node.kv_tokens += req.prompt_tokens + req.answer_tokens
         req.backend = node.index
         req.start = now
         req.cached = node.cache.cached(req.prefixes)
@@ -221,37 +236,66 @@ class Sim:
         node.cache.add(req.prefixes)
         self.push(req.first_token + req.answer_tokens / DECODE_TOK_S, "finish", (node, req))
 
+    def send(self, node: Node, req: Request, now: float) -> None:
+        """A proxy baseline's request reaches llama-server: a free slot, else its deferred queue."""
+        self.backends[node.index].in_flight += 1
+        if node.busy < node.slots:
+            self.start(node, req, now)
+        else:
+            node.queue.append(req)  # llama-server defers it
+
+    def refuse(self, req: Request, status: int, retry_after: str | None, now: float) -> None:
+        req.refused, req.retry_after, req.refused_after = status, retry_after, now - req.arrival
+        self.refused.append(req)
+
     def arrive(self, req: Request, now: float) -> None:
-        if not self.policy.startswith("vlgate"):
-            node = self.choose()
-            if node.busy < node.slots:
-                self.start(node, req, now)
+        if self.cache_aware is not None:
+            node = self.cache_aware.pick(cast(list[SimNode], self.nodes), req.prefixes)
+            if node is None:  # the saturation detector sheds it (the EPP answers 429)
+                self.refuse(req, 429, None, now)
             else:
-                node.queue.append(req)  # llama-server defers it
+                self.send(cast(Node, node), req, now)
             return
-        # Balancer.acquire, minus asyncio: at once, else queued (its wake timer as an event)
+        if not self.vlgate:
+            self.send(self.choose(), req, now)
+            return
+        # Balancer.acquire, minus asyncio: at once, else refused or queued (its timers as events)
         affinity = self.affinity(req)
         backend = self.balancer.try_acquire(affinity)
         if backend is not None:
             self.start(self.nodes[self.backends.index(backend)], req, now)
             return
+        refused = self.balancer.refusal()
+        if refused is not None:
+            self.refuse(req, refused.status, (refused.headers or {}).get("Retry-After"), now)
+            return
         future = self.loop.create_future()
-        self.waiting[future] = req
-        self.balancer.enqueue(future, affinity, frozenset())
+        self.waiting[future] = (req, self.balancer.enqueue(future, affinity, frozenset()))
         if affinity is not None:
             self.push(now + self.balancer.tuning.affinity_wait_s + 0.01, "wake", None)
+        self.push(now + self.balancer.queue_timeout_s, "timeout", future)
         self.started(now)
 
     def started(self, now: float) -> None:
         """Start the queued requests the balancer handed a slot (it resolves their futures)."""
         for future in [f for f in self.waiting if f.done()]:
-            self.start(self.nodes[self.backends.index(future.result())], self.waiting.pop(future), now)
+            req, _ = self.waiting.pop(future)
+            self.start(self.nodes[self.backends.index(future.result())], req, now)
+
+    def timeout(self, future: asyncio.Future[Backend], now: float) -> None:
+        """The queue deadline: a request still waiting gets the balancer's 503 (Balancer.acquire)."""
+        if future not in self.waiting:
+            return
+        req, waiter = self.waiting.pop(future)
+        error = self.balancer.expire(cast(_Waiter, waiter))
+        self.refuse(req, error.status, (error.headers or {}).get("Retry-After"), now)
 
     def finish(self, node: Node, req: Request, now: float) -> None:
         node.busy -= 1
+        node.kv_tokens -= req.prompt_tokens + req.answer_tokens
         node.cache.add(req.prefixes + [(("conv", req.conv, req.turn, "a"), req.prompt_tokens + req.answer_tokens)])
         self.done.append(req)
-        if self.policy.startswith("vlgate"):
+        if self.vlgate:
             self.balancer.release(self.backends[node.index])
             self.started(now)
         else:
@@ -266,10 +310,12 @@ class Sim:
             now, _, kind, obj = heapq.heappop(self.events)
             self.now = now
             if kind == "arrive":
-                self.arrive(obj, now)  # type: ignore[arg-type]
+                self.arrive(cast(Request, obj), now)
             elif kind == "wake":
                 self.balancer.wake()
                 self.started(now)
+            elif kind == "timeout":
+                self.timeout(cast("asyncio.Future[Backend]", obj), now)
             else:
                 node, req = cast(tuple[Node, Request], obj)
                 self.finish(node, req, now)
@@ -281,16 +327,28 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
 
 
-def report(sim: Sim, seconds: float) -> dict[str, float]:
-    done = [r for r in sim.done if r.arrival >= seconds * 0.1]  # skip the warm-up
+def report(sim: Sim, seconds: float, slo: float) -> dict[str, float]:
+    """Requests that arrived after the warm-up (the first 10%): served and refused."""
+    start = seconds * 0.1
+    done = [r for r in sim.done if r.arrival >= start]
+    refused = [r for r in sim.refused if r.arrival >= start]
     ttft = [r.first_token - r.arrival for r in done]
     prompt = sum(r.prompt_tokens for r in done)
     follow = [r.follow_up_local for r in done if r.follow_up_local is not None]
     images = [r.image_local for r in done if r.image_local is not None]
     served = [n.served for n in sim.nodes]
+    offered = len(done) + len(refused)
+    good = sum(t <= slo for t in ttft)
     return {
+        "ttft_mean": statistics.fmean(ttft) if ttft else float("nan"),
         "ttft_p50": pct(ttft, 0.5), "ttft_p99": pct(ttft, 0.99),
-        "throughput": len(sim.done) / max(r.first_token for r in sim.done),
+        "goodput": good / (seconds - start), "goodput_share": good / offered if offered else float("nan"),
+        "shed": len(refused), "shed_share": len(refused) / offered if offered else 0.0,
+        "shed_429": sum(r.refused == 429 for r in refused), "shed_503": sum(r.refused == 503 for r in refused),
+        "shed_other": sum(r.refused not in (429, 503) for r in refused),
+        "retry_after_max": max((float(r.retry_after) for r in refused if r.retry_after is not None), default=0.0),
+        "retry_after_missing": sum(r.retry_after is None for r in refused),
+        "refused_after_max": max((r.refused_after for r in refused), default=0.0),
         "cache_hit": sum(r.cached for r in done) / prompt,
         "follow_local": sum(follow) / len(follow) if follow else float("nan"),
         "image_local": sum(images) / len(images) if images else float("nan"),
@@ -298,7 +356,15 @@ def report(sim: Sim, seconds: float) -> dict[str, float]:
     }
 
 
-POLICIES = ["vlgate", "round robin", "random", "least connections", "vlgate (no affinity)"]
+POLICIES = ["vlgate", "round robin", "random", "least connections", "cache-aware", "cache-aware, sheds",
+            "vlgate (no affinity)"]
+
+
+def shed_cell(m: dict[str, float]) -> str:
+    if not m["shed"]:
+        return "0"
+    codes = ", ".join(f"{m[k]:.0f}x {k[-3:]}" for k in ("shed_429", "shed_503") if m[k])
+    return f"{m['shed_share']:.1%} ({codes})"
 
 
 def simulate(load: float, args: argparse.Namespace, seed: int, out: list[str]) -> dict[str, dict[str, float]]:
@@ -309,46 +375,108 @@ def simulate(load: float, args: argparse.Namespace, seed: int, out: list[str]) -
     turns_per_conv = 1 + statistics.mean(min(7, int(random.Random(i).expovariate(1 / 2.0))) for i in range(5000))
     requests = make_requests(w, load * capacity / turns_per_conv, args.seconds)
     out += [f"### load {load:.0%} of capacity, seed {seed} ({load * capacity:.2f} req/s, {len(requests)} requests)",
-            "", ("| policy | TTFT p50 (s) | TTFT p99 (s) | req/s | prefix-cache hit | follow-ups local "
-                 "| repeated images local | max/mean load |"), "|---|---|---|---|---|---|---|---|"]
+            "", (f"| policy | goodput (TTFT <= {args.slo:g} s) | TTFT mean (s) | TTFT p50 (s) | TTFT p99 (s) | shed "
+                 "| prefix-cache hit | follow-ups local | repeated images local | max/mean load |"),
+            "|---|---|---|---|---|---|---|---|---|---|"]
     rows = {}
     for policy in POLICIES:
         sim = Sim(policy, args.backends, args.slots, seed, args.generic)
         sim.run([Request(**{k: getattr(r, k) for k in ("conv", "turn", "arrival", "prefixes", "answer_tokens",
                                                          "affinity", "image")}) for r in requests])
-        m = rows[policy] = report(sim, args.seconds)
-        out.append(f"| {policy} | {m['ttft_p50']:.2f} | {m['ttft_p99']:.2f} | {m['throughput']:.2f} "
+        m = rows[policy] = report(sim, args.seconds, args.slo)
+        out.append(f"| {policy} | {m['goodput']:.2f} req/s ({m['goodput_share']:.0%}) | {m['ttft_mean']:.2f} "
+                   f"| {m['ttft_p50']:.2f} | {m['ttft_p99']:.2f} | {shed_cell(m)} "
                    f"| {m['cache_hit']:.0%} | {m['follow_local']:.0%} | {m['image_local']:.0%} "
                    f"| {m['max_mean_load']:.2f} |")
-    best = min((p for p in POLICIES if p != "vlgate"), key=lambda p: rows[p]["ttft_p99"])
-    out += ["", (f"vlgate p99 TTFT / round robin: {rows['vlgate']['ttft_p99'] / rows['round robin']['ttft_p99']:.2f}; "
-                 f"/ best other ({best}): {rows['vlgate']['ttft_p99'] / rows[best]['ttft_p99']:.2f}"), ""]
+    ours = rows["vlgate"]
+    others = [p for p in POLICIES if p != "vlgate"]
+    best = min(others, key=lambda p: rows[p]["ttft_p99"])
+    best_good = max(others, key=lambda p: rows[p]["goodput"])
+    out += ["", (f"vlgate mean TTFT / round robin: {ours['ttft_mean'] / rows['round robin']['ttft_mean']:.2f}, "
+                 f"/ cache-aware: {ours['ttft_mean'] / rows['cache-aware']['ttft_mean']:.2f}; "
+                 f"p99 / round robin: {ours['ttft_p99'] / rows['round robin']['ttft_p99']:.2f}, "
+                 f"/ best other ({best}): {ours['ttft_p99'] / rows[best]['ttft_p99']:.2f}; "
+                 f"goodput / best other ({best_good}): {ours['goodput'] / rows[best_good]['goodput']:.2f}.")]
+    if ours["shed"]:
+        out.append(f"vlgate's refusals: {ours['shed_429']:.0f} x 429 (queue full), {ours['shed_503']:.0f} x 503 "
+                   f"(queue deadline), {ours['shed_other']:.0f} other; Retry-After at most "
+                   f"{ours['retry_after_max']:g} s, missing on {ours['retry_after_missing']:.0f}; the longest wait "
+                   f"for a refusal {ours['refused_after_max']:.1f} s (queue bounds: {args.queue_size} requests, "
+                   f"{args.queue_timeout:g} s).")
+    out.append("")
     return rows
+
+
+def summary(results: dict[float, list[dict[str, dict[str, float]]]], args: argparse.Namespace) -> list[str]:
+    """Policy x load, means over the seeds (ranges where the seeds differ)."""
+    def cell(values: list[float], fmt: str) -> str:
+        lo, hi, mean = min(values), max(values), statistics.fmean(values)
+        if len(values) == 1 or f"{lo:{fmt}}" == f"{hi:{fmt}}":
+            return f"{mean:{fmt}}"
+        return f"{mean:{fmt}} ({lo:{fmt}}-{hi:{fmt}})"
+
+    lines = [f"### Summary: policy x load (mean over seeds {args.seeds}; range in brackets)", "",
+             f"| load | policy | goodput, TTFT <= {args.slo:g} s (req/s) | share of offered | TTFT mean (s) "
+             "| TTFT p99 (s) | shed |", "|---|---|---|---|---|---|---|"]
+    for load, runs in results.items():
+        for policy in POLICIES:
+            ms = [run[policy] for run in runs]
+            lines.append(f"| {load:.0%} | {policy} | {cell([m['goodput'] for m in ms], '.2f')} "
+                         f"| {cell([100 * m['goodput_share'] for m in ms], '.0f')}% "
+                         f"| {cell([m['ttft_mean'] for m in ms], '.2f')} | {cell([m['ttft_p99'] for m in ms], '.2f')} "
+                         f"| {cell([100 * m['shed_share'] for m in ms], '.1f')}% |")
+    lines.append("")
+    for load, runs in results.items():
+        if load < 1.0:
+            continue
+        rr = [run["vlgate"]["ttft_mean"] / run["round robin"]["ttft_mean"] for run in runs]
+        ca = [run["vlgate"]["ttft_mean"] / run["cache-aware"]["ttft_mean"] for run in runs]
+        good = [run["vlgate"]["goodput"] / max(run[p]["goodput"] for p in POLICIES if p != "vlgate") for run in runs]
+        shed = [run["vlgate"]["shed"] for run in runs]
+        lines.append(f"- {load:.0%}: vlgate mean TTFT {cell(rr, '.3f')}x round robin's, {cell(ca, '.2f')}x the "
+                     f"cache-aware baseline's; goodput {cell(good, '.2f')}x the best other policy's; "
+                     f"vlgate shed {cell(shed, '.0f')} requests per run.")
+    lines.append("")
+    return lines
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--loads", default="0.5,0.7,0.9")
+    ap.add_argument("--loads", default="0.5,0.7,0.9,1.0,1.2")
     ap.add_argument("--backends", type=int, default=4)
     ap.add_argument("--slots", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=1200)
     ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--slo", type=float, default=5.0, help="TTFT objective of goodput (s)")
     ap.add_argument("--markdown", help="write the result as a markdown section here")
     ap.add_argument("--generic", action="store_true", help="vlgate rows without the fused fast path")
     ap.add_argument("--quick", action="store_true", help="one seed, 600 s simulated (a few seconds)")
     args = ap.parse_args()
     if args.quick:
         args.seeds, args.seconds = "1", 600.0
+    bounds = Balancer([])
+    args.queue_size, args.queue_timeout = bounds.queue_size, bounds.queue_timeout_s
     out = [(f"## Balancing quality: fleet simulation (bench/fleet_sim.py), {args.backends} backends x {args.slots} "
             "slots"), "",
-           (f"How measured: virtual time, {args.seconds:g} s per run (first 10% skipped), seeds {args.seeds}; prefill "
-           f"{PREFILL_TOK_S:g} tok/s of uncached prompt, decode {DECODE_TOK_S:g} tok/s per slot, system prompt "
-           f"{SYSTEM_TOKENS}, image {IMAGE_TOKENS} tokens, prefix cache {CACHE_TOKENS} tokens per backend; the vlgate "
-           f"rows run the real gateway/balancer.py. Deterministic: the machine does not matter ({machine()})."), ""]
+           (f"How measured: virtual time, {args.seconds:g} s of arrivals per run (the first 10% skipped), seeds "
+            f"{args.seeds}; prefill {PREFILL_TOK_S:g} tok/s of uncached prompt, decode {DECODE_TOK_S:g} tok/s per "
+            f"slot, system prompt {SYSTEM_TOKENS}, image {IMAGE_TOKENS} tokens, prefix cache {CACHE_TOKENS} tokens "
+            "per backend; load = offered requests / what the fleet serves with nothing cached. The vlgate rows run "
+            "the real gateway/routing/balancer.py with its default queue bounds "
+            f"({args.queue_size} requests, {args.queue_timeout:g} s: 429 / 503 with Retry-After); round robin, "
+            "random and least connections are proxies that send at once (llama-server defers what finds no "
+            "free slot, unbounded); cache-aware is the Kubernetes routers' scheduler (bench/sim_policies.py: "
+            "per-backend prefix index, queue-depth threshold 5, prefix 3 / queue 2 / KV 2 scorers), and "
+            "\"cache-aware, sheds\" adds their saturation detector's shedding (429 once every backend is "
+            f"saturated). Goodput: answers whose first token came within {args.slo:g} s, per second. A refused "
+            "request is not retried. Deterministic: the machine does not matter "
+            f"({machine()})."), ""]
+    sections: list[str] = []
+    results: dict[float, list[dict[str, dict[str, float]]]] = {}
     for load in (float(x) for x in args.loads.split(",")):
         for seed in (int(x) for x in args.seeds.split(",")):
-            simulate(load, args, seed, out)
-    emit(out, args.markdown)
+            results.setdefault(load, []).append(simulate(load, args, seed, sections))
+    emit(out + summary(results, args) + sections, args.markdown)
     return 0
 
 
