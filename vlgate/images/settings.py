@@ -5,9 +5,10 @@ Defaults are safe for a public gateway: URL fetching refuses private networks, e
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, field_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, field_validator
 
 from vlgate.images.grid import GridRule
 
@@ -16,6 +17,8 @@ MiB = 1024 * 1024
 # Pillow format ids tried by Image.open(formats=...); AVIF/HEIF are dropped at start when no plugin can open them.
 DEFAULT_FORMATS = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF"]
 KNOWN_FORMATS = set(DEFAULT_FORMATS)
+TIER_SECRET_ENV = "VLGATE_TIER_SECRET"
+TIER_SECRET_MIN = 16
 
 
 class _Strict(BaseModel):
@@ -138,6 +141,23 @@ class ImageSettings(_Strict):
     fetch: FetchSettings = FetchSettings()
     encode: EncodeSettings = EncodeSettings()
     cache: CacheSettings = CacheSettings()
+    tier_secret: SecretStr | None = Field(
+        default=None, min_length=TIER_SECRET_MIN,
+        description="two tiers (front `vlgate serve` over node gateways): the same secret on both, and a node "
+        "passes on the images its front tier already normalized instead of doing them again (images/tier.py); "
+        "also VLGATE_TIER_SECRET. At least 16 characters, e.g. `openssl rand -hex 32`",
+    )
+
+    def resolved_tier_secret(self) -> str | None:
+        """`tier_secret`, else VLGATE_TIER_SECRET; None: this gateway neither marks images nor trusts marks.
+        Read when the gateway starts (as VLGATE_API_KEYS); a short one from the environment is a ValueError."""
+        if self.tier_secret is not None:
+            return self.tier_secret.get_secret_value()
+        env = os.environ.get(TIER_SECRET_ENV, "")
+        if env and len(env) < TIER_SECRET_MIN:
+            raise ValueError(f"{TIER_SECRET_ENV} must be at least {TIER_SECRET_MIN} characters "
+                             "(e.g. openssl rand -hex 32)")
+        return env or None
 
     @field_validator("formats")
     @classmethod

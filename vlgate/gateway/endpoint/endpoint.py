@@ -32,6 +32,7 @@ from vlgate.gateway.frontdoor.auth import credentials
 from vlgate.gateway.frontdoor.bodies import BodyReader, ClientGone
 from vlgate.gateway.gateway import Gateway
 from vlgate.gateway.observe import tracing
+from vlgate.images import tier
 
 log = logging.getLogger("vlgate.gateway.endpoint")
 
@@ -137,6 +138,8 @@ class ApiEndpoint:
         ctx.release_key = await gw.key_limits.admit(ctx.key, route.charges)  # released in Gateway.finish
         if tracing.ENABLED:
             tracing.request_body(route, body)
+        if gw.images.tier is not None:  # images a front tier already normalized pass on (images/tier.py)
+            tier.receive(header(scope, tier.HEADER))
         await route.prepare(gw, ctx, body)
         if ctx.body_changed:
             raw = orjson.dumps(body)

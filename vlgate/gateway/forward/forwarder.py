@@ -34,6 +34,7 @@ from vlgate.gateway.forward.wire import (
 from vlgate.gateway.observe import tracing
 from vlgate.gateway.routing.affinity import Affinity
 from vlgate.gateway.routing.balancer import Balancer
+from vlgate.images import tier
 
 log = logging.getLogger("vlgate.gateway.forward.forwarder")
 
@@ -136,6 +137,8 @@ class Forwarder:
         headers = backend.auth_head  # the backend's own --api-key, as header lines
         if request_id:  # endpoint.request_id: ASCII letters, digits, - and _ only
             headers += b"X-Request-ID: " + request_id.encode() + b"\r\n"
+        if marks := tier.OUTGOING.get():  # the images this gateway normalized, for a node behind it (images/tier.py)
+            headers += tier.header_line(marks)
         # llama-server sends a stream's headers with its first token, but a non-stream answer's only when
         # the whole answer is ready: the first-byte timeout can only judge streams
         wait = self.cfg.retry.first_byte_timeout_s if stream else self.cfg.request_timeout_s
