@@ -30,7 +30,7 @@ from common import free_port, machine
 HERE = Path(__file__).resolve().parent
 HARNESS = HERE.parent.parent / "shared" / "bench"
 SCRIPTS = {"fleet": "fleet_sim.py", "cache": "prefix_cache_real.py", "images": "images_bench.py",
-           "image_e2e": "image_e2e.py", "loop": "loop_stall.py"}
+           "image_e2e": "image_e2e.py", "loop": "loop_stall.py", "tier": "tier_bench.py"}
 PARTS = (*SCRIPTS, "hotpath")
 
 
