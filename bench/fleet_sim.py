@@ -1,19 +1,23 @@
 """Balancing quality in a simulated fleet (virtual time, deterministic): does slot + prefix affinity beat
-what users would otherwise run?
+what users would otherwise run, below, at and past capacity?
 
-    python bench/fleet_sim.py                      # loads 50/70/90%, every policy, markdown tables
-    python bench/fleet_sim.py --loads 0.9 --backends 4 --slots 4 --seconds 1800 --seeds 1,2,3,4,5
-    python bench/fleet_sim.py --quick --markdown PATH   # one seed, 600 s simulated; a markdown section
+    python bench/fleet_sim.py                      # loads 50/70/90/100/120%, every policy, markdown tables
+    python bench/fleet_sim.py --loads 1.0,1.2 --backends 4 --slots 4 --seconds 1800 --seeds 1,2,3,4,5,6,7,8
+    python bench/fleet_sim.py --quick --markdown PATH   # one seed, 1200 s simulated; a markdown section
     python bench/fleet_sim.py --generic            # vlgate rows through the generic plug-in path: same tables
 
 Fake llama-servers with N slots each: prefill time proportional to the prompt tokens NOT in that
 backend's prefix cache (an LRU of recent prefixes, image hashes included), decode at a fixed rate per
 slot, log-normal answer lengths, multi-turn conversations sharing system prompts, repeated images.
-The `vlgate` policies run the gateway's real Balancer in virtual time (try_acquire / enqueue / release:
-the prefix holder within bounded load, a full one waited for while the fleet is busy, else most free
-slots); the others are what users run instead (nginx round robin, random, least connections): the
-same scheduler with their profiles (routing/plugins/profile.py), sending at once and letting
-llama-server queue (defer) on its own.
+The `vlgate` policies run the gateway's real Balancer in virtual time (try_acquire / refusal / enqueue /
+expire / release: the prefix holder within bounded load, a full one waited for while the fleet is busy,
+else most free slots; the bounded queue with its 429 and 503 + Retry-After); the others are what users run
+instead: nginx round robin, random, least connections (the same scheduler with their profiles,
+routing/plugins/profile.py) and the Kubernetes inference routers' cache-aware scheduler with and without
+its shedding (bench/sim_policies.py), all sending at once and letting llama-server queue (defer) on its
+own. The ideal row bounds what any routing could reach: every backend reads one cache of the fleet's size.
+Reported per policy: goodput (answers whose first token came within `--slo`), time to first token (mean,
+p50, p99), requests refused (status, Retry-After), prefix-cache hits and locality.
 """
 
 from __future__ import annotations
@@ -190,7 +194,11 @@ class Sim:
         for b in self.backends:
             b.set_state(BackendState.READY)
         self.now = 0.0
-        self.vlgate = policy.startswith("vlgate")
+        self.vlgate = policy.startswith(("vlgate", "ideal"))  # the real balancer
+        if policy.startswith("ideal"):  # a bound on any routing: every backend reads one cache of the fleet's size
+            shared = PrefixCache(CACHE_TOKENS * nodes)
+            for node in self.nodes:
+                node.cache = shared
         self.balancer = Balancer(self.backends, clock=lambda: self.now)
         if generic:  # the default profile's plug-ins one by one instead of its fused fast path
             self.balancer.scheduler = make_scheduler(DEFAULT, self.balancer.tuning, self.balancer.holders, fused=False)
@@ -322,6 +330,10 @@ class Sim:
         self.loop.close()
 
 
+IDEAL = "ideal (one shared cache)"
+Results = dict[float, list[dict[str, dict[str, float]]]]  # load -> one run per seed -> policy -> metrics
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
@@ -349,6 +361,7 @@ def report(sim: Sim, seconds: float, slo: float) -> dict[str, float]:
         "retry_after_max": max((float(r.retry_after) for r in refused if r.retry_after is not None), default=0.0),
         "retry_after_missing": sum(r.retry_after is None for r in refused),
         "refused_after_max": max((r.refused_after for r in refused), default=0.0),
+        "first_refusal": min((r.arrival + r.refused_after for r in sim.refused), default=float("nan")),
         "cache_hit": sum(r.cached for r in done) / prompt,
         "follow_local": sum(follow) / len(follow) if follow else float("nan"),
         "image_local": sum(images) / len(images) if images else float("nan"),
@@ -357,7 +370,8 @@ def report(sim: Sim, seconds: float, slo: float) -> dict[str, float]:
 
 
 POLICIES = ["vlgate", "round robin", "random", "least connections", "cache-aware", "cache-aware, sheds",
-            "vlgate (no affinity)"]
+            "vlgate (no affinity)", IDEAL]
+OTHERS = [p for p in POLICIES if p not in ("vlgate", IDEAL)]  # what vlgate is compared with
 
 
 def shed_cell(m: dict[str, float]) -> str:
@@ -389,9 +403,8 @@ def simulate(load: float, args: argparse.Namespace, seed: int, out: list[str]) -
                    f"| {m['cache_hit']:.0%} | {m['follow_local']:.0%} | {m['image_local']:.0%} "
                    f"| {m['max_mean_load']:.2f} |")
     ours = rows["vlgate"]
-    others = [p for p in POLICIES if p != "vlgate"]
-    best = min(others, key=lambda p: rows[p]["ttft_p99"])
-    best_good = max(others, key=lambda p: rows[p]["goodput"])
+    best = min(OTHERS, key=lambda p: rows[p]["ttft_p99"])
+    best_good = max(OTHERS, key=lambda p: rows[p]["goodput"])
     out += ["", (f"vlgate mean TTFT / round robin: {ours['ttft_mean'] / rows['round robin']['ttft_mean']:.2f}, "
                  f"/ cache-aware: {ours['ttft_mean'] / rows['cache-aware']['ttft_mean']:.2f}; "
                  f"p99 / round robin: {ours['ttft_p99'] / rows['round robin']['ttft_p99']:.2f}, "
@@ -402,12 +415,14 @@ def simulate(load: float, args: argparse.Namespace, seed: int, out: list[str]) -
                    f"(queue deadline), {ours['shed_other']:.0f} other; Retry-After at most "
                    f"{ours['retry_after_max']:g} s, missing on {ours['retry_after_missing']:.0f}; the longest wait "
                    f"for a refusal {ours['refused_after_max']:.1f} s (queue bounds: {args.queue_size} requests, "
-                   f"{args.queue_timeout:g} s).")
+                   f"{args.queue_timeout:g} s); the first at {ours['first_refusal']:.0f} s (until then in arrival "
+                   "order, then newest first).")
     out.append("")
     return rows
 
 
-def summary(results: dict[float, list[dict[str, dict[str, float]]]], args: argparse.Namespace) -> list[str]:
+def summary(results: Results, args: argparse.Namespace,
+            title: str = "") -> list[str]:
     """Policy x load, means over the seeds (ranges where the seeds differ)."""
     def cell(values: list[float], fmt: str) -> str:
         lo, hi, mean = min(values), max(values), statistics.fmean(values)
@@ -415,7 +430,7 @@ def summary(results: dict[float, list[dict[str, dict[str, float]]]], args: argpa
             return f"{mean:{fmt}}"
         return f"{mean:{fmt}} ({lo:{fmt}}-{hi:{fmt}})"
 
-    lines = [f"### Summary: policy x load (mean over seeds {args.seeds}; range in brackets)", "",
+    lines = [f"### Summary{title}: policy x load (mean over seeds {args.seeds}; range in brackets)", "",
              f"| load | policy | goodput, TTFT <= {args.slo:g} s (req/s) | share of offered | TTFT mean (s) "
              "| TTFT p99 (s) | shed |", "|---|---|---|---|---|---|---|"]
     for load, runs in results.items():
@@ -431,29 +446,44 @@ def summary(results: dict[float, list[dict[str, dict[str, float]]]], args: argpa
             continue
         rr = [run["vlgate"]["ttft_mean"] / run["round robin"]["ttft_mean"] for run in runs]
         ca = [run["vlgate"]["ttft_mean"] / run["cache-aware"]["ttft_mean"] for run in runs]
-        good = [run["vlgate"]["goodput"] / max(run[p]["goodput"] for p in POLICIES if p != "vlgate") for run in runs]
+        good = [run["vlgate"]["goodput"] / max(run[p]["goodput"] for p in OTHERS) for run in runs]
+        ideal = [run[IDEAL]["ttft_mean"] / run["round robin"]["ttft_mean"] for run in runs]
         shed = [run["vlgate"]["shed"] for run in runs]
-        lines.append(f"- {load:.0%}: vlgate mean TTFT {cell(rr, '.3f')}x round robin's, {cell(ca, '.2f')}x the "
-                     f"cache-aware baseline's; goodput {cell(good, '.2f')}x the best other policy's; "
-                     f"vlgate shed {cell(shed, '.0f')} requests per run.")
+        lines.append(f"- {load:.0%}: vlgate mean TTFT {cell(rr, '.2f')}x round robin's (the ideal bound: "
+                     f"{cell(ideal, '.2f')}x), {cell(ca, '.2f')}x the cache-aware baseline's; goodput "
+                     f"{cell(good, '.2f')}x the best other policy's; vlgate shed {cell(shed, '.0f')} requests per run.")
     lines.append("")
     return lines
 
 
+def run_loads(args: argparse.Namespace, loads: str, sections: list[str]) -> Results:
+    results: Results = {}
+    for load in (float(x) for x in loads.split(",")):
+        for seed in (int(x) for x in args.seeds.split(",")):
+            results.setdefault(load, []).append(simulate(load, args, seed, sections))
+    return results
+
+
 def main() -> int:
+    global PREFILL_TOK_S
     ap = argparse.ArgumentParser()
     ap.add_argument("--loads", default="0.5,0.7,0.9,1.0,1.2")
     ap.add_argument("--backends", type=int, default=4)
     ap.add_argument("--slots", type=int, default=4)
-    ap.add_argument("--seconds", type=float, default=1200)
+    ap.add_argument("--seconds", type=float, default=1800)
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--slo", type=float, default=5.0, help="TTFT objective of goodput (s)")
+    ap.add_argument("--prefill-tok-s", type=float, default=PREFILL_TOK_S, help="prefill speed of uncached prompt")
+    ap.add_argument("--heavy-prefill-tok-s", type=float, default=600.0,
+                    help="then 100%% and 120%% again with prefill this slow (prefill about half of a slot's "
+                         "time: long prompts, slow prefill); 0: skip")
     ap.add_argument("--markdown", help="write the result as a markdown section here")
     ap.add_argument("--generic", action="store_true", help="vlgate rows without the fused fast path")
-    ap.add_argument("--quick", action="store_true", help="one seed, 600 s simulated (a few seconds)")
+    ap.add_argument("--quick", action="store_true", help="one seed, 1200 s simulated (a few seconds)")
     args = ap.parse_args()
     if args.quick:
-        args.seeds, args.seconds = "1", 600.0
+        args.seeds, args.seconds = "1", 1200.0
+    PREFILL_TOK_S = args.prefill_tok_s
     bounds = Balancer([])
     args.queue_size, args.queue_timeout = bounds.queue_size, bounds.queue_timeout_s
     out = [(f"## Balancing quality: fleet simulation (bench/fleet_sim.py), {args.backends} backends x {args.slots} "
@@ -461,22 +491,25 @@ def main() -> int:
            (f"How measured: virtual time, {args.seconds:g} s of arrivals per run (the first 10% skipped), seeds "
             f"{args.seeds}; prefill {PREFILL_TOK_S:g} tok/s of uncached prompt, decode {DECODE_TOK_S:g} tok/s per "
             f"slot, system prompt {SYSTEM_TOKENS}, image {IMAGE_TOKENS} tokens, prefix cache {CACHE_TOKENS} tokens "
-            "per backend; load = offered requests / what the fleet serves with nothing cached. The vlgate rows run "
-            "the real gateway/routing/balancer.py with its default queue bounds "
-            f"({args.queue_size} requests, {args.queue_timeout:g} s: 429 / 503 with Retry-After); round robin, "
-            "random and least connections are proxies that send at once (llama-server defers what finds no "
-            "free slot, unbounded); cache-aware is the Kubernetes routers' scheduler (bench/sim_policies.py: "
+            "per backend; load = offered requests / what the fleet serves with nothing cached (prefill is about "
+            "12% of a slot's time). The vlgate rows run the real gateway/routing/balancer.py with its default queue "
+            f"bounds ({args.queue_size} requests, {args.queue_timeout:g} s: 429 / 503 with Retry-After); round "
+            "robin, random and least connections are proxies that send at once (llama-server defers what finds "
+            "no free slot, unbounded); cache-aware is the Kubernetes routers' scheduler (bench/sim_policies.py: "
             "per-backend prefix index, queue-depth threshold 5, prefix 3 / queue 2 / KV 2 scorers), and "
             "\"cache-aware, sheds\" adds their saturation detector's shedding (429 once every backend is "
-            f"saturated). Goodput: answers whose first token came within {args.slo:g} s, per second. A refused "
-            "request is not retried. Deterministic: the machine does not matter "
-            f"({machine()})."), ""]
+            f"saturated); \"{IDEAL}\" is a bound no router reaches (the real balancer, every backend reading "
+            "one cache of the whole fleet's size). Goodput: answers whose first token came within "
+            f"{args.slo:g} s, per second. A refused request is not retried. Deterministic: the machine does not "
+            f"matter ({machine()})."), ""]
     sections: list[str] = []
-    results: dict[float, list[dict[str, dict[str, float]]]] = {}
-    for load in (float(x) for x in args.loads.split(",")):
-        for seed in (int(x) for x in args.seeds.split(",")):
-            results.setdefault(load, []).append(simulate(load, args, seed, sections))
-    emit(out + summary(results, args) + sections, args.markdown)
+    results = run_loads(args, args.loads, sections)
+    heavy: list[str] = []
+    if args.heavy_prefill_tok_s:
+        PREFILL_TOK_S = args.heavy_prefill_tok_s
+        heavy = summary(run_loads(args, "1.0,1.2", []), args,
+                        f" with prefill at {PREFILL_TOK_S:g} tok/s (about half of a slot's time)")
+    emit(out + summary(results, args) + heavy + sections, args.markdown)
     return 0
 
 
