@@ -44,11 +44,11 @@ def test_fifty_thousand_tiny_lines_read_without_holding_the_loop() -> None:
     stalls: list[float] = []
 
     async def main() -> int:
-        async def ticker() -> None:
-            last = time.perf_counter()
+        async def ticker() -> None:  # CPU time between its turns: what the reader held the loop for
+            last = time.thread_time()  # (not wall time: on a busy machine the process itself waits its turn)
             while True:
                 await asyncio.sleep(0)
-                now = time.perf_counter()
+                now = time.thread_time()
                 stalls.append(now - last)
                 last = now
 
@@ -61,7 +61,7 @@ def test_fifty_thousand_tiny_lines_read_without_holding_the_loop() -> None:
         return n
 
     assert asyncio.run(main()) == 50_000
-    assert max(stalls) < 0.05  # given back every ~5 ms of reading
+    assert len(stalls) >= 10 and max(stalls) < 0.05  # given back every ~5 ms of reading
     with pytest.raises(lines.InputError, match=r"Line 50001: .*more than 50000"):
         read(raw + jsonl(1).replace(b'"r0"', b'"extra"'))
 

@@ -11,8 +11,11 @@ finished by whoever reads the batch next: the routes and the workers call `settl
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
+
+import orjson
 
 from vlgate.batches import results
 from vlgate.batches.files import OUTPUT_PURPOSE, new_file
@@ -21,6 +24,7 @@ from vlgate.store.settings import StorageSettings
 
 PRIVATE = "_vlgate"  # what the gateway keeps in the record beside the API's object (never shown)
 WINDOW_S = 24 * 3600  # completion_window "24h", the only one OpenAI offers
+PAGE = 2000  # lines read at once while the files are written
 STALE_S = 120.0  # a step unfinished this long was left by a replica that died
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
@@ -123,22 +127,36 @@ async def _wrap_up(store: Store, record: Record, settings: StorageSettings) -> R
     ending = "cancelled" if status == "cancelling" else private.get("ending", "completed")
     if ending != "completed":
         await store.cancel_lines(record.id)
-    done = await store.line_results(record.id)
+    files, usage = await _write_files(store, record, settings)
     counts = await store.line_counts(record.id)
     now = int(time.time())
-    keep_s = private.get("output_expires_s") or settings.retention.files_s
-    files: dict[str, str | None] = {}
+    new = _step(record, {"status": ending, f"{ending}_at": now, "request_counts": counts_object(counts),
+                         "usage": usage, **files}, _kept(settings, now))
+    return new if await store.replace_if(new, [status]) else await _current(store, record)
+
+
+async def _write_files(store: Store, record: Record, settings: StorageSettings,
+                       ) -> tuple[dict[str, str | None], dict[str, Any]]:
+    """The output and error files (ids that follow from the batch's), read a page of lines at a time with
+    the event loop given back in between; and the usage they add up to."""
+    parts: dict[bool, list[bytes]] = {True: [], False: []}
+    usage, after = results.Usage(), -1
+    while page := await store.line_results(record.id, after=after, limit=PAGE):
+        for r in page:
+            parts[r.ok].append(orjson.dumps(r.result) + b"\n")
+        usage.add(page)
+        after = page[-1].index
+        await asyncio.sleep(0)
+    now = int(time.time())
+    keep_s = record.data.get(PRIVATE, {}).get("output_expires_s") or settings.retention.files_s
+    files: dict[str, str | None] = {"output_file_id": None, "error_file_id": None}
     for field, kind, ok in (("output_file_id", "output", True), ("error_file_id", "error", False)):
-        lines = [r for r in done if r.ok is ok]
-        files[field] = None
-        if lines:
+        if parts[ok]:
             file_id = f"file-{record.id.removeprefix('batch_')}-{kind}"
             await store.save(new_file(file_id, record.owner, filename=f"{record.id}_{kind}.jsonl",
-                                      purpose=OUTPUT_PURPOSE, content=results.jsonl(lines), now=now, keep_s=keep_s))
+                                      purpose=OUTPUT_PURPOSE, content=b"".join(parts[ok]), now=now, keep_s=keep_s))
             files[field] = file_id
-    new = _step(record, {"status": ending, f"{ending}_at": now, "request_counts": counts_object(counts),
-                         "usage": results.usage(done), **files}, _kept(settings, now))
-    return new if await store.replace_if(new, [status]) else await _current(store, record)
+    return files, usage.object()
 
 
 def _kept(settings: StorageSettings, now: float) -> float | None:

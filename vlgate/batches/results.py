@@ -48,30 +48,30 @@ def refused(index: int, custom_id: str, code: str, message: str) -> LineResult:
                                      "error": {"code": code, "message": message}})
 
 
-def jsonl(results: Iterable[LineResult]) -> bytes:
-    return b"".join(orjson.dumps(r.result) + b"\n" for r in results)
+class Usage:
+    """Tokens of the successful lines, added up page by page, in the Batch object's `usage` shape (chat,
+    Responses and embeddings answers each name them their own way)."""
 
+    def __init__(self) -> None:
+        self.prompt = self.completion = self.cached = self.reasoning = 0
 
-def usage(results: Iterable[LineResult]) -> dict[str, Any]:
-    """Tokens of the successful lines, in the Batch object's `usage` shape (chat, Responses and embeddings
-    answers each name them their own way)."""
-    prompt = completion = cached = reasoning = 0
-    for r in results:
-        if not r.ok:
-            continue
-        body = (r.result.get("response") or {}).get("body")
-        counts = body.get("usage") if isinstance(body, dict) else None
-        if not isinstance(counts, dict):
-            continue
-        prompt += _int(counts.get("input_tokens", counts.get("prompt_tokens")))
-        completion += _int(counts.get("output_tokens", counts.get("completion_tokens")))
-        details = counts.get("input_tokens_details") or counts.get("prompt_tokens_details") or {}
-        cached += _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
-        out_details = counts.get("output_tokens_details") or counts.get("completion_tokens_details") or {}
-        reasoning += _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached},
-            "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": reasoning},
-            "total_tokens": prompt + completion}
+    def add(self, results: Iterable[LineResult]) -> None:
+        for r in results:
+            body = (r.result.get("response") or {}).get("body") if r.ok else None
+            counts = body.get("usage") if isinstance(body, dict) else None
+            if not isinstance(counts, dict):
+                continue
+            self.prompt += _int(counts.get("input_tokens", counts.get("prompt_tokens")))
+            self.completion += _int(counts.get("output_tokens", counts.get("completion_tokens")))
+            details = counts.get("input_tokens_details") or counts.get("prompt_tokens_details") or {}
+            self.cached += _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+            out_details = counts.get("output_tokens_details") or counts.get("completion_tokens_details") or {}
+            self.reasoning += _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
+
+    def object(self) -> dict[str, Any]:
+        return {"input_tokens": self.prompt, "input_tokens_details": {"cached_tokens": self.cached},
+                "output_tokens": self.completion, "output_tokens_details": {"reasoning_tokens": self.reasoning},
+                "total_tokens": self.prompt + self.completion}
 
 
 def _int(value: Any) -> int:

@@ -72,6 +72,7 @@ class BatchWorker:
         self._touched: dict[str, str] = {}  # batch id -> owner: settle these soon
         self._owners: dict[str, str] = {}  # batch id -> owner, of the batches with lines running here
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
 
     # -- lifecycle
     def start(self) -> None:
@@ -86,10 +87,17 @@ class BatchWorker:
         self._wake.set()
 
     async def aclose(self) -> None:
-        """Stop: lines in flight are cancelled (their slots free) and given back for others to run."""
+        """Stop: lines in flight leave their requests as a client would (their slots free, a 499 not a 500)
+        and are given back for others to run."""
         for task in self._tasks:
             task.cancel()
+        self._closing = True
+        for leave in self._calling.values():
+            if not leave.done():
+                leave.set_result(None)
         lines = list(self.running.values())
+        if lines:
+            await asyncio.wait(lines, timeout=2.0)
         for task in lines:
             task.cancel()
         await asyncio.gather(*self._tasks, *lines, return_exceptions=True)
@@ -202,25 +210,41 @@ class BatchWorker:
         self._wake.set()  # a slot of the share is free again
 
     async def _line(self, line: Line) -> None:
-        entry = line.body
-        owner = str(entry.get("owner") or "")
+        owner = str(line.body.get("owner") or "")
         self._touched[line.batch_id] = self._owners[line.batch_id] = owner
         try:
             result = await self._result(line, owner)
-            if await self.store.finish_line(self.id, line.batch_id, line.index, result):
-                if result.ok:
-                    self.stats.completed += 1
-                else:
-                    self.stats.failed += 1
-            else:
-                self.stats.lost += 1
-        except StoreError as exc:  # the lease runs out and the line is run again
-            log.warning("batch worker: recording line %d of %s failed: %s", line.index, line.batch_id, exc)
-        except Exception:
+        except Exception:  # a bug of ours: the line's error, not a line held forever
             log.exception("batch worker: line %d of %s failed", line.index, line.batch_id)
+            result = results.refused(line.index, line.custom_id, "server_error",
+                                     "The gateway failed while running this line.")
+        if result is None:  # stopping: the line goes back unfinished
+            return
+        await self._record(line, result)
         self._touched[line.batch_id] = owner
 
-    async def _result(self, line: Line, owner: str) -> LineResult:
+    async def _record(self, line: Line, result: LineResult) -> None:
+        """The line's result, stored; tried again while the database is away (our heartbeat keeps the
+        line ours meanwhile, so no one else would run it)."""
+        wait = RETRY_FIRST_S
+        while True:
+            try:
+                recorded = await self.store.finish_line(self.id, line.batch_id, line.index, result)
+            except StoreError as exc:
+                log.warning("batch worker: recording line %d of %s failed (again in %gs): %s", line.index,
+                            line.batch_id, wait, exc)
+                await asyncio.sleep(wait)
+                wait = min(RETRY_MAX_S, wait * 2)
+                continue
+            if not recorded:
+                self.stats.lost += 1
+            elif result.ok:
+                self.stats.completed += 1
+            else:
+                self.stats.failed += 1
+            return
+
+    async def _result(self, line: Line, owner: str) -> LineResult | None:
         entry = line.body
         url, body = str(entry.get("url")), entry.get("body")
         endpoint = self.endpoints.get(url)
@@ -241,6 +265,8 @@ class BatchWorker:
             finally:
                 self._calling.pop(key, None)
             if leave.done() and not leave.cancelled() and not answer.headers:  # preempted: its slot went to a request
+                if self._closing:
+                    return None
                 self.stats.preempted += 1
             elif answer.status in RETRY_STATUSES:
                 tries += 1

@@ -147,8 +147,9 @@ class Store(abc.ABC):
     async def line_counts(self, batch_id: str) -> LineCounts: ...
 
     @abc.abstractmethod
-    async def line_results(self, batch_id: str) -> list[LineResult]:
-        """Every finished line's result, in input order."""
+    async def line_results(self, batch_id: str, *, after: int = -1, limit: int | None = None) -> list[LineResult]:
+        """Finished lines' results in input order: those whose index is above `after`, at most `limit` (a
+        finished batch of 50,000 lines is read a page at a time, the event loop given back in between)."""
 
     # -- operations
     @abc.abstractmethod

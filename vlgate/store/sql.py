@@ -239,10 +239,11 @@ class SqlStore(Store):
                 counts.cancelled += n
         return counts
 
-    async def line_results(self, batch_id: str) -> list[LineResult]:
+    async def line_results(self, batch_id: str, *, after: int = -1, limit: int | None = None) -> list[LineResult]:
+        page, params = ("", (batch_id, after)) if limit is None else (" LIMIT ?", (batch_id, after, limit))
         async with self.tx() as tx:
             rows = await tx.rows("SELECT idx, ok, result FROM batch_lines WHERE batch_id = ? AND state = 'done'"
-                                 " ORDER BY idx", (batch_id,))
+                                 " AND idx > ? ORDER BY idx" + page, params)
         return [LineResult(int(idx), bool(ok), loads(result)) for idx, ok, result in rows]
 
     # -- operations
