@@ -254,3 +254,18 @@ def test_a_line_answered_503_is_tried_again_not_recorded(tmp_path: Path) -> None
             assert [r.result["response"]["status_code"] for r in done] == [200]
 
     asyncio.run(main())
+
+
+def test_results_are_read_a_page_at_a_time(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with opened(tmp_path / "s.db") as store:
+            record = await running_batch(store, 5)
+            await finish(store, "w1", 5)
+            pages, after = [], -1
+            while page := await store.line_results(record.id, after=after, limit=2):
+                pages.append([r.index for r in page])
+                after = page[-1].index
+            assert pages == [[0, 1], [2, 3], [4]]
+            assert [r.index for r in await store.line_results(record.id)] == [0, 1, 2, 3, 4]
+
+    asyncio.run(main())
