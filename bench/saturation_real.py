@@ -1,6 +1,6 @@
 """Saturation on real llama-servers: an open-loop run at 100% and 120% of measured capacity, vlgate vs round robin.
 
-    python bench/saturation_real.py [--seconds 45] [--loads 1.0,1.2] [--markdown PATH] [--quick]
+    python bench/saturation_real.py [--seconds 40] [--loads 1.0,1.2] [--markdown PATH] [--quick]
 
 Two tiny-model llama-servers (b11434, `-np 2 -t 1` each: 4 slots) and a `vlgate serve` in front. The
 workload is bench/fleet_sim.py's in miniature: conversations arrive at random (Poisson, open loop: a slow
@@ -8,8 +8,10 @@ fleet does not slow the arrivals), share one of 4 system prompts, and run 1-3 tu
 the whole history after the previous answer and a short think time; answers are log-normal in length
 (`ignore_eos`, so the length is what was asked). Every request streams; TTFT = sent to the first token.
 
-First the capacity: the same conversations back to back, 8 at a time, round robin straight to the
-servers; requests/s completed = 100%. Then, at each load, two ways on the same arrival schedule:
+First the time scale: the same conversations back to back, 8 at a time, round robin straight to the
+servers (requests/s completed, so the mean time a request holds a slot). Before each load, 100% is
+measured again the same way through the gateway (its CPU shares the two cores with the servers, and other
+work on the machine comes and goes). Then, at that load, two ways on the same arrival schedule:
 (a) vlgate; (b) round robin straight to the servers (turn i of the run to server i % 2: what nginx does;
 llama-server queues what finds no free slot, with no bound). A refused turn (429/503) ends its
 conversation (the user would retry after Retry-After: not modelled).
@@ -26,6 +28,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import random
 import statistics
 import subprocess
@@ -218,14 +221,14 @@ def summarize(turns: list[Turn], seconds: float, objective: float) -> dict[str, 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=45.0, help="arrivals per run (the first 10%% skipped)")
+    ap.add_argument("--seconds", type=float, default=40.0, help="arrivals per run (the first 10%% skipped)")
     ap.add_argument("--loads", default="1.0,1.2")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--markdown", help="write the result as a markdown section here")
-    ap.add_argument("--quick", action="store_true", help="30 s per run")
+    ap.add_argument("--quick", action="store_true", help="25 s per run")
     args = ap.parse_args()
     if args.quick:
-        args.seconds = 30.0
+        args.seconds = 25.0
     binary = ensure_server()
     work = Path(tempfile.mkdtemp(prefix="saturation-real-"))
     tiny = write_tiny_model(work)
@@ -234,6 +237,7 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     started = time.monotonic()
     results: dict[tuple[float, str], dict[str, Any]] = {}
+    capacities: dict[float, float] = {}
     try:
         urls = []
         for name in ("a", "b"):
@@ -243,7 +247,7 @@ def main() -> int:
             urls.append(f"http://127.0.0.1:{port}")
         for url in urls:
             wait_http(f"{url}/health")
-        rate = asyncio.run(capacity(urls, systems, 15.0 if not args.quick else 10.0, 8))
+        rate = asyncio.run(capacity(urls, systems, 10.0, 8))  # straight to the servers: the time scale
         service = 4 / rate  # mean time a request holds one of the 4 slots
         deadline = max(1.0, SIM_DEADLINE_S / SIM_SERVICE_S * service)
         hold = SIM_WAIT_S / SIM_SERVICE_S * service
@@ -259,11 +263,16 @@ def main() -> int:
         wait_http(f"{gateway}/ready")
         turns_per_conv = statistics.fmean(len(c.questions) for c in plan(5, 1000.0, 20.0, systems))
         for load in (float(x) for x in args.loads.split(",")):
-            convs_rate = load * rate / turns_per_conv
+            # 100% = what the fleet completes through the gateway right now (its CPU shares the 2 cores with
+            # the servers; other work on the machine comes and goes): measured again before each load
+            capacities[load] = asyncio.run(capacity([gateway], systems, 10.0, 8))
+            convs_rate = load * capacities[load] / turns_per_conv
             for way, targets in (("vlgate", [gateway]), ("round robin", urls)):
                 convs = plan(args.seed + int(load * 100), convs_rate, args.seconds, systems, f" ({way})")
+                before = os.getloadavg()[0]
                 turns = asyncio.run(run_way(targets, convs, args.seconds))
                 results[load, way] = summarize(turns, args.seconds, objective)
+                results[load, way]["loadavg"] = (before, os.getloadavg()[0])
                 print(f"[{time.monotonic() - started:.0f} s] {load:.0%} {way}: {results[load, way]}", file=sys.stderr)
     finally:
         for proc in reversed(procs):
@@ -271,9 +280,11 @@ def main() -> int:
     lines = [
         "## Saturation on real llama-servers (bench/saturation_real.py)",
         "",
-        (f"How measured: two tiny-model llama-servers b11434 (-np 2 -t 1: 4 slots) behind `vlgate serve`; capacity "
-         f"{rate:.1f} requests/s (closed loop, round robin, 8 conversations back to back), so a request holds its slot "
-         f"{service * 1000:.0f} ms on average. Open loop, {args.seconds:g} s of conversation arrivals per run (the "
+        (f"How measured: two tiny-model llama-servers b11434 (-np 2 -t 1: 4 slots) behind `vlgate serve`; "
+         f"{rate:.1f} requests/s completed straight to the servers (closed loop, round robin, 8 conversations back to "
+         f"back), so a request holds its slot {service * 1000:.0f} ms on average; 100% load = what the gateway "
+         "completes the same way, measured again just before each load (the capacity column). Open loop, "
+         f"{args.seconds:g} s of conversation arrivals per run (the "
          f"first 10% skipped), 4 shared system prompts (~750 tokens), 1-3 turns, answers ~70 tokens (log-normal), "
          "streamed. "
          f"vlgate's queue deadline {deadline:.2f} s and holder wait {hold * 1000:.0f} ms (the defaults scaled to this "
@@ -282,17 +293,18 @@ def main() -> int:
          f"its conversation. Machine: {machine()} (shared: the servers, the gateway and this client on the same 2 "
          f"cores); {time.monotonic() - started:.0f} s."),
         "",
-        "| load | way | requests | goodput (req/s) | share of offered | TTFT mean (ms) | TTFT p50 (ms) | TTFT p99 (ms) "
-        "| refused | cached prompt share |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| load | capacity | way | requests | goodput (req/s) | share of offered | TTFT mean (ms) | TTFT p50 (ms) "
+        "| TTFT p99 (ms) | refused | cached prompt share | load average |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (load, way), m in results.items():
         refused = (f"{m['refused']} ({', '.join(str(c) for c in m['codes'])}; Retry-After "
                    f"{', '.join(str(r) for r in m['retry_after'])}; after at most {m['refused_after_max']:.2f} s)"
                    if m["refused"] else "0")
-        lines.append(f"| {load:.0%} | {way} | {m['offered']} | {m['goodput']:.2f} | {m['good_share']:.0%} "
-                     f"| {1000 * m['ttft_mean']:.0f} | {1000 * m['ttft_p50']:.0f} | {1000 * m['ttft_p99']:.0f} "
-                     f"| {refused} | {m['cached']:.0%} |")
+        lines.append(f"| {load:.0%} | {capacities[load]:.1f} req/s | {way} | {m['offered']} | {m['goodput']:.2f} "
+                     f"| {m['good_share']:.0%} | {1000 * m['ttft_mean']:.0f} | {1000 * m['ttft_p50']:.0f} "
+                     f"| {1000 * m['ttft_p99']:.0f} | {refused} | {m['cached']:.0%} "
+                     f"| {m['loadavg'][0]:.1f} -> {m['loadavg'][1]:.1f} |")
     lines.append("")
     for load in (float(x) for x in args.loads.split(",")):
         ours, rr = results.get((load, "vlgate")), results.get((load, "round robin"))
