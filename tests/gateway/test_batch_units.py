@@ -269,3 +269,28 @@ def test_results_are_read_a_page_at_a_time(tmp_path: Path) -> None:
             assert [r.index for r in await store.line_results(record.id)] == [0, 1, 2, 3, 4]
 
     asyncio.run(main())
+
+
+def test_a_revoked_keys_lines_fail_without_running(tmp_path: Path) -> None:
+    called: list[bytes] = []
+
+    async def route(scope: Scope, receive: Receive, send: Send) -> None:
+        called.append((await receive())["body"])
+
+    async def main() -> None:
+        async with opened(tmp_path / "s.db") as store:
+            record = await running_batch(store, 2)
+            worker = BatchWorker(store, Balancer([ready(2)]), {"/v1/chat/completions": route}, StorageSettings(),
+                                 owner_ok=lambda owner: owner != "alice")
+            worker.start()
+            try:
+                deadline = time.monotonic() + 15
+                while (await store.get(BATCH, record.id, "alice")).data["status"] != "completed":  # type: ignore[union-attr]
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.1)
+            finally:
+                await worker.aclose()
+            errors = [r.result["error"]["code"] for r in await store.line_results(record.id)]
+            assert errors == ["invalid_api_key", "invalid_api_key"] and called == []
+
+    asyncio.run(main())

@@ -23,7 +23,7 @@ import os
 import random
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,8 +59,9 @@ class Stats:
 
 class BatchWorker:
     def __init__(self, store: Store, balancer: Balancer, endpoints: Mapping[str, ASGIApp],
-                 settings: StorageSettings) -> None:
+                 settings: StorageSettings, owner_ok: Callable[[str], bool] = lambda owner: True) -> None:
         self.store = store
+        self.owner_ok = owner_ok  # whether the key that made a batch is still configured (not revoked)
         self.balancer = balancer
         self.endpoints = endpoints
         self.settings = settings
@@ -247,6 +248,9 @@ class BatchWorker:
     async def _result(self, line: Line, owner: str) -> LineResult | None:
         entry = line.body
         url, body = str(entry.get("url")), entry.get("body")
+        if not self.owner_ok(owner):
+            return results.refused(line.index, line.custom_id, "invalid_api_key",
+                                   "The API key that made this batch is no longer configured.")
         endpoint = self.endpoints.get(url)
         if endpoint is None or not isinstance(body, dict):
             return results.refused(line.index, line.custom_id, "unsupported_url", f"{url[:100]} cannot be batched.")

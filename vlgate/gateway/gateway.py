@@ -151,7 +151,8 @@ class Gateway:
             self.discovery.start()
         self.reloader.install_signal()
         if self.store is not None:  # batch jobs: this replica works the fleet's lines (batches/worker.py)
-            self.batch_worker = BatchWorker(self.store, self.balancer, self.api_endpoints, self.config.storage)
+            self.batch_worker = BatchWorker(self.store, self.balancer, self.api_endpoints, self.config.storage,
+                                            lambda owner: not self.keys.enabled or owner in self.keys.names)
             self.metrics.registry.register(BatchCollector(self.batch_worker))
             self.batch_worker.start()
 

@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Route
 from vlgate.batches import jobs, lines
 from vlgate.errors import APIError
 from vlgate.gateway.apis.files.guard import store_errors
+from vlgate.gateway.apis.files.upload import Held
 from vlgate.gateway.apis.openai.schemas import validate
 from vlgate.gateway.endpoint.local import Local, list_object, not_found
 from vlgate.gateway.gateway import Gateway
@@ -59,20 +60,33 @@ async def create(request: Request) -> Response:
     spec = CreateBatch.model_validate(body)
     _check_metadata(spec.metadata)
     store, gw = local.store, local.gw
-    source = await store.get(FILE, spec.input_file_id, local.owner, with_blob=True)
-    if source is None or source.blob is None:
+    source = await store.get(FILE, spec.input_file_id, local.owner)
+    if source is None:
         raise not_found("file", spec.input_file_id, "input_file_id")
     if source.data.get("purpose") != "batch":
         raise APIError(400, f"File {spec.input_file_id} was uploaded with purpose "
                        f"{source.data.get('purpose')!r}; a batch's input file needs purpose 'batch'.",
                        param="input_file_id", code="invalid_file_purpose")
+    held = Held(gw.bodies)  # the file is read whole: its bytes count as held, as an upload's do
+    try:
+        held.take(int(source.data.get("bytes") or 0))
+        raw = await store.content(FILE, spec.input_file_id, local.owner)
+        if raw is None:  # deleted meanwhile
+            raise not_found("file", spec.input_file_id, "input_file_id")
+        return await _create(local, spec, raw)
+    finally:
+        held.release()
+
+
+async def _create(local: Local, spec: CreateBatch, raw: bytes) -> Response:
+    store, gw = local.store, local.gw
     record = jobs.new_batch("batch_" + secrets.token_hex(12), local.owner, endpoint=spec.endpoint,
                             input_file_id=spec.input_file_id, metadata=spec.metadata, model=None,
                             output_expires_s=spec.output_expires_after.seconds if spec.output_expires_after else None,
                             now=int(time.time()))
     await store.add([record])
     try:
-        total = await _store_lines(local, record, source.blob, spec.endpoint)
+        total = await _store_lines(local, record, raw, spec.endpoint)
     except BaseException as exc:  # nothing of it may run: gone, as if never made (failed if the delete fails)
         await store.delete(BATCH, record.id, local.owner)
         if isinstance(exc, lines.InputError):
