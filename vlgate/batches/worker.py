@@ -74,6 +74,7 @@ class BatchWorker:
         self._owners: dict[str, str] = {}  # batch id -> owner, of the batches with lines running here
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._dropped: set[str] = set()  # batches that ended while lines of theirs ran here
 
     # -- lifecycle
     def start(self) -> None:
@@ -185,6 +186,7 @@ class BatchWorker:
         touched, self._touched = self._touched, {}
         touched.update((b, o) for b, o in self._owners.items() if b in running)
         self._owners = {b: o for b, o in self._owners.items() if b in running}
+        self._dropped &= running
         for batch_id, owner in touched.items():
             record = await self.store.get(BATCH, batch_id, owner)
             if record is not None:
@@ -193,9 +195,16 @@ class BatchWorker:
                 self._stop_lines_of(batch_id)
 
     def _stop_lines_of(self, batch_id: str) -> None:
-        for (owner_batch, _), task in list(self.running.items()):
-            if owner_batch == batch_id:
-                task.cancel()
+        """The batch ended without them (cancelled, expired): lines in a route leave it as a client would (a
+        499, not a 500), the others stop where they wait."""
+        self._dropped.add(batch_id)
+        for key, task in list(self.running.items()):
+            if key[0] == batch_id:
+                leave = self._calling.get(key)
+                if leave is None:
+                    task.cancel()
+                elif not leave.done():
+                    leave.set_result(None)
 
     # -- one line
     def _run(self, line: Line) -> None:
@@ -269,7 +278,7 @@ class BatchWorker:
             finally:
                 self._calling.pop(key, None)
             if leave.done() and not leave.cancelled() and not answer.headers:  # preempted: its slot went to a request
-                if self._closing:
+                if self._closing or line.batch_id in self._dropped:
                     return None
                 self.stats.preempted += 1
             elif answer.status in RETRY_STATUSES:
