@@ -108,3 +108,17 @@ def test_batch_lines_keep_to_their_share(tmp_path) -> None:
     finally:
         gw.stop()
         fb.stop()
+
+
+def test_cancelled_lines_leave_their_requests_as_clients(full_share: GatewayProcess) -> None:
+    gw = full_share
+    c = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
+    batch_id = submit(gw, 6)
+    wait_for(lambda: metric(gw, "vlgate_batch_lines_running") == 2)
+    c.batches.cancel(batch_id)
+    wait_for(lambda: metric(gw, "vlgate_batch_lines_running") == 0, timeout=5)  # not the 1.5 s they needed
+    assert c.batches.retrieve(batch_id).status == "cancelled"
+    time.sleep(0.3)
+    access = [json.loads(x) for x in gw.log_path.read_text().splitlines() if x.startswith("{")]
+    statuses = [x["status"] for x in access if x.get("route") == "chat" and x.get("stream") is False]
+    assert statuses.count(499) == 2 and 500 not in statuses
