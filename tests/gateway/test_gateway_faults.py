@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -183,3 +184,24 @@ def test_client_key_never_forwarded_backend_key_sent(fakes, tmp_path: Path) -> N
     finally:
         gw.stop()
     assert "client-secret" not in gw.log()
+
+
+def test_a_client_that_leaves_after_the_last_event_had_a_whole_answer(fakes, gateway) -> None:
+    """The SDKs close a stream on [DONE]; the backend's own end may come later. That request is a 200 in the
+    metrics and the key's usage (it was a 499 before: the disconnect cancelled it while the end was awaited)."""
+    fb = fakes(mode="late_end")
+    gw = gateway([fb.url])
+    gw.wait_ready(backends=1)
+    with httpx.stream("POST", gw.url + "/v1/chat/completions", json={**CHAT, "stream": True}, timeout=10) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line == "data: [DONE]":
+                break  # and leave, as the openai SDK does
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        metrics = httpx.get(gw.url + "/metrics").text
+        if 'vlgate_requests_total{route="chat",status=' in metrics:
+            break
+        time.sleep(0.1)
+    assert 'vlgate_requests_total{route="chat",status="200"} 1.0' in metrics, metrics
+    assert 'status="499"' not in metrics

@@ -27,7 +27,9 @@ class Seen:
 
 @dataclass
 class FakeBackend:
-    mode: str = "ok"  # ok | loading | hang | die_after | stall_after | cut_body | garbage | status
+    # ok | loading | hang | die_after | stall_after | cut_body | garbage | status | late_end (a stream's
+    # terminating chunk comes 1 s after its [DONE], as a busy server's may)
+    mode: str = "ok"
     die_after: int = 2
     status: int = 500
     status_body: bytes = b'{"error":{"code":500,"message":"boom","type":"server_error"}}'
@@ -161,6 +163,9 @@ class FakeBackend:
                 "model": req.get("model") or "fake", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
         _chunk(w, b"data: " + json.dumps(done).encode() + b"\n\n")
         _chunk(w, b"data: [DONE]\n\n")
+        if self.mode == "late_end":
+            await w.drain()
+            await asyncio.sleep(1.0)
         w.write(b"0\r\n\r\n")
         return True
 

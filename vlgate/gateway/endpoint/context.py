@@ -38,6 +38,7 @@ class RequestContext:
     release_key: Callable[[], None] | None = None  # the key's concurrency place (gateway/keylimits.py)
     images: int = 0  # images in the request (usage per key)
     answer: bytes | None = None  # the non-stream answer as sent (usage is read from it at finish)
+    last_sent: bytes = b""  # a stream's last chunk sent to the client (did it have the end? respond.py)
     tail: StreamEnds | None = None  # a stream's first and last bytes (usage is read from them at finish)
     finish: Callable[[bytes], bytes] | None = None  # non-stream post-processing (presets)
     stream_tap: StreamTap | None = None  # stream post-processing (presets)

@@ -26,7 +26,13 @@ from vlgate.gateway.apis.caps import MAX_JSON_CONTAINERS
 from vlgate.gateway.endpoint import bodyjson
 from vlgate.gateway.endpoint.context import RequestContext
 from vlgate.gateway.endpoint.internal import CALLER
-from vlgate.gateway.endpoint.respond import read_answer, send_error, send_json_bytes, stream_upstream
+from vlgate.gateway.endpoint.respond import (
+    read_answer,
+    send_error,
+    send_json_bytes,
+    stream_finished,
+    stream_upstream,
+)
 from vlgate.gateway.endpoint.route import ApiRoute
 from vlgate.gateway.frontdoor.auth import credentials
 from vlgate.gateway.frontdoor.bodies import BodyReader, ClientGone
@@ -108,7 +114,7 @@ class ApiEndpoint:
         try:
             status = await self._handle(scope, receive, send, ctx, body)
         except (ClientGone, ConnectionError):  # the client left (a send to a closed connection)
-            status = 499
+            status = 200 if stream_finished(ctx) else 499  # after the last event: the whole answer was had
         except APIError as exc:
             status = exc.status
             await send_error(send, exc, ctx)

@@ -55,6 +55,16 @@ async def read_answer(upstream: Upstream) -> bytes:
                        code="backend_error", headers={"Retry-After": "1"}) from None
 
 
+# the last event of a whole stream, per API: OpenAI chat/completions, Anthropic, the Responses API's three ends
+_STREAM_ENDS = (b"data: [DONE]", b"message_stop", b"response.completed", b"response.incomplete", b"response.failed")
+
+
+def stream_finished(ctx: RequestContext) -> bool:
+    """Whether the client had the stream's last event: a client that leaves then (the SDKs close on [DONE],
+    before the backend's own end arrives) got the whole answer, a 200, not a 499."""
+    return ctx.stream and any(end in ctx.last_sent for end in _STREAM_ENDS)
+
+
 async def stream_upstream(send: Send, upstream: Upstream, ctx: RequestContext) -> None:
     """Pass the SSE body through; on a mid-stream backend failure, end with an error event."""
     headers = upstream.headers()
@@ -75,7 +85,7 @@ async def stream_upstream(send: Send, upstream: Upstream, ctx: RequestContext) -
                 if not chunk:
                     continue
             # the backend's mid-stream error events in the route's dialect (one substring search otherwise)
-            chunk = ctx.dialect.stream_errors(chunk)
+            chunk = ctx.last_sent = ctx.dialect.stream_errors(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except (WireError, TimeoutError) as exc:
         backend = upstream.backend
@@ -95,5 +105,6 @@ async def stream_upstream(send: Send, upstream: Upstream, ctx: RequestContext) -
         if tap is not None:
             rest = tap.flush()
             if rest:
+                ctx.last_sent = rest
                 await send({"type": "http.response.body", "body": rest, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
