@@ -4,14 +4,17 @@
 
 Two tiny-model llama-servers (b11434, `-np 2 -t 1` each: 4 slots) and a `vlgate serve` in front. The
 workload is bench/fleet_sim.py's in miniature: conversations arrive at random (Poisson, open loop: a slow
-fleet does not slow the arrivals), share one of 4 system prompts, and run 1-3 turns, each turn resending
-the whole history after the previous answer and a short think time; answers are log-normal in length
+fleet does not slow the arrivals), share one of 4 system prompts (~500 tokens), open with a document of
+their own (~500 tokens), and run 1-3 turns, each turn resending the whole history after the previous
+answer and a short think time; answers are log-normal in length
 (`ignore_eos`, so the length is what was asked). Every request streams; TTFT = sent to the first token.
 
-First the time scale: the same conversations back to back, 8 at a time, round robin straight to the
-servers (requests/s completed, so the mean time a request holds a slot). Before each load, 100% is
-measured again the same way through the gateway (its CPU shares the two cores with the servers, and other
-work on the machine comes and goes). Then, at that load, two ways on the same arrival schedule:
+100% load is the simulator's: what the fleet completes with nothing cached (the same conversations back
+to back, 8 at a time, `cache_prompt: false` so every prompt is prefilled in full); caching is the headroom
+a policy can win. Measured first straight to the servers (round robin: the time scale, the mean time a
+request holds a slot), then again through the gateway just before each load (its CPU shares the two cores
+with the servers, and other work on the machine comes and goes). Then, at that load, two ways on the same
+arrival schedule:
 (a) vlgate; (b) round robin straight to the servers (turn i of the run to server i % 2: what nginx does;
 llama-server queues what finds no free slot, with no bound). A refused turn (429/503) ends its
 conversation (the user would retry after Retry-After: not modelled).
@@ -91,17 +94,22 @@ def plan(seed: int, rate: float, seconds: float, systems: list[str], tag: str = 
             return out
         turns = 1 + min(2, int(rng.expovariate(1 / 1.2)))
         out.append(Conversation(i, t, rng.choice(systems),
-                                [f"Question {j} of {i}{tag}: {words(rng, 20)}" for j in range(turns)],
-                                [max(8, min(200, int(rng.lognormvariate(math.log(70), 0.6)))) for _ in range(turns)],
+                                # the first turn brings the conversation's own document (~500 tokens: what an
+                                # image is in the simulator), later turns a short question
+                                [f"Question {j} of {i}{tag}: {words(rng, 15)}"
+                                 + (f" About this document: {words(rng, 100)}" if j == 0 else "")
+                                 for j in range(turns)],
+                                [max(8, min(150, int(rng.lognormvariate(math.log(70), 0.6)))) for _ in range(turns)],
                                 [rng.expovariate(1 / 0.3) for _ in range(turns)]))
         i += 1
 
 
 async def one_turn(client: httpx.AsyncClient, url: str, messages: list[dict[str, str]], max_tokens: int,
-                   rec: Turn, t0: float) -> str | None:
-    """Stream one turn; the answer's text, or None when refused (recorded in `rec`)."""
+                   rec: Turn, t0: float, cache: bool = True) -> str | None:
+    """Stream one turn; the answer's text, or None when refused (recorded in `rec`). `cache` False: no
+    prompt reuse (llama-server's cache_prompt), every token prefilled."""
     body = {"model": "tiny", "messages": messages, "max_tokens": max_tokens, "temperature": 0.0, "stream": True,
-            "ignore_eos": True, "stream_options": {"include_usage": True}}
+            "ignore_eos": True, "stream_options": {"include_usage": True}, "cache_prompt": cache}
     sent = time.monotonic()
     rec.sent = sent - t0
     parts: list[str] = []
@@ -141,7 +149,7 @@ class RoundRobin:
 
 
 async def converse(client: httpx.AsyncClient, route: RoundRobin, c: Conversation, t0: float,
-                   start_at: float | None = None) -> None:
+                   start_at: float | None = None, cache: bool = True) -> None:
     """One conversation: its turns in order (a refused turn ends it)."""
     delay = (c.arrival if start_at is None else start_at) - (time.monotonic() - t0)
     if delay > 0:
@@ -152,7 +160,7 @@ async def converse(client: httpx.AsyncClient, route: RoundRobin, c: Conversation
         rec = Turn(c.conv, j, 0.0)
         c.turns.append(rec)
         try:
-            answer = await one_turn(client, route.next(), messages, c.answers[j], rec, t0)
+            answer = await one_turn(client, route.next(), messages, c.answers[j], rec, t0, cache)
         except httpx.HTTPError as e:
             rec.status, rec.retry_after = -1, type(e).__name__
             return
@@ -163,7 +171,8 @@ async def converse(client: httpx.AsyncClient, route: RoundRobin, c: Conversation
 
 
 async def capacity(urls: list[str], systems: list[str], seconds: float, concurrency: int) -> float:
-    """Requests/s completed with `concurrency` conversations back to back (round robin, no think time)."""
+    """Requests/s completed with `concurrency` conversations back to back (round robin, no think time) and
+    nothing cached (every prompt prefilled in full): bench/fleet_sim.py's 100%."""
     convs = plan(99, 1000.0, 10.0, systems)
     for c in convs:
         c.thinks = [0.0] * len(c.thinks)
@@ -176,7 +185,7 @@ async def capacity(urls: list[str], systems: list[str], seconds: float, concurre
         while time.monotonic() - t0 < seconds:
             c = convs[i % len(convs)]
             c.turns = []
-            await converse(client, route, c, t0, start_at=0.0)
+            await converse(client, route, c, t0, start_at=0.0, cache=False)
             done.extend(t for t in c.turns if t.status == 200 and t.sent < seconds)
             i += concurrency
 
@@ -233,7 +242,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="saturation-real-"))
     tiny = write_tiny_model(work)
     rng = random.Random(7)
-    systems = [f"[system {k}] You are a careful assistant. " + words(rng, 150) for k in range(SYSTEMS)]
+    systems = [f"[system {k}] You are a careful assistant. " + words(rng, 100) for k in range(SYSTEMS)]
     procs: list[subprocess.Popen[bytes]] = []
     started = time.monotonic()
     results: dict[tuple[float, str], dict[str, Any]] = {}
@@ -281,12 +290,13 @@ def main() -> int:
         "## Saturation on real llama-servers (bench/saturation_real.py)",
         "",
         (f"How measured: two tiny-model llama-servers b11434 (-np 2 -t 1: 4 slots) behind `vlgate serve`; "
-         f"{rate:.1f} requests/s completed straight to the servers (closed loop, round robin, 8 conversations back to "
-         f"back), so a request holds its slot {service * 1000:.0f} ms on average; 100% load = what the gateway "
-         "completes the same way, measured again just before each load (the capacity column). Open loop, "
+         f"{rate:.1f} requests/s completed straight to the servers with nothing cached (closed loop, round robin, 8 "
+         f"conversations back to back, cache_prompt off), so a request holds its slot {service * 1000:.0f} ms on "
+         "average; 100% load = what the gateway completes the same way, measured again just before each load (the "
+         "capacity column). Open loop, "
          f"{args.seconds:g} s of conversation arrivals per run (the "
-         f"first 10% skipped), 4 shared system prompts (~750 tokens), 1-3 turns, answers ~70 tokens (log-normal), "
-         "streamed. "
+         "first 10% skipped), 4 shared system prompts and a document per conversation (~500 tokens each), 1-3 turns, "
+         "answers ~70 tokens (log-normal), streamed. "
          f"vlgate's queue deadline {deadline:.2f} s and holder wait {hold * 1000:.0f} ms (the defaults scaled to this "
          f"service time: bench/fleet_sim.py's 30 s and 5 s at 4.6 s); round robin goes straight to the servers. "
          f"Goodput: first token within {objective * 1000:.0f} ms (one service time), per second. A refused turn ends "
