@@ -12,9 +12,8 @@ answer and a short think time; answers are log-normal in length
 100% load is the simulator's: what the fleet completes with nothing cached (the same conversations back
 to back, 8 at a time, `cache_prompt: false` so every prompt is prefilled in full); caching is the headroom
 a policy can win. Measured first straight to the servers (round robin: the time scale, the mean time a
-request holds a slot), then again through the gateway just before each load (its CPU shares the two cores
-with the servers, and other work on the machine comes and goes). Then, at that load, two ways on the same
-arrival schedule:
+request holds a slot), then through the gateway (its CPU shares the two cores with the servers): that rate
+is 100%. Then, at each load, two ways on the same arrival schedule:
 (a) vlgate; (b) round robin straight to the servers (turn i of the run to server i % 2: what nginx does;
 llama-server queues what finds no free slot, with no bound). A refused turn (429/503) ends its
 conversation (the user would retry after Retry-After: not modelled).
@@ -271,11 +270,12 @@ def main() -> int:
         gateway = f"http://127.0.0.1:{port}"
         wait_http(f"{gateway}/ready")
         turns_per_conv = statistics.fmean(len(c.questions) for c in plan(5, 1000.0, 20.0, systems))
+        # 100% = what the fleet completes through the gateway with nothing cached (its CPU shares the 2 cores
+        # with the servers), measured once so that the loads keep their ratio
+        through = asyncio.run(capacity([gateway], systems, 15.0, 8))
         for load in (float(x) for x in args.loads.split(",")):
-            # 100% = what the fleet completes through the gateway right now (its CPU shares the 2 cores with
-            # the servers; other work on the machine comes and goes): measured again before each load
-            capacities[load] = asyncio.run(capacity([gateway], systems, 10.0, 8))
-            convs_rate = load * capacities[load] / turns_per_conv
+            capacities[load] = through
+            convs_rate = load * through / turns_per_conv
             for way, targets in (("vlgate", [gateway]), ("round robin", urls)):
                 convs = plan(args.seed + int(load * 100), convs_rate, args.seconds, systems, f" ({way})")
                 before = os.getloadavg()[0]
@@ -292,8 +292,7 @@ def main() -> int:
         (f"How measured: two tiny-model llama-servers b11434 (-np 2 -t 1: 4 slots) behind `vlgate serve`; "
          f"{rate:.1f} requests/s completed straight to the servers with nothing cached (closed loop, round robin, 8 "
          f"conversations back to back, cache_prompt off), so a request holds its slot {service * 1000:.0f} ms on "
-         "average; 100% load = what the gateway completes the same way, measured again just before each load (the "
-         "capacity column). Open loop, "
+         f"average; 100% load = what the gateway completes the same way, {through:.1f} requests/s. Open loop, "
          f"{args.seconds:g} s of conversation arrivals per run (the "
          "first 10% skipped), 4 shared system prompts and a document per conversation (~500 tokens each), 1-3 turns, "
          "answers ~70 tokens (log-normal), streamed. "
@@ -303,7 +302,7 @@ def main() -> int:
          f"its conversation. Machine: {machine()} (shared: the servers, the gateway and this client on the same 2 "
          f"cores); {time.monotonic() - started:.0f} s."),
         "",
-        "| load | capacity | way | requests | goodput (req/s) | share of offered | TTFT mean (ms) | TTFT p50 (ms) "
+        "| load | offered | way | requests | goodput (req/s) | share of offered | TTFT mean (ms) | TTFT p50 (ms) "
         "| TTFT p99 (ms) | refused | cached prompt share | load average |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -311,7 +310,8 @@ def main() -> int:
         refused = (f"{m['refused']} ({', '.join(str(c) for c in m['codes'])}; Retry-After "
                    f"{', '.join(str(r) for r in m['retry_after'])}; after at most {m['refused_after_max']:.2f} s)"
                    if m["refused"] else "0")
-        lines.append(f"| {load:.0%} | {capacities[load]:.1f} req/s | {way} | {m['offered']} | {m['goodput']:.2f} "
+        lines.append(f"| {load:.0%} | {load * capacities[load]:.1f} req/s | {way} | {m['offered']} "
+                     f"| {m['goodput']:.2f} "
                      f"| {m['good_share']:.0%} | {1000 * m['ttft_mean']:.0f} | {1000 * m['ttft_p50']:.0f} "
                      f"| {1000 * m['ttft_p99']:.0f} | {refused} | {m['cached']:.0%} "
                      f"| {m['loadavg'][0]:.1f} -> {m['loadavg'][1]:.1f} |")
