@@ -2,9 +2,10 @@
 
 Politeness: a line is claimed only while no interactive request waits in the balancer's queue, a ready
 backend has a free slot, and this replica's batch lines in flight stay under `storage.batches.share` of the
-ready backends' slots (at least one). When requests queue anyway (a burst finds every slot busy), the
-newest batch lines in flight leave at once, as a client that hangs up would (their slots go to the queue),
-and run again when there is room: interactive requests never wait for a batch line to finish. Lines take
+ready backends' slots (at least one). When requests queue anyway (a burst finds every slot busy, or a
+request waits for its prefix holder), the newest batch lines in flight leave at once, as a client that
+hangs up would (their slots go to the queue), and run again when there is room: interactive requests
+never wait for a batch line to finish. Lines take
 the client's road (`endpoint/internal.py`): presets, images, key limits and accounting apply as on a live
 request. A 429 or 503 (busy, draining, no backend) is tried again later, never written as the result.
 
@@ -150,9 +151,11 @@ class BatchWorker:
             self.preempt()
 
     def preempt(self) -> int:
-        """Requests queue while every slot is busy: as many of the newest batch lines in flight leave."""
+        """Requests queue: as many of the newest batch lines in flight leave (each look). Also while a slot is
+        free elsewhere: a queued request may be waiting for its prefix holder (routing/waiting.py), which a
+        batch that keeps the fleet busy makes likely, and which batch lines may fill."""
         b = self.balancer
-        if not b.queued or not self._calling or any(x.free_slots > 0 for x in b.ready_backends()):
+        if not b.queued or not self._calling:
             return 0
         newest = list(self._calling.values())[-b.queued:]  # insertion order: the last started last
         for leave in newest:
