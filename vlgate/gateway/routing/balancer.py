@@ -1,15 +1,19 @@
-"""The balancer: reserves a slot for each request on the backend its scheduler picks, else queues it (FIFO).
+"""The balancer: reserves a slot for each request on the backend its scheduler picks, else queues it.
 
 The gateway is the only client of its backends, so `Backend.in_flight` is exact; a request only
 goes to a backend with a free slot, so llama-server never holds more than it has slots. When no
-slot is free the request waits in a FIFO queue (size + deadline) instead of piling on.
+slot is free the request waits in a bounded queue (size: 429, deadline: 503, both with Retry-After)
+instead of piling on: in arrival order, but newest first once a deadline was missed, until the queue
+empties with demand under saturation (adaptive LIFO: in an overload, arrival order makes every request
+wait out most of the deadline; bench/fleet_sim.py at 120% load).
 
 Which backend is policy, and lives elsewhere: the scheduler (routing/scheduler.py) runs a profile's
 filters, scorers and picker (routing/plugins/); by default the prefix holder within bounded load,
 else the most free slots. This module owns what happens around a pick: reserving the slot, the
 prefix-holder table, the queue and its wakeups, and the decision to wait for a full prefix holder
 (routing/waiting.py; only while the fleet is busy). A freed slot goes first to a queued request
-whose prefix it holds (while the queue's head has waited under 2 s: no one starves).
+whose prefix it holds (while the queue's head has waited under 2 s, or, on a saturated fleet, under
+2/3 of the deadline: no one starves).
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ _UTILIZATION_WEIGHT = 1 / 500  # per arriving request: about the last 500 reques
 _HOLDER_FIRST_S = 2.0
 # ...or, while the fleet is saturated (smoothed demand, running + queued, at least this x the slots), less
 # than this share of the queue deadline: there every prefill a cached prefix saves is capacity the queue
-# needs, and the head still starts before its deadline (bench/fleet_sim.py at 100% load, 8 seeds: mean
-# time to first token 6.3 -> 3.7 s, prefix-cache hits 62 -> 75%, no deadline missed; at 90% p99 +6%)
+# needs, and the head still starts before its deadline (bench/fleet_sim.py at 100% load, seeds 1-5: mean
+# time to first token 6.3 -> 4.0 s, prefix-cache hits 62 -> 74%, no deadline missed where seed 3 missed 27;
+# the price, at 90% load: mean 1.42 -> 1.31 s but p99 9.4 -> 11.4 s)
 _SATURATED = 1.25
 _SATURATED_HOLDER_FIRST = 2 / 3
 
@@ -209,8 +214,8 @@ class Balancer:
         A missed deadline means demand is over capacity: from now until the queue empties with demand under
         saturation (enqueue()), the queue serves newest first (adaptive LIFO). In arrival order every request
         would wait out most of the deadline and miss any first-token objective; newest first, all but the
-        surplus start soon and the surplus ages out at the deadline (bench/fleet_sim.py at 120% load:
-        answers within 5 s 0.05 -> 3.1 per second, the shedding cache-aware router's 1.8)."""
+        surplus start soon and the surplus ages out at the deadline (bench/fleet_sim.py at 120% load, 8 seeds:
+        answers within 5 s 0.05 -> 3.3 per second; the Kubernetes-style router that sheds: 1.8)."""
         self._abandon(waiter)
         self._overloaded = True
         return APIError(503, f"No slot became free within {self.queue_timeout_s:g}s "
