@@ -41,7 +41,7 @@ log = logging.getLogger("vlgate.batches")
 
 IDLE_S = 1.0  # the store is asked for new lines this often while there are none
 BUSY_S = 0.05  # free slots are looked for this often while the fleet has none to spare
-PREEMPT_S = 0.01  # the balancer's queue is looked at this often while batch lines are in flight
+PREEMPT_S = 0.003  # the balancer's queue is looked at this often while batch lines are in flight (~1% of a core)
 SETTLE_S = 1.0  # batches with lines running or just finished here are checked this often (done? cancelled?)
 RETRY_FIRST_S, RETRY_MAX_S = 1.0, 30.0  # a line answered 429/503 waits this long before its next try
 RETRY_STATUSES = frozenset({429, 503})
@@ -71,6 +71,7 @@ class BatchWorker:
         self._calling: dict[tuple[str, int], asyncio.Future[None]] = {}  # lines in a route now: their `leave`
         self.stats = Stats()
         self._wake = asyncio.Event()
+        self._in_route = asyncio.Event()  # set when a line enters a route (the preemption loop wakes)
         self._touched: dict[str, str] = {}  # batch id -> owner: settle these soon
         self._owners: dict[str, str] = {}  # batch id -> owner, of the batches with lines running here
         self._tasks: list[asyncio.Task[None]] = []
@@ -147,6 +148,9 @@ class BatchWorker:
 
     async def _preempt_loop(self) -> None:
         while True:
+            if not self._calling:  # nothing to preempt: sleep until a line enters a route
+                self._in_route.clear()
+                await self._in_route.wait()
             await asyncio.sleep(PREEMPT_S)
             self.preempt()
 
@@ -276,6 +280,7 @@ class BatchWorker:
         key, tries = (line.batch_id, line.index), 0
         while True:
             leave = self._calling[key] = asyncio.get_running_loop().create_future()
+            self._in_route.set()
             try:
                 answer = await call(endpoint, url, raw, caller, leave=leave)
             finally:
