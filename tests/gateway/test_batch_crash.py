@@ -51,6 +51,10 @@ def test_sigkill_mid_batch_resumes_and_finishes_exactly_once(tmp_path, llama_ser
         while (counts := c.batches.retrieve(batch.id).request_counts) and counts.completed < LINES // 4:
             assert time.monotonic() < deadline, counts
             time.sleep(0.05)
+        # kill while the worker holds lines (between two claims it may hold none for a moment)
+        while asyncio.run(still_leased(config, batch.id)) < 1:
+            assert time.monotonic() < deadline, "the worker never held a line"
+            time.sleep(0.01)
         gw.stop(signal.SIGKILL)  # no clean shutdown: its claimed lines stay leased to a dead worker
         leased = asyncio.run(still_leased(config, batch.id))
         assert leased >= 1, "no line was in flight at the kill: the test would not show a re-run"
