@@ -21,7 +21,7 @@ from support.postgres import postgres_server, postgres_url  # noqa: F401  (fixtu
 
 pytestmark = pytest.mark.slow
 
-LINES = 80
+LINES = 200  # enough that the slower replica (a loaded CI machine) still has lines left when it is killed
 KEYS = [{"name": "alice", "key": "key-alice"}]
 
 
