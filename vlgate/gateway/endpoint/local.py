@@ -74,6 +74,14 @@ class Local:
     def param(self, name: str) -> str:
         return str(self.request.path_params[name])
 
+    async def record(self, kind: str, what: str, param: str) -> Record:
+        """The record the path names, if this key made it; else the 404 an unknown id gets."""
+        id = self.param(param)
+        record = await self.store.get(kind, id, self.owner)
+        if record is None:
+            raise not_found(what, id, param=param)
+        return record
+
     async def delete(self, kind: str, what: str, param: str) -> str:
         """Delete the record the path names (with its children); 404 as for an unknown id."""
         id = self.param(param)

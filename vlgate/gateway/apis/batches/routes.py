@@ -132,9 +132,7 @@ async def _settled(local: Local, record: Record) -> dict[str, object]:
 @store_errors
 async def retrieve(request: Request) -> Response:
     local = Local(request)
-    record = await local.store.get(BATCH, local.param("batch_id"), local.owner)
-    if record is None:
-        raise not_found("batch", local.param("batch_id"), "batch_id")
+    record = await local.record(BATCH, "batch", "batch_id")
     return JSONResponse(await _settled(local, record))
 
 

@@ -90,9 +90,7 @@ async def list_files(request: Request) -> Response:
 @store_errors
 async def retrieve(request: Request) -> Response:
     local = Local(request)
-    record = await local.store.get(FILE, local.param("file_id"), local.owner)
-    if record is None:
-        raise not_found("file", local.param("file_id"), "file_id")
+    record = await local.record(FILE, "file", "file_id")
     return JSONResponse(record.data)
 
 
