@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -21,6 +21,7 @@ from vlgate.store.base import StoreError
 from vlgate.store.sql import SqlStore, Tx
 
 BUSY_TIMEOUT_MS = 10_000
+T = TypeVar("T")
 
 
 def sqlite_path(url: str) -> str:
@@ -32,19 +33,39 @@ def sqlite_path(url: str) -> str:
 
 
 class _SqliteTx:
+    """A transaction's statements. Each runs to its end (its cursor closed) even when the caller is cancelled
+    meanwhile: the driver's thread runs it anyway, and a statement left open makes the next COMMIT fail."""
+
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self.conn = conn
+        self.running: asyncio.Future[Any] | None = None  # the statement in the driver's thread now
+
+    async def whole(self, work: Coroutine[Any, Any, T]) -> T:
+        task = self.running = asyncio.ensure_future(work)
+        return await asyncio.shield(task)
 
     async def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return await self.whole(self._run(sql, params))
+
+    async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return await self.whole(self._rows(sql, params))
+
+    async def many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        await self.whole(self.conn.executemany(sql, params))
+
+    async def _run(self, sql: str, params: Sequence[Any]) -> int:
         async with self.conn.execute(sql, params) as cursor:
             return cursor.rowcount
 
-    async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    async def _rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         async with self.conn.execute(sql, params) as cursor:
             return [tuple(row) for row in await cursor.fetchall()]
 
-    async def many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
-        await self.conn.executemany(sql, params)
+    async def undo(self) -> None:
+        """After a failure or a cancel: the statement still running ends, then the transaction is rolled back."""
+        if self.running is not None:
+            await asyncio.gather(self.running, return_exceptions=True)
+        await _rollback(self.conn)
 
 
 class SqliteStore(SqlStore):
@@ -85,14 +106,18 @@ class SqliteStore(SqlStore):
             conn = self._conn
             if conn is None:
                 raise StoreError("the store is closed")
+            tx = _SqliteTx(conn)
             try:
-                await conn.execute("BEGIN IMMEDIATE")
+                await tx.whole(conn.execute("BEGIN IMMEDIATE"))
             except sqlite3.OperationalError as exc:
                 raise StoreError(f"the SQLite store at {self.path}: {exc}") from exc
+            except BaseException:  # cancelled: the BEGIN ran all the same; left open, every later
+                await asyncio.shield(tx.undo())  # transaction would fail "within a transaction"
+                raise
             try:
-                yield _SqliteTx(conn)
+                yield tx
             except BaseException as exc:
-                await _rollback(conn)
+                await asyncio.shield(tx.undo())  # shielded: a second cancel must not leave it open either
                 if isinstance(exc, sqlite3.OperationalError):
                     raise StoreError(f"the SQLite store at {self.path}: {exc}") from exc
                 raise
