@@ -162,7 +162,10 @@ def upload_batch(url: str, kind: str, n: int) -> str:
 
 
 def batch_state(url: str, batch_id: str) -> dict[str, Any]:
-    return dict(httpx.get(f"{url}/v1/batches/{batch_id}", timeout=30).json())
+    r = httpx.get(f"{url}/v1/batches/{batch_id}", timeout=30)
+    if r.status_code != 200:
+        raise SystemExit(f"GET /v1/batches/{batch_id}: {r.status_code} {r.text[:500]}")
+    return dict(r.json())
 
 
 def p(values: list[float], q: float) -> float:
@@ -281,6 +284,10 @@ def main() -> None:
         fleet = Fleet(args.backend, Path(tmp))
         try:
             rows = [run_share(fleet, float(s), args) for s in args.shares.split(",")]
+        except (SystemExit, AssertionError):
+            for log in sorted(Path(tmp).glob("gateway-*.log")):  # what the gateway said, before the dir goes
+                print(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
+            raise
         finally:
             fleet.close()
     emit(report(fleet, rows, args), args.markdown)
