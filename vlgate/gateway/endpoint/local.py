@@ -8,17 +8,23 @@ page the way OpenAI's do (`after`, `limit`, `order`; `first_id`, `last_id`, `has
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from vlgate.errors import APIError
 from vlgate.gateway.endpoint.endpoint import DRAINING, check_json_content_type, parse_json
 from vlgate.gateway.frontdoor.auth import header_credentials
 from vlgate.gateway.frontdoor.bodies import BodyReader
 from vlgate.gateway.gateway import Gateway, gateway_of
-from vlgate.store.base import Order, Record, Store
+from vlgate.store.base import Order, Record, Store, StoreError
+
+log = logging.getLogger("vlgate.store")
 
 MAX_JSON_CONTAINERS = 10_000  # a store route's body is small (metadata, items): refuse what would hold the loop
 
@@ -107,3 +113,29 @@ def list_object(records: Iterable[Record], has_more: bool,
     data = [show(r) for r in records]
     return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None, "has_more": has_more}
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """A database that fails is a 503 + Retry-After in OpenAI's shape, never a 500; the driver's detail (a
+    path, a host) is the operator's, logged, not the client's."""
+    try:
+        yield
+    except StoreError as exc:
+        log.warning("store unavailable: %s", exc)
+        raise APIError(503, "The gateway's store is unavailable; retry shortly.", code="store_unavailable",
+                       headers={"Retry-After": "1"}) from None
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def store_route(endpoint: Endpoint) -> Endpoint:
+    """A store route whose database failures answer 503 (`store_errors`); APIError passes as it is."""
+
+    @functools.wraps(endpoint)
+    async def route(request: Request) -> Response:
+        with store_errors():
+            return await endpoint(request)
+
+    return route

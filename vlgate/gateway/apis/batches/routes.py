@@ -20,10 +20,9 @@ from starlette.routing import BaseRoute, Route
 
 from vlgate.batches import jobs, lines
 from vlgate.errors import APIError
-from vlgate.gateway.apis.files.guard import store_errors
 from vlgate.gateway.apis.files.upload import Held
 from vlgate.gateway.apis.openai.schemas import validate
-from vlgate.gateway.endpoint.local import Local, list_object, not_found
+from vlgate.gateway.endpoint.local import Local, list_object, not_found, store_route
 from vlgate.gateway.gateway import Gateway
 from vlgate.store.base import BATCH, FILE, Line, Record
 
@@ -52,7 +51,7 @@ def _check_metadata(metadata: dict[str, str] | None) -> None:
                            code="invalid_value")
 
 
-@store_errors
+@store_route
 async def create(request: Request) -> Response:
     local = Local(request, writes=True)
     body = await local.json()
@@ -129,14 +128,14 @@ async def _settled(local: Local, record: Record) -> dict[str, object]:
     return jobs.show((await jobs.settle(local.store, record, local.gw.config.storage)).data)
 
 
-@store_errors
+@store_route
 async def retrieve(request: Request) -> Response:
     local = Local(request)
     record = await local.record(BATCH, "batch", "batch_id")
     return JSONResponse(await _settled(local, record))
 
 
-@store_errors
+@store_route
 async def list_batches(request: Request) -> Response:
     local = Local(request)
     after, limit, order = local.page()
@@ -145,7 +144,7 @@ async def list_batches(request: Request) -> Response:
     return JSONResponse({**list_object(records, more), "data": data})
 
 
-@store_errors
+@store_route
 async def cancel(request: Request) -> Response:
     local = Local(request, writes=True)
     batch_id = local.param("batch_id")

@@ -19,9 +19,9 @@ from starlette.routing import BaseRoute, Route
 
 from vlgate.errors import APIError
 from vlgate.gateway.apis.responses.items import as_stored, check_metadata, new_id
-from vlgate.gateway.apis.responses.records import expires, guarded, json_response, show
+from vlgate.gateway.apis.responses.records import expires, json_response, show
 from vlgate.gateway.apis.responses.schemas import validate_items
-from vlgate.gateway.endpoint.local import Local, list_object, not_found
+from vlgate.gateway.endpoint.local import Local, list_object, not_found, store_route
 from vlgate.gateway.gateway import Gateway
 from vlgate.store.base import CONVERSATION, CONVERSATION_ITEM, Record
 
@@ -56,7 +56,7 @@ async def _items(local: Local, raw: Any, conversation: str, now: float) -> list[
             for item in map(as_stored, raw)]
 
 
-@guarded
+@store_route
 async def create(request: Request) -> Response:
     local = Local(request, writes=True)
     body = await local.json()
@@ -70,12 +70,12 @@ async def create(request: Request) -> Response:
     return json_response(data)
 
 
-@guarded
+@store_route
 async def retrieve(request: Request) -> Response:
     return json_response(show((await _conversation(Local(request))).data))
 
 
-@guarded
+@store_route
 async def update(request: Request) -> Response:
     """Replaces the metadata (required, as OpenAI's)."""
     local = Local(request, writes=True)
@@ -89,7 +89,7 @@ async def update(request: Request) -> Response:
     return json_response(show(record.data))
 
 
-@guarded
+@store_route
 async def delete(request: Request) -> Response:
     """The conversation and all its items."""
     local = Local(request, writes=True)
@@ -97,14 +97,14 @@ async def delete(request: Request) -> Response:
     return json_response({"id": id, "object": "conversation.deleted", "deleted": True})
 
 
-@guarded
+@store_route
 async def list_items(request: Request) -> Response:
     local = Local(request)
     record = await _conversation(local)
     return json_response(await local.children(CONVERSATION_ITEM, record.id, lambda r: show(r.data)))
 
 
-@guarded
+@store_route
 async def create_items(request: Request) -> Response:
     local = Local(request, writes=True)
     body = await local.json()
@@ -126,13 +126,13 @@ async def _item(local: Local) -> tuple[Record, Record]:
     return conversation, item
 
 
-@guarded
+@store_route
 async def retrieve_item(request: Request) -> Response:
     _, item = await _item(Local(request))
     return json_response(show(item.data))
 
 
-@guarded
+@store_route
 async def delete_item(request: Request) -> Response:
     """Answers the conversation (as OpenAI's)."""
     local = Local(request, writes=True)

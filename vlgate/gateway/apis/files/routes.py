@@ -20,9 +20,8 @@ from starlette.types import Receive, Scope, Send
 from vlgate.batches import lines
 from vlgate.batches.files import PURPOSES, by_purpose, new_file
 from vlgate.errors import APIError
-from vlgate.gateway.apis.files.guard import store_errors
 from vlgate.gateway.apis.files.upload import Held, read_upload
-from vlgate.gateway.endpoint.local import Local, list_object, not_found
+from vlgate.gateway.endpoint.local import Local, list_object, not_found, store_route
 from vlgate.gateway.gateway import Gateway
 from vlgate.store.base import FILE
 
@@ -30,7 +29,7 @@ MIN_EXPIRES_S, MAX_EXPIRES_S = 3600, 30 * 86400  # OpenAI's bounds for `expires_
 MAX_FILENAME = 255
 
 
-@store_errors
+@store_route
 async def create(request: Request) -> Response:
     local = Local(request, writes=True)
     gw, settings = local.gw, local.gw.config.storage
@@ -77,7 +76,7 @@ def _keep_s(fields: dict[str, str]) -> int | None:
     return value
 
 
-@store_errors
+@store_route
 async def list_files(request: Request) -> Response:
     local = Local(request)
     after, limit, order = local.page(max_limit=10_000)
@@ -87,14 +86,14 @@ async def list_files(request: Request) -> Response:
     return JSONResponse(list_object(records, more))
 
 
-@store_errors
+@store_route
 async def retrieve(request: Request) -> Response:
     local = Local(request)
     record = await local.record(FILE, "file", "file_id")
     return JSONResponse(record.data)
 
 
-@store_errors
+@store_route
 async def content(request: Request) -> Response:
     local = Local(request)
     file_id = local.param("file_id")
@@ -114,7 +113,7 @@ async def content(request: Request) -> Response:
     return HeldResponse(blob, held)
 
 
-@store_errors
+@store_route
 async def delete(request: Request) -> Response:
     local = Local(request, writes=True)
     file_id = local.param("file_id")

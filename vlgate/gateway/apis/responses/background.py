@@ -29,10 +29,11 @@ from starlette.types import Send
 
 from vlgate.errors import APIError
 from vlgate.gateway.apis.responses.completion import Echo, complete_response
-from vlgate.gateway.apis.responses.records import LEASE, RUNNING, settle, show, store_errors
+from vlgate.gateway.apis.responses.records import LEASE, RUNNING, settle, show
 from vlgate.gateway.apis.responses.state import State
 from vlgate.gateway.endpoint.context import RequestContext
 from vlgate.gateway.endpoint.internal import Answer, Caller, call
+from vlgate.gateway.endpoint.local import store_errors
 from vlgate.gateway.endpoint.respond import send_json_bytes
 from vlgate.gateway.gateway import Gateway
 from vlgate.store.base import RESPONSE, Record, Store, StoreError

@@ -8,18 +8,15 @@ restart never leaves a response in progress forever (background.py).
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import orjson
-from starlette.requests import Request
 from starlette.responses import Response
 
 from vlgate.errors import APIError
-from vlgate.store.base import RESPONSE, Record, Store, StoreError
+from vlgate.store.base import RESPONSE, Record, Store
 
 LEASE = "_lease"  # private fields start with "_": kept in the store, never shown
 RUNNING = ("queued", "in_progress")
@@ -44,20 +41,6 @@ def previous_not_found(id: str) -> APIError:
                     code="previous_response_not_found")
 
 
-def unavailable(exc: StoreError) -> APIError:
-    return APIError(503, f"The gateway's store is unavailable: {exc}", code="store_unavailable",
-                    headers={"Retry-After": "1"})
-
-
-@contextmanager
-def store_errors() -> Iterator[None]:
-    """A database that fails is a 503 in OpenAI's shape, never a 500."""
-    try:
-        yield
-    except StoreError as exc:
-        raise unavailable(exc) from None
-
-
 async def settle(store: Store, record: Record, now: Callable[[], float] = time.time) -> Record:
     """A background response whose lease ran out is failed (compare-and-set: a live gateway that renews
     or finishes it first wins); returns the record as it now stands."""
@@ -71,17 +54,6 @@ async def settle(store: Store, record: Record, now: Callable[[], float] = time.t
         return settled
     again = await store.get(RESPONSE, record.id, record.owner)
     return again or record
-
-
-def guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    """A store route whose database failures answer 503 (APIError passes as it is)."""
-
-    @functools.wraps(handler)
-    async def route(request: Request) -> Response:
-        with store_errors():
-            return await handler(request)
-
-    return route
 
 
 def json_response(value: Any) -> Response:

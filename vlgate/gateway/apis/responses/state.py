@@ -21,8 +21,9 @@ from vlgate.errors import APIError
 from vlgate.gateway.apis.responses.chain import load_chain, load_conversation
 from vlgate.gateway.apis.responses.completion import Echo
 from vlgate.gateway.apis.responses.items import as_output_item, as_stored, new_id
-from vlgate.gateway.apis.responses.records import expires, store_errors
+from vlgate.gateway.apis.responses.records import expires
 from vlgate.gateway.apis.responses.stream import ResponsesStreamRewriter
+from vlgate.gateway.endpoint.local import store_errors
 from vlgate.gateway.gateway import Gateway
 from vlgate.store.base import CONVERSATION, CONVERSATION_ITEM, RESPONSE, RESPONSE_INPUT, Record, Store, StoreError
 

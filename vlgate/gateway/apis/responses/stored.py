@@ -11,8 +11,8 @@ from starlette.routing import BaseRoute, Route
 
 from vlgate.errors import APIError
 from vlgate.gateway.apis.responses import background
-from vlgate.gateway.apis.responses.records import guarded, json_response, settle, show
-from vlgate.gateway.endpoint.local import Local, not_found
+from vlgate.gateway.apis.responses.records import json_response, settle, show
+from vlgate.gateway.endpoint.local import Local, not_found, store_route
 from vlgate.gateway.gateway import Gateway
 from vlgate.store.base import RESPONSE, RESPONSE_INPUT, Record
 
@@ -25,7 +25,7 @@ async def _record(local: Local) -> Record:
     return record
 
 
-@guarded
+@store_route
 async def retrieve(request: Request) -> Response:
     local = Local(request)
     if request.query_params.get("stream", "false").lower() not in ("false", "0"):
@@ -35,7 +35,7 @@ async def retrieve(request: Request) -> Response:
     return json_response(show(record.data))
 
 
-@guarded
+@store_route
 async def delete(request: Request) -> Response:
     """The response and its input items; a background run of it stops."""
     local = Local(request, writes=True)
@@ -44,14 +44,14 @@ async def delete(request: Request) -> Response:
     return json_response({"id": id, "object": "response", "deleted": True})
 
 
-@guarded
+@store_route
 async def input_items(request: Request) -> Response:
     local = Local(request)
     record = await _record(local)
     return json_response(await local.children(RESPONSE_INPUT, record.id, lambda r: show(r.data)))
 
 
-@guarded
+@store_route
 async def cancel(request: Request) -> Response:
     local = Local(request, writes=True)
     return json_response(await background.cancel(local.store, await _record(local)))
