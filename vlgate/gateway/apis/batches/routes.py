@@ -147,10 +147,8 @@ async def list_batches(request: Request) -> Response:
 @store_route
 async def cancel(request: Request) -> Response:
     local = Local(request, writes=True)
-    batch_id = local.param("batch_id")
-    record = await local.store.get(BATCH, batch_id, local.owner)
-    if record is None:
-        raise not_found("batch", batch_id, "batch_id")
+    record = await local.record(BATCH, "batch", "batch_id")
+    batch_id = record.id
     record = await jobs.settle(local.store, record, local.gw.config.storage)
     status = record.data["status"]
     if status in jobs.TERMINAL:

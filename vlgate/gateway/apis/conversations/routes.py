@@ -28,14 +28,6 @@ from vlgate.store.base import CONVERSATION, CONVERSATION_ITEM, Record
 MAX_ITEMS_PER_CALL = 20
 
 
-async def _conversation(local: Local) -> Record:
-    id = local.param("conversation_id")
-    record = await local.store.get(CONVERSATION, id, local.owner)
-    if record is None:
-        raise not_found("conversation", id, param="conversation_id")
-    return record
-
-
 async def _items(local: Local, raw: Any, conversation: str, now: float) -> list[Record]:
     """New item records from a request's `items` (validated, images normalized)."""
     if not isinstance(raw, list):
@@ -72,7 +64,8 @@ async def create(request: Request) -> Response:
 
 @store_route
 async def retrieve(request: Request) -> Response:
-    return json_response(show((await _conversation(Local(request))).data))
+    record = await Local(request).record(CONVERSATION, "conversation", "conversation_id")
+    return json_response(show(record.data))
 
 
 @store_route
@@ -80,7 +73,7 @@ async def update(request: Request) -> Response:
     """Replaces the metadata (required, as OpenAI's)."""
     local = Local(request, writes=True)
     body = await local.json()
-    record = await _conversation(local)
+    record = await local.record(CONVERSATION, "conversation", "conversation_id")
     if "metadata" not in body:
         raise APIError(400, "Missing required parameter: 'metadata'.", param="metadata",
                        code="missing_required_parameter")
@@ -100,7 +93,7 @@ async def delete(request: Request) -> Response:
 @store_route
 async def list_items(request: Request) -> Response:
     local = Local(request)
-    record = await _conversation(local)
+    record = await local.record(CONVERSATION, "conversation", "conversation_id")
     return json_response(await local.children(CONVERSATION_ITEM, record.id, lambda r: show(r.data)))
 
 
@@ -108,7 +101,7 @@ async def list_items(request: Request) -> Response:
 async def create_items(request: Request) -> Response:
     local = Local(request, writes=True)
     body = await local.json()
-    record = await _conversation(local)
+    record = await local.record(CONVERSATION, "conversation", "conversation_id")
     if not body.get("items"):
         raise APIError(400, "Missing required parameter: 'items' (1 to 20 input items).", param="items",
                        code="missing_required_parameter")
@@ -118,7 +111,7 @@ async def create_items(request: Request) -> Response:
 
 
 async def _item(local: Local) -> tuple[Record, Record]:
-    conversation = await _conversation(local)
+    conversation = await local.record(CONVERSATION, "conversation", "conversation_id")
     id = local.param("item_id")
     item = await local.store.get(CONVERSATION_ITEM, id, local.owner)
     if item is None or item.parent != conversation.id:

@@ -96,10 +96,8 @@ async def retrieve(request: Request) -> Response:
 @store_route
 async def content(request: Request) -> Response:
     local = Local(request)
-    file_id = local.param("file_id")
-    record = await local.store.get(FILE, file_id, local.owner)
-    if record is None:
-        raise not_found("file", file_id, "file_id")
+    record = await local.record(FILE, "file", "file_id")
+    file_id = record.id
     held = Held(local.gw.bodies)
     held.take(int(record.data.get("bytes") or 0))  # before loading it
     try:

@@ -12,17 +12,9 @@ from starlette.routing import BaseRoute, Route
 from vlgate.errors import APIError
 from vlgate.gateway.apis.responses import background
 from vlgate.gateway.apis.responses.records import json_response, settle, show
-from vlgate.gateway.endpoint.local import Local, not_found, store_route
+from vlgate.gateway.endpoint.local import Local, store_route
 from vlgate.gateway.gateway import Gateway
-from vlgate.store.base import RESPONSE, RESPONSE_INPUT, Record
-
-
-async def _record(local: Local) -> Record:
-    id = local.param("response_id")
-    record = await local.store.get(RESPONSE, id, local.owner)
-    if record is None:
-        raise not_found("response", id, param="response_id")
-    return record
+from vlgate.store.base import RESPONSE, RESPONSE_INPUT
 
 
 @store_route
@@ -31,7 +23,7 @@ async def retrieve(request: Request) -> Response:
     if request.query_params.get("stream", "false").lower() not in ("false", "0"):
         raise APIError(400, "Streaming a stored response again is not supported here: retrieve it without "
                        "'stream'.", param="stream", code="unsupported_parameter")
-    record = await settle(local.store, await _record(local))
+    record = await settle(local.store, await local.record(RESPONSE, "response", "response_id"))
     return json_response(show(record.data))
 
 
@@ -47,14 +39,14 @@ async def delete(request: Request) -> Response:
 @store_route
 async def input_items(request: Request) -> Response:
     local = Local(request)
-    record = await _record(local)
+    record = await local.record(RESPONSE, "response", "response_id")
     return json_response(await local.children(RESPONSE_INPUT, record.id, lambda r: show(r.data)))
 
 
 @store_route
 async def cancel(request: Request) -> Response:
     local = Local(request, writes=True)
-    return json_response(await background.cancel(local.store, await _record(local)))
+    return json_response(await background.cancel(local.store, await local.record(RESPONSE, "response", "response_id")))
 
 
 def routes(gw: Gateway) -> list[BaseRoute]:
