@@ -18,6 +18,7 @@ import pytest
 from support.gateway_process import GatewayProcess
 from support.llama import LlamaServer
 from support.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
+from support.statefulgw import sdk_client
 
 pytestmark = pytest.mark.slow
 
@@ -45,8 +46,7 @@ def replicas(tmp_path, llama_server_bin, tiny_model, postgres_url: str) -> Itera
 
 
 def client(gw: GatewayProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.url + "/v1", api_key="key-alice", _strict_response_validation=True,
-                         max_retries=2)
+    return sdk_client(gw, "key-alice", max_retries=2)
 
 
 def process_prefix(gw: GatewayProcess) -> str:

@@ -22,6 +22,7 @@ from PIL import Image
 from support.gateway_process import GatewayProcess
 from support.images import data_url
 from support.llama import LlamaServer
+from support.statefulgw import sdk_client
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +49,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, llama_server_bin, tiny_model) -
 
 
 def client(gw: GatewayProcess, key: str = "key-alice") -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, _strict_response_validation=True, max_retries=0)
+    return sdk_client(gw, key)
 
 
 def png() -> str:

@@ -19,6 +19,7 @@ import pytest
 
 from support.fakebackend import FakeBackend
 from support.gateway_process import GatewayProcess
+from support.statefulgw import sdk_client
 
 MAX_FILE = 600_000
 MAX_LINE = 20_000  # the gateway's max_body_bytes: a line longer than this could never be sent
@@ -44,7 +45,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
 
 
 def client(gw: GatewayProcess, key: str = "key-alice") -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, _strict_response_validation=True, max_retries=0)
+    return sdk_client(gw, key)
 
 
 def line(i: int, **changes: Any) -> dict[str, Any]:

@@ -55,8 +55,7 @@ class StatefulStack:
         return self.gw
 
     def client(self, key: str = KEY_A, **kwargs: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.gw.url + "/v1", api_key=key, _strict_response_validation=True,
-                             max_retries=0, **kwargs)
+        return sdk_client(self.gw, key, **kwargs)
 
     def http(self, method: str, path: str, key: str = KEY_A, **kwargs: Any) -> httpx.Response:
         return httpx.request(method, self.gw.url + path, headers={"Authorization": f"Bearer {key}"}, timeout=60,
@@ -149,3 +148,9 @@ def sdk_error(call: Any) -> tuple[int, dict[str, Any]]:
         call()
     assert isinstance(exc.value.body, dict)
     return exc.value.status_code, exc.value.body
+
+
+def sdk_client(gw: GatewayProcess, key: str, *, max_retries: int = 0, **kwargs: Any) -> openai.OpenAI:
+    """The strict openai SDK on a gateway process, as key `key`."""
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, _strict_response_validation=True,
+                         max_retries=max_retries, **kwargs)
