@@ -70,9 +70,9 @@ class WedgedBackend(FakeBackend):
             await asyncio.sleep(0.01)
 
     async def _decode(self, gen: Generation) -> None:
-        while self.frozen:
-            await asyncio.sleep(0.01)
         await asyncio.sleep(self.token_s)
+        while self.frozen:  # checked after the token's time too: a freeze stops the token being decoded
+            await asyncio.sleep(0.01)
         gen.decoded += 1
 
     async def _generate(self, w: asyncio.StreamWriter, req: dict[str, Any]) -> bool:
