@@ -148,6 +148,37 @@ def test_a_busy_fleet_never_waits_while_a_backend_sits_idle() -> None:
     asyncio.run(scenario())
 
 
+def test_a_busy_fleet_waits_while_an_idle_backend_expects_its_own_next_turns() -> None:
+    """A backend whose last request ended a moment ago is idle only until its conversations' next turns come
+    back: a request held elsewhere that moved there would lose its prefix and take their slot (4 x 2 slots,
+    bench/prefix_cache_real.py, turns back to back: moves like this lost ~8% of the prompt tokens). Past the
+    grace the idle backend is someone's again."""
+    async def scenario() -> None:
+        a, b = ready("a", 2), ready("b", 2)
+        clock = Clock()
+        bal = Balancer([a, b], affinity_wait_s=5, clock=clock)
+        bal.utilization, bal._samples = 1.0, 500
+        bal.holders.record(("b's",), b)
+        served = await bal.acquire(affinity=("b's",))
+        assert served is b
+        for conv in ("c0", "c1"):
+            bal.holders.record((conv,), a)
+            assert await bal.acquire(affinity=(conv,)) is a
+        bal.holders.record(("c2",), a)
+        clock.now = 1.0
+        bal.release(b)  # b is entirely idle, its conversation's next turn on its way
+        waiting = asyncio.create_task(bal.acquire(affinity=("c2",)))
+        await asyncio.sleep(0)
+        assert not waiting.done() and bal.queued == 1  # waits for a instead of taking b
+        assert await bal.acquire(affinity=("b's",)) is b  # b's next turn finds its prefix (and queues behind none)
+        bal.release(b)
+        clock.now = 1.0 + 0.3  # past the grace: b is idle for real, the waiter takes it at the next look
+        bal.wake()
+        assert await waiting is b
+
+    asyncio.run(scenario())
+
+
 def test_a_freed_slot_goes_first_to_the_request_whose_prefix_it_holds() -> None:
     async def scenario() -> None:
         a, b = ready("a", 1), ready("b", 1)

@@ -88,6 +88,7 @@ class Balancer:
         self._capacity = 0
         self._own_in_flight = 0
         self._overloaded = False  # a queue deadline was missed, and since then demand stayed saturated (expire())
+        self._idle_since: dict[Backend, float] = {}  # when each backend's last request (of ours) ended
         for backend in backends:
             self.attach(backend)
 
@@ -136,9 +137,14 @@ class Balancer:
         self._capacity = pick.capacity
         if pick.affinity_hit:
             self.affinity_hits += 1
-        if pick.backend is None or waits_for_holder(pick, self.tuning, self.utilization, waited_s, ahead):
+        if pick.backend is None or waits_for_holder(pick, self.tuning, self.utilization, waited_s, ahead,
+                                                    self._idle_s):
             return None
         return pick.backend
+
+    def _idle_s(self, backend: Backend) -> float:
+        """How long `backend` has had none of our requests (inf: none since it became ready)."""
+        return self._clock() - self._idle_since.get(backend, -math.inf) if backend.in_flight <= 0 else 0.0
 
     def _take(self, backend: Backend, affinity: Affinity | None) -> Backend:
         backend.in_flight += 1
@@ -244,6 +250,8 @@ class Balancer:
     def release(self, backend: Backend) -> None:
         backend.in_flight -= 1
         self._own_in_flight -= 1
+        if backend.in_flight <= 0:
+            self._idle_since[backend] = self._clock()
         if self._waiters:
             self._dispatch()
 
@@ -297,6 +305,7 @@ class Balancer:
     def _on_state_change(self, backend: Backend) -> None:
         if backend.state is not BackendState.READY:
             self.holders.forget(backend)
+            self._idle_since.pop(backend, None)  # back with an empty cache: nothing comes back to it
         if self._waiters:
             if self._can_serve():
                 self._dispatch()
