@@ -179,6 +179,16 @@ def test_bounded_load_admits_up_to_the_bound_inclusive() -> None:
     assert not within_bound(holder, 4, 8, 1.0) and within_bound(holder, 4, 8, 4 / 3)
 
 
+def test_the_holder_may_always_run_two_requests() -> None:
+    """Two-slot backends: while only the holder is busy (1 of 8 slots), 1.5 x (1 x 2 / 8 + 1) = 1.9 would send
+    the conversation away from the free slot beside its prefix (bench/prefix_cache_real.py, 0-2 s between
+    turns: 4 of 6 lost prefixes); a third request is still held to the bound."""
+    holder = backend("h", slots=2, busy=1)
+    assert within_bound(holder, 1, 8, 1.5)
+    wide = backend("w", slots=4, busy=2)
+    assert not within_bound(wide, 2, 16, 1.5)  # 3 > max(1.5 x (2 x 4 / 16 + 1), 2) = 2.25
+
+
 def holder_wait_case(utilization: float = 0.9, waited_s: float | None = None, line: int = 0,
                      best_busy: int = 1) -> tuple[bool, dict[Backend, int]]:
     holder, best = backend("h", slots=2, busy=2), backend("b", slots=4, busy=best_busy)
@@ -194,6 +204,11 @@ def test_a_full_holder_is_waited_for_only_on_a_busy_fleet_for_a_while_behind_a_s
     assert not holder_wait_case(waited_s=5.0)[0]  # waited long enough
     assert not holder_wait_case(line=4)[0]  # twice the holder's slots already wait for it
     assert not holder_wait_case(best_busy=0)[0]  # a backend sits entirely idle
+    holder, best = backend("h", slots=2, busy=2), backend("b", slots=4, busy=0)
+    pick, tuning = Pick(best, holder, 2, 6, False), Tuning(affinity_load=3.0, affinity_wait_s=5.0)
+    # ...unless its last request ended a moment ago: its own conversations' next turns are on their way
+    assert waits_for_holder(pick, tuning, 0.9, None, None, lambda b: 0.1)
+    assert not waits_for_holder(pick, tuning, 0.9, None, None, lambda b: 0.3)
 
 
 def test_no_wait_without_a_full_holder_within_its_bound() -> None:
