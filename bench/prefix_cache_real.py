@@ -1,14 +1,14 @@
 """Prefix-cache reuse with real llama-servers: N backends through vlgate vs ONE server with the same slots.
 
     python bench/prefix_cache_real.py [--backends 4] [--np 2] [--conversations 16] [--turns 6]
-                                      [--think-s 0,0.5] [--markdown PATH] [--quick]
+                                      [--think-s 0,0.5,2] [--markdown PATH] [--quick]
 
 N tiny-model llama-servers (b11434, `-np P` each) and one single llama-server with `-np N*P` (the same
 slots, the same context per slot), all with the default prompt cache: `cache_prompt`, the host RAM
 cache `--cache-ram`, slot choice by `--slot-prompt-similarity` 0.10. A `vlgate serve` fronts the N.
 Twice as many conversations as slots run concurrently; each turn resends the shared system prompt,
 every earlier turn, the model's answers and a new user message. Each pacing (`--think-s`, a list: the
-next turn waits uniform(0, S) s; 0 keeps every slot busy, a larger S leaves the fleet quiet) runs
+next turn, and the first, wait uniform(0, S) s; 0 keeps every slot busy, a larger S leaves the fleet quiet) runs
 three ways: (a) the single server, (b) turn i to backend i % N directly, (c) through vlgate.
 Reported: sum(usage.prompt_tokens_details.cached_tokens) / sum(prompt_tokens), which llama-server
 fills from the slot's reused prefix, and (c) / (a). Why a way falls short: each follow-up turn whose
@@ -58,6 +58,7 @@ class Turn:
     cached: int
     request_id: str
     backend: str = ""  # who served it: the URL directly, vlgate's access log through the gateway
+    seconds: float = 0.0  # the request's whole time (non-stream: time to the full answer)
 
 
 @dataclass
@@ -77,7 +78,7 @@ class Way:
     def losses(self) -> dict[str, int]:
         """Prompt tokens a follow-up turn failed to reuse from its previous turn, by why (and how many turns)."""
         out = {"moved": 0, "moved_turns": 0, "same": 0, "same_turns": 0, "first_cached": 0}
-        prev = {}
+        prev: dict[int, Turn] = {}
         for r in sorted(self.rows, key=lambda r: (r.conv, r.turn)):
             if r.turn == 0:
                 out["first_cached"] += r.cached
@@ -129,11 +130,13 @@ async def conversation(client: httpx.AsyncClient, urls: list[str], system: str, 
     rng = random.Random(seed)
     messages = [{"role": "system", "content": system}]
     out = []
+    await asyncio.sleep(rng.uniform(0.0, think))  # a quiet fleet's conversations do not all start at once
     for turn in range(args.turns):
         messages.append({"role": "user", "content": f"Question {turn} of conversation {seed}: {words(rng, 40)}"})
         url = urls[turn % len(urls)]
         rid = f"{tag}-{seed}-{turn}"
         load.step(+1)
+        sent = time.monotonic()
         try:
             r = await client.post(f"{url}/v1/chat/completions", headers={"X-Request-ID": rid}, json={
                 "model": "tiny", "messages": messages, "max_tokens": args.max_tokens, "temperature": 0.0})
@@ -142,7 +145,8 @@ async def conversation(client: httpx.AsyncClient, urls: list[str], system: str, 
         r.raise_for_status()
         body = r.json()
         usage = body["usage"]
-        out.append(Turn(seed, turn, usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"], rid, url))
+        out.append(Turn(seed, turn, usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"], rid, url,
+                        time.monotonic() - sent))
         messages.append({"role": "assistant", "content": body["choices"][0]["message"]["content"]})
         await asyncio.sleep(rng.uniform(0.0, think))  # the user reads and types
     return out
@@ -180,7 +184,7 @@ def main() -> int:
     ap.add_argument("--conversations", type=int, help="concurrent conversations (default: twice the slots)")
     ap.add_argument("--turns", type=int, default=6)
     ap.add_argument("--max-tokens", type=int, default=16)
-    ap.add_argument("--think-s", default="0,0.5",
+    ap.add_argument("--think-s", default="0,0.5,2",
                     help="pacings, comma-separated: each turn waits up to this long (uniform) before the next; "
                          "0: a saturated fleet")
     ap.add_argument("--no-alternate", action="store_true", help="skip way (b)")
@@ -193,6 +197,7 @@ def main() -> int:
     args.conversations = args.conversations or 2 * slots
     if args.quick:
         args.turns, args.no_alternate = 4, True
+        args.think_s = args.think_s if "--think-s" in sys.argv else "0,2"
     pacings = [float(s) for s in args.think_s.split(",")]
     binary = ensure_server()
     work = Path(tempfile.mkdtemp(prefix="prefix-cache-real-"))
@@ -249,15 +254,16 @@ def report(results: dict[float, list[Way]], args: argparse.Namespace, slots: int
          "(default cache_prompt, --cache-ram, --slot-prompt-similarity); cached = "
          f"usage.prompt_tokens_details.cached_tokens; machine: {machine()}; {took:.0f} s."),
         "",
-        "| next turn after | way | busy slots | requests | cached / prompt tokens | follow-up turns only "
-        "| vs one server |",
-        "|---|---|---|---|---|---|---|",
+        "| next turn after | way | busy slots | requests | mean s / request | cached / prompt tokens "
+        "| follow-up turns only | vs one server |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for think, ways in results.items():
         pause = f"0-{think:g} s" if think else "at once"
         for way in ways:
-            lines.append(f"| {pause} | {way.name} | {way.busy:.0%} | {len(way.rows)} | {way.share():.1%} "
-                         f"| {way.share(True):.1%} | {way.share() / ways[0].share():.3f}x |")
+            mean_s = sum(r.seconds for r in way.rows) / len(way.rows)
+            lines.append(f"| {pause} | {way.name} | {way.busy:.0%} | {len(way.rows)} | {mean_s:.2f} "
+                         f"| {way.share():.1%} | {way.share(True):.1%} | {way.share() / ways[0].share():.3f}x |")
     lines += ["", "Where the cached tokens went (prompt tokens, share of the way's prompt): follow-up turns that "
               "lost their previous turn's prefix by moving to another backend, or on the same backend (slot and "
               "host cache), and the system prompt reused by first turns.", "",
