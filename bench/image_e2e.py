@@ -1,6 +1,6 @@
 """Image requests end to end: a real llama-server (tiny model + mmproj) directly vs through `vlgate serve`.
 
-    python bench/image_e2e.py [--quick] [--markdown PATH]
+    python bench/image_e2e.py [--quick] [--markdown PATH] [--inputs screenshot,...]
 
 Three inputs, each request a distinct file (a different corner patch, so no cache helps): a 12 MP JPEG photo,
 a 4K PNG screenshot with anti-aliased text, a 1 MP WebP (llama-server cannot read WebP: its answer is shown).
@@ -35,7 +35,7 @@ from image_stack import (
 TARGETS = {"direct": "llama-server direct", "gw1": "vlgate, 1 CPU, 1 worker", "gw2": "vlgate, 2 CPUs, 2 workers"}
 
 
-def run(quick: bool) -> tuple[list[str], str]:
+def run(quick: bool, names: list[str] | None = None) -> tuple[list[str], str]:
     plan = cpu_plan()
     if plan["client"]:
         os.sched_setaffinity(0, plan["client"])
@@ -45,11 +45,14 @@ def run(quick: bool) -> tuple[list[str], str]:
     rows = []
     with stack:
         for name, (mime, _, _) in INPUTS.items():
+            if names is not None and name not in names:
+                continue
             files = image_files(name, 1 + rounds * (n1 + n8))
             bodies = [chat_body(mime, f) for f in files]
             size_mb = sum(map(len, files)) / len(files) / 1e6
             lat: dict[tuple[str, int], list[float]] = {}
             rates: dict[tuple[str, int], list[float]] = {}
+            cpu: dict[str, list[float]] = {}  # CPU seconds of llama-server + the gateway used, per image
             refused: dict[str, str] = {}
             for target in TARGETS:  # warm-up: connections, first-image paths
                 res = asyncio.run(run_batch(stack.urls[target], bodies[:1], 1))
@@ -62,7 +65,9 @@ def run(quick: bool) -> tuple[list[str], str]:
                     if target in refused:
                         continue
                     for conc, chunk in ((1, bodies[start:start + n1]), (8, bodies[start + n1:start + n1 + n8])):
+                        before = cpu_seconds(stack, target)
                         res = asyncio.run(run_batch(stack.urls[target], chunk, conc))
+                        cpu.setdefault(target, []).append((cpu_seconds(stack, target) - before) / len(chunk))
                         if res.errors:
                             raise SystemExit(f"{target} {name}: {res.errors[0]}")
                         lat.setdefault((target, conc), []).extend(res.latencies)
@@ -71,19 +76,33 @@ def run(quick: bool) -> tuple[list[str], str]:
             for target, label in TARGETS.items():
                 if target in refused:
                     rows.append(f"| {name}, {size_mb:.2f} MB | {label} | refused: `{refused[target][:160]}` "
-                                "| | | | |")
+                                "| | | | | | |")
                     continue
                 p1, p8 = lat[(target, 1)], lat[(target, 8)]
                 ratio = "1x" if target == "direct" else "-" if math.isnan(base) else f"{median(p1) / base:.2f}x"
+                rate8, base8 = median(rates[(target, 8)]), median(rates.get(("direct", 8), []))
+                ratio8 = "1x" if target == "direct" else "-" if math.isnan(base8) else f"{rate8 / base8:.2f}x"
                 rows.append(f"| {name}, {size_mb:.2f} MB | {label} | {ms(p1)} | {median(rates[(target, 1)]):.1f} "
-                            f"| {ms(p8)} | {median(rates[(target, 8)]):.1f} | {ratio} |")
+                            f"| {ms(p8)} | {rate8:.1f} | {ratio} | {ratio8} | {median(cpu[target]) * 1000:.0f} |")
                 print(rows[-1], flush=True)
     return rows, placement(plan) + f"; llama-server 8 slots, -t {len(plan['llama']) if plan['llama'] else 2}"
 
 
+def cpu_seconds(stack: Stack, target: str) -> float:
+    """user + system CPU of llama-server and of `target`'s gateway so far (all their threads)."""
+    pids = [stack.procs[0].proc.pid] + ([stack.pids[target]] if target in stack.pids else [])
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def markdown(rows: list[str], where: str, quick: bool) -> str:
     head = ("| input | path | c=1 TTFT p50 / p99 ms | c=1 images/s | c=8 TTFT p50 / p99 ms | c=8 images/s "
-            "| c=1 p50 vs direct |\n|---|---|---|---|---|---|---|")
+            "| c=1 p50 vs direct | c=8 images/s vs direct | CPU ms per image (llama-server + gateway) |\n"
+            "|---|---|---|---|---|---|---|---|---|")
     return "\n".join([
         "## Images end to end (real llama-server, tiny model)", "",
         "How measured: `python bench/image_e2e.py" + (" --quick" if quick else "") + "` — each request a distinct "
@@ -93,4 +112,4 @@ def markdown(rows: list[str], where: str, quick: bool) -> str:
 
 
 if __name__ == "__main__":
-    cli(__doc__, run, markdown)
+    cli(__doc__, run, markdown, inputs=True)

@@ -243,12 +243,20 @@ def ms(values: list[float], digits: int = 0, with_max: bool = False) -> str:
     return " / ".join(f"{v * 1000:.{digits}f}" for v in shown)
 
 
-def cli(doc: str | None, run: Callable[[bool], tuple[list[str], str]],
-        markdown: Callable[[list[str], str, bool], str]) -> None:
-    """The benches' command line: `--quick`, `--markdown PATH` (what bench/report.py calls)."""
+def cli(doc: str | None, run: Callable[..., tuple[list[str], str]],
+        markdown: Callable[[list[str], str, bool], str], *, inputs: bool = False) -> None:
+    """The benches' command line: `--quick`, `--markdown PATH` (what bench/report.py calls); with `inputs`, also
+    `--inputs SUBSTR,...` (only the INPUTS whose name contains one of them, e.g. `--inputs screenshot`)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer requests: the whole run well under 3 minutes")
     ap.add_argument("--markdown", help="write the markdown section to this file")
+    if inputs:
+        ap.add_argument("--inputs", default="", help="comma-separated name parts: only those inputs (default all)")
     args = ap.parse_args()
-    rows, where = run(args.quick)
+    if inputs:
+        wanted = [w.strip().lower() for w in args.inputs.split(",") if w.strip()]
+        names = [n for n in INPUTS if not wanted or any(w in n.lower() for w in wanted)]
+        rows, where = run(args.quick, names)
+    else:
+        rows, where = run(args.quick)
     emit(markdown(rows, where, args.quick).splitlines(), args.markdown)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from vlgate.images import color, decode, resample, screen
+from vlgate.images import bands, color, decode, resample, screen
 from vlgate.images.grid import GridRule
 from vlgate.images.settings import EncodeSettings, LimitSettings
 from vlgate.images.types import ImageError, ImageInfo
@@ -50,15 +50,18 @@ class Pipeline:
         im = decode.load(opened, data, stored_target, self.encode.jpeg_draft)
         im = color.to_resizable(im)
         fmt = self._choose_format(im, opened.lossless)
-        if im.size != stored_target:
-            name = self.encode.resample_text if fmt in _LOSSLESS else self.encode.resample
-            im = resample.resize(im, stored_target, name, self.encode.reducing_gap)
-        if opened.orientation != 1:
-            im = im.transpose(decode.TRANSPOSE[opened.orientation])
-        im = color.to_rgb(im, opened.icc_profile, self.encode.apply_icc)
-        assert im.size == (tw, th), (im.size, tw, th)
-
-        out = self._encode(im, fmt)
+        name = self.encode.resample_text if fmt in _LOSSLESS else self.encode.resample
+        out = None
+        if fmt == "tga" and opened.orientation == 1 and not (self.encode.apply_icc and opened.icc_profile):
+            out = bands.tga(im, stored_target, name, self.encode.reducing_gap)  # big RGB: in bands on idle cores
+        if out is None:
+            if im.size != stored_target:
+                im = resample.resize(im, stored_target, name, self.encode.reducing_gap)
+            if opened.orientation != 1:
+                im = im.transpose(decode.TRANSPOSE[opened.orientation])
+            im = color.to_rgb(im, opened.icc_profile, self.encode.apply_icc)
+            assert im.size == (tw, th), (im.size, tw, th)
+            out = self._encode(im, fmt)
         info = ImageInfo(hashlib.sha256(out).hexdigest(), ow, oh, tw, th)
         return Normalized(f"data:{_MIME[fmt]};base64," + base64.b64encode(out).decode("ascii"), info, fmt)
 

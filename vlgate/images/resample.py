@@ -29,7 +29,7 @@ from typing import Any
 from PIL import Image
 
 try:
-    from cykooz_resizer import FilterType, ResizeAlg, ResizeOptions, Resizer
+    from cykooz_resizer import CropBox, FilterType, ResizeAlg, ResizeOptions, Resizer
 except ImportError:  # no wheel for this platform (Linux aarch64, musl): Pillow's resize, same sizes and filters
     SIMD = False
 else:
@@ -59,11 +59,7 @@ def resize(im: Image.Image, size: tuple[int, int], filter_name: str, reducing_ga
     at least `reducing_gap` (as Pillow's resize(reducing_gap=...) does)."""
     if im.size == size:
         return im
-    if reducing_gap is not None:
-        fx = max(1, int(im.width / size[0] / reducing_gap))
-        fy = max(1, int(im.height / size[1] / reducing_gap))
-        if fx > 1 or fy > 1:
-            im = im.reduce((fx, fy))
+    im = reduced(im, size, reducing_gap)
     if not SIMD:
         out = im.resize(size, _PILLOW[filter_name])
         return out.convert("RGB") if out.mode == "RGBX" else out  # the decoder's RGBX: RGB, as below
@@ -71,12 +67,38 @@ def resize(im: Image.Image, size: tuple[int, int], filter_name: str, reducing_ga
         im = _as_rgb(im)
     if im.mode not in _SIMD_MODES:
         return im.resize(size, _PILLOW[filter_name])
+    out = Image.new(im.mode, size, None)  # zeroed by calloc: no fill pass
+    _resizer().resize_pil(im, out, _OPTIONS[filter_name])
+    return out
+
+
+def reduced(im: Image.Image, size: tuple[int, int], reducing_gap: float | None) -> Image.Image:
+    """The integer-factor reduce() that resize() does first (or `im` itself)."""
+    if reducing_gap is not None:
+        fx = max(1, int(im.width / size[0] / reducing_gap))
+        fy = max(1, int(im.height / size[1] / reducing_gap))
+        if fx > 1 or fy > 1:
+            im = im.reduce((fx, fy))
+    return im
+
+
+def resize_rows(im: Image.Image, size: tuple[int, int], filter_name: str, rows: tuple[int, int]) -> Image.Image:
+    """Rows [y0, y1) of resize(im, size) without reducing_gap, pixel for pixel (SIMD only, an RGB `im`): the
+    source crop is exactly those rows' share and the filter still reads the pixels around it."""
+    y0, y1 = rows
+    scale = im.height / size[1]
+    top, bottom = y0 * scale, (y1 * scale if y1 < size[1] else im.height)
+    out = Image.new(im.mode, (size[0], y1 - y0), None)
+    box = CropBox(0, top, im.width, min(bottom, im.height) - top)  # never past the edge by a rounding
+    _resizer().resize_pil(im, out, ResizeOptions(resize_alg=_OPTIONS[filter_name].resize_alg, crop_box=box))
+    return out
+
+
+def _resizer() -> Resizer:
     resizer = getattr(_local, "resizer", None)
     if resizer is None:
         resizer = _local.resizer = Resizer()
-    out = Image.new(im.mode, size, None)  # zeroed by calloc: no fill pass
-    resizer.resize_pil(im, out, _OPTIONS[filter_name])
-    return out
+    return resizer
 
 
 def _as_rgb(im: Image.Image) -> Image.Image:
