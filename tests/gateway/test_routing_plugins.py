@@ -23,6 +23,7 @@ from vlgate.gateway.routing.plugins.profile import (
     build,
 )
 from vlgate.gateway.routing.plugins.scorers import (
+    FewestHeld,
     FreeSlots,
     LeastConnections,
     PrefixHolder,
@@ -86,7 +87,7 @@ def test_pickers() -> None:
 def test_the_default_profile_builds_the_documented_plug_ins() -> None:
     profile = build(DEFAULT)
     assert [type(f) for f in profile.filters] == [FreeSlot]
-    assert [(type(s), w) for s, w in profile.scorers] == [(PrefixHolder, 2.0), (FreeSlots, 1.0)]
+    assert [(type(s), w) for s, w in profile.scorers] == [(PrefixHolder, 2.0), (FreeSlots, 1.0), (FewestHeld, 1e-6)]
     assert isinstance(profile.picker, MaxScore)
     assert isinstance(make_scheduler(DEFAULT), FusedDefault)
     assert isinstance(make_scheduler(DEFAULT, fused=False), GenericScheduler)
@@ -138,6 +139,36 @@ def test_the_holder_wins_within_its_bound_and_counts_a_hit_only_over_the_most_fr
     assert scheduler.pick([a, b], ("conv",)) == Pick(b, b, 1, 8, False)
     a.in_flight, b.in_flight = 0, 3  # over its bound (1.5 x (3 x 4 / 8 + 1) = 3.75 < 4): most free slots
     assert scheduler.pick([a, b], ("conv",)) == Pick(a, b, 3, 8, False)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_of_equally_free_backends_the_one_holding_the_fewest_prefixes_wins(fused: bool) -> None:
+    """New conversations spread evenly: 4 x 2 slots, bench/prefix_cache_real.py at 0-2 s between turns had
+    4/5/1/6 of 16 conversations per backend, and the 6 met their holder full."""
+    a, b, c = backend("a"), backend("b"), backend("c", busy=1)
+    holders = HolderTable()
+    holders.record(("c1", "image"), a)
+    holders.record(("c2",), b)
+    scheduler = make_scheduler(DEFAULT, Tuning(), holders, fused=fused)
+    assert {scheduler.pick([a, b, c]).backend for _ in range(3)} == {b}  # a holds 2, c has a slot less
+    holders.record(("c3", "c4"), b)
+    assert scheduler.pick([a, b, c]).backend is a
+    # a holder as free as the least-held backend wins over it (an affinity hit); once it is the most free, no hit
+    assert scheduler.pick([a, b, c], ("c3",)) == Pick(b, b, 1, 12, True)
+    a.in_flight = 1
+    assert scheduler.pick([a, b, c], ("c3",)) == Pick(b, b, 2, 12, False)
+
+
+def test_the_holder_table_counts_the_keys_each_backend_holds() -> None:
+    a, b = backend("a"), backend("b")
+    holders = HolderTable(entries=3)
+    holders.record(("k1", "k2"), a)
+    holders.record(("k2",), b)  # k2 moves
+    assert dict(holders.held) == {a: 1, b: 1}
+    holders.record(("k3", "k4"), b)  # k1, the oldest, is evicted
+    assert dict(holders.held) == {b: 3} and holders.get("k1") is None
+    holders.forget(b)
+    assert dict(holders.held) == {} and len(holders) == 0
 
 
 def random_fleet(rng: random.Random) -> tuple[list[Backend], frozenset[Backend]]:

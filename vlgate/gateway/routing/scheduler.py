@@ -6,6 +6,7 @@ fraction of the cost); every other profile runs this generic path."""
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from typing import Protocol
 
 from vlgate.backends import Backend, BackendState
@@ -25,9 +26,10 @@ class Scheduler(Protocol):
         ...
 
 
-def most_free(candidates: list[Backend]) -> Backend | None:
-    """The first candidate with the most free slots: what an affinity hit is counted against (the metric)."""
-    return max(candidates, key=lambda b: b.free_slots, default=None)  # max keeps the first of equals
+def most_free(candidates: list[Backend], held: Mapping[Backend, int]) -> Backend | None:
+    """The first candidate with the most free slots, of those the fewest prefixes held: what an affinity
+    hit is counted against (the metric)."""
+    return max(candidates, key=lambda b: (b.free_slots, -held.get(b, 0)), default=None)  # the first of equals
 
 
 class GenericScheduler:
@@ -45,7 +47,8 @@ class GenericScheduler:
         capacity = sum(b.slots for b in fleet)
         load = capacity - sum(b.free_slots for b in fleet)
         holder = self.holders.holder(affinity, exclude) if self.holders is not None and affinity else None
-        return Cycle(affinity, exclude, fleet, load, capacity, holder)
+        return Cycle(affinity, exclude, fleet, load, capacity, holder,
+                     self.holders.held if self.holders is not None else {})
 
     def pick(self, backends: list[Backend], affinity: Affinity | None = None,
              exclude: frozenset[Backend] = frozenset()) -> Pick:
@@ -60,7 +63,7 @@ class GenericScheduler:
             for i, score in enumerate(scorer.score(cycle, candidates)):
                 totals[i] += weight * score
         backend = self.profile.picker.pick(cycle, candidates, totals)
-        hit = backend is cycle.holder and backend is not most_free(candidates)
+        hit = backend is cycle.holder and backend is not most_free(candidates, cycle.held)
         return Pick(backend, cycle.holder, cycle.load, cycle.capacity, hit)
 
 

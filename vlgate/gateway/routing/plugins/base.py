@@ -8,7 +8,8 @@ Plug-ins only read: reserving the slot, counting and queueing belong to the bala
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from vlgate.backends import Backend
@@ -23,6 +24,7 @@ class Cycle:
     load: int  # busy slots over the fleet (other gateway replicas' work included)
     capacity: int  # slots over the fleet
     holder: Backend | None  # the fleet's backend that last served one of the request's keys (may be full)
+    held: Mapping[Backend, int] = field(default_factory=dict)  # prefix keys each backend holds (routing/holders.py)
 
 
 @dataclass(slots=True)

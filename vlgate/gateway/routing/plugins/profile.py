@@ -16,6 +16,7 @@ from vlgate.gateway.routing.plugins.base import Filter, Picker, Scorer
 from vlgate.gateway.routing.plugins.filters import FreeSlot
 from vlgate.gateway.routing.plugins.pickers import MaxScore, Random, RoundRobin
 from vlgate.gateway.routing.plugins.scorers import (
+    FewestHeld,
     FreeSlots,
     LeastConnections,
     PrefixHolder,
@@ -35,8 +36,11 @@ class ProfileSpec:
 
 
 # the prefix holder (within bounded load) weighs more than all the other scorers together: when it can
-# take the request it gets it; otherwise the most free slots win
-DEFAULT = ProfileSpec("vlgate", filters=("free-slot",), scorers=(("prefix-holder", 2.0), ("free-slots", 1.0)))
+# take the request it gets it; otherwise the most free slots win, and of those the one holding the fewest
+# prefixes (its weight only breaks ties: free-slot scores differ by at least 1/slots). Unevenly spread
+# conversations (4 x 2 slots: 4/5/1/6 of 16) meet a full holder more often on a quiet fleet
+DEFAULT = ProfileSpec("vlgate", filters=("free-slot",),
+                      scorers=(("prefix-holder", 2.0), ("free-slots", 1.0), ("fewest-held", 1e-6)))
 ROUND_ROBIN = ProfileSpec("round robin", picker="round-robin", rotate=False)
 RANDOM = ProfileSpec("random", picker="random", rotate=False)
 LEAST_CONNECTIONS = ProfileSpec("least connections", scorers=(("least-connections", 1.0),))
@@ -63,6 +67,7 @@ FILTERS: dict[str, Callable[[_Needs], Filter]] = {"free-slot": lambda _: FreeSlo
 SCORERS: dict[str, Callable[[_Needs], Scorer]] = {
     "prefix-holder": lambda n: PrefixHolder(n.tuning),
     "free-slots": lambda _: FreeSlots(),
+    "fewest-held": lambda _: FewestHeld(),
     "least-connections": lambda _: LeastConnections(),
 }
 PICKERS: dict[str, Callable[[_Needs], Picker]] = {

@@ -31,6 +31,14 @@ class FreeSlots:
         return [f / top if top else 0.0 for f in frees]
 
 
+class FewestHeld:
+    """Fewer prefix keys held scores higher: weighed only to break ties of free slots, it spreads new
+    conversations evenly over the fleet, so fewer of them later find their holder full."""
+
+    def score(self, cycle: Cycle, candidates: list[Backend]) -> list[float]:
+        return [1.0 / (1 + cycle.held.get(b, 0)) for b in candidates]
+
+
 class LeastConnections:
     """Fewer open requests scores higher (nginx's least_conn): the baseline that ignores slots and prefixes."""
 
