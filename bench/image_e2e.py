@@ -13,6 +13,7 @@ rounds of images/s and percentiles over all requests of a cell.
 from __future__ import annotations
 
 import asyncio
+import io
 import math
 import os
 
@@ -31,6 +32,8 @@ from image_stack import (
     run_batch,
     workdir,
 )
+from images_bench import decoded, pipeline, psnr
+from PIL import Image
 
 TARGETS = {"direct": "llama-server direct", "gw1": "vlgate, 1 CPU, 1 worker", "gw2": "vlgate, 2 CPUs, 2 workers"}
 
@@ -42,12 +45,15 @@ def run(quick: bool, names: list[str] | None = None) -> tuple[list[str], str]:
     rounds, n1, n8 = (1, 4, 16) if quick else (3, 6, 24)
     stack = Stack(workdir(), slots=8, gateways={"gw1": GatewaySpec(1, plan["gw1"]), "gw2": GatewaySpec(2, plan["gw2"])},
                   llama_cpus=plan["llama"])
-    rows = []
+    rows: list[str] = []
+    quality: list[str] = []
     with stack:
         for name, (mime, _, _) in INPUTS.items():
             if names is not None and name not in names:
                 continue
             files = image_files(name, 1 + rounds * (n1 + n8))
+            if mime == "image/png":
+                quality.append(what_the_model_sees(name, files[0]))
             bodies = [chat_body(mime, f) for f in files]
             size_mb = sum(map(len, files)) / len(files) / 1e6
             lat: dict[tuple[str, int], list[float]] = {}
@@ -85,7 +91,22 @@ def run(quick: bool, names: list[str] | None = None) -> tuple[list[str], str]:
                 rows.append(f"| {name}, {size_mb:.2f} MB | {label} | {ms(p1)} | {median(rates[(target, 1)]):.1f} "
                             f"| {ms(p8)} | {rate8:.1f} | {ratio} | {ratio8} | {median(cpu[target]) * 1000:.0f} |")
                 print(rows[-1], flush=True)
-    return rows, placement(plan) + f"; llama-server 8 slots, -t {len(plan['llama']) if plan['llama'] else 2}"
+    where = placement(plan) + f"; llama-server 8 slots, -t {len(plan['llama']) if plan['llama'] else 2}"
+    return rows + quality, where
+
+
+def what_the_model_sees(name: str, data: bytes) -> str:
+    """PSNR of the pixels the model gets, against the exact resize (the full decode, LANCZOS, unencoded): through
+    vlgate (what it sends; llama-server's resize is then a copy) and direct (llama.cpp b11434 resizes a Youtu-VL
+    image itself with its port of Pillow's BILINEAR, mtmd-image.cpp resize_pillow: Pillow's BILINEAR here)."""
+    sent = pipeline().run(data)
+    size = (sent.info.width, sent.info.height)
+    full = Image.open(io.BytesIO(data)).convert("RGB")
+    ref = full.resize(size, Image.Resampling.LANCZOS)
+    direct = full.resize(size, Image.Resampling.BILINEAR)
+    return (f"QUALITY {name}: what the model sees at {size[0]}x{size[1]}, PSNR against the exact LANCZOS resize: "
+            f"through vlgate {psnr(decoded(sent.data_url), ref):.2f} dB ({sent.format.upper()}), "
+            f"direct {psnr(direct, ref):.2f} dB (llama.cpp's BILINEAR)")
 
 
 def cpu_seconds(stack: Stack, target: str) -> float:
@@ -108,7 +129,8 @@ def markdown(rows: list[str], where: str, quick: bool) -> str:
         "How measured: `python bench/image_e2e.py" + (" --quick" if quick else "") + "` — each request a distinct "
         "file as a base64 data URL, non-stream max_tokens 1 (TTFT = whole answer), direct vs through `vlgate serve`, "
         "rounds interleaved.", "",
-        f"Machine: {machine()}; {where}.", "", head, *rows, ""])
+        f"Machine: {machine()}; {where}.", "", head, *[r for r in rows if r.startswith("|")], "",
+        *[r.removeprefix("QUALITY ") + "." for r in rows if r.startswith("QUALITY ")], ""])
 
 
 if __name__ == "__main__":

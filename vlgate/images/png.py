@@ -54,7 +54,7 @@ def decode(im: Image.Image, data: bytes) -> Image.Image | None:
     except (AttributeError, TypeError, ValueError, OSError):  # a Pillow without this internal API: its own path
         return None
     stride = size // h
-    out = Image.new(im.mode, im.size)
+    out = Image.new(im.mode, im.size, None)  # not filled: every row is written, or the image is dropped
     if not all(split.run(lambda band: _decode_band(out, raw, band, stride), _bands(raw, h, stride))):
         return None
     out.info = dict(im.info)  # transparency (tRNS colour key), ICC profile, ...
