@@ -36,6 +36,7 @@ from vlgate.gateway.endpoint.respond import (
 from vlgate.gateway.endpoint.route import ApiRoute
 from vlgate.gateway.frontdoor.auth import credentials
 from vlgate.gateway.frontdoor.bodies import BodyReader, ClientGone
+from vlgate.gateway.frontdoor.protocol import DEPARTURE, Departure
 from vlgate.gateway.gateway import Gateway
 from vlgate.gateway.observe import tracing
 from vlgate.images import tier
@@ -152,11 +153,7 @@ class ApiEndpoint:
         ctx.stream = body.get("stream") is True
 
         # a client that goes away cancels this task: the upstream connection drops and the slot frees
-        task = asyncio.current_task()
-        assert task is not None
-        disconnect = asyncio.ensure_future(_wait_disconnect(receive))
-        on_gone = lambda _f: task.cancel() if not _f.cancelled() else None  # noqa: E731
-        disconnect.add_done_callback(on_gone)
+        watch = _Departure(scope, receive)
         upstream = None
         try:
             if ctx.respond is not None:  # a preset pipeline: several backend requests, answered by the gateway
@@ -185,19 +182,57 @@ class ApiEndpoint:
                     upstream.failed(BackendState.SUSPECT, f"answered {status}")
             if status < 500:
                 upstream.succeeded()
-            disconnect.remove_done_callback(on_gone)
+            watch.stop()
             await send_json_bytes(send, status, data, headers)
             return status
         except asyncio.CancelledError:
-            if disconnect.done() and not disconnect.cancelled():
-                task.uncancel()
+            if watch.gone():
+                watch.task.uncancel()
                 raise ClientGone() from None
             raise
         finally:
-            disconnect.remove_done_callback(on_gone)
-            disconnect.cancel()
+            watch.stop()
             if upstream is not None:
                 upstream.close()  # no-op after a clean finish; drops the connection otherwise
+
+
+class _Departure:
+    """Cancels the request's task when its client leaves: through the front door's `Departure` (called from
+    the protocol's connection_lost, no task of its own), else (another server, a test transport) a task
+    waiting on receive() for `http.disconnect`."""
+
+    __slots__ = ("departure", "task", "waiter")
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.departure: Departure | None = scope.get(DEPARTURE)
+        self.waiter: asyncio.Future[None] | None = None
+        if self.departure is not None:
+            if self.departure.gone:
+                raise ClientGone()
+            self.departure.on_gone = task.cancel
+        else:
+            self.waiter = asyncio.ensure_future(_wait_disconnect(receive))
+            self.waiter.add_done_callback(self._waited)
+
+    def _waited(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.cancelled():
+            self.task.cancel()
+
+    def gone(self) -> bool:
+        if self.departure is not None:
+            return self.departure.gone
+        return self.waiter is not None and self.waiter.done() and not self.waiter.cancelled()
+
+    def stop(self) -> None:
+        """From here on the client leaving no longer cancels (the answer is being sent)."""
+        if self.departure is not None:
+            self.departure.on_gone = None
+        elif self.waiter is not None:
+            self.waiter.remove_done_callback(self._waited)
+            self.waiter.cancel()
 
 
 async def _wait_disconnect(receive: Receive) -> None:

@@ -59,6 +59,29 @@ def _close_with(transport: asyncio.Transport, status: bytes, message: str, extra
     transport.close()
 
 
+DEPARTURE = "vlgate.departure"  # the scope key of a request's Departure
+
+
+class Departure:
+    """Tells a running request that its client's connection closed: the protocol calls `fire()` from
+    `connection_lost`, and the endpoint's `on_gone` cancels the request (the upstream connection drops, the
+    slot frees). Before, a task per request waited on receive() for `http.disconnect`: creating, stepping
+    and cancelling it was ~3% of the gateway's CPU per non-stream chat (py-spy, c=16). This also reaches a
+    pipelined request that uvicorn's own disconnect flag (set on its newest cycle only) misses."""
+
+    __slots__ = ("gone", "on_gone")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.on_gone: Callable[[], object] | None = None
+
+    def fire(self) -> None:
+        if not self.gone:
+            self.gone = True
+            if self.on_gone is not None:
+                self.on_gone()
+
+
 class HeaderDeadlines:
     """Overdue request headers are found by one sweep every SWEEP_S over the open connections, not by a timer
     per request: `call_later` + `cancel` per request cost ~1.4% of the gateway's instructions at 16
@@ -101,15 +124,24 @@ def guarded_protocol(limits: FrontDoorLimits,
         _hosts_seen = 0
         _headers_due: float | None = None  # when the headers being read must be complete (HeaderDeadlines)
         _refusal = ""
+        _departures: list[tuple[Any, Departure]]  # (uvicorn's cycle, its Departure) of unanswered requests
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self._departures = []
             if len(self.connections) > limits.max_connections:
                 _close_with(transport, b"503 Service Unavailable",
                             f"Too many open connections (limit {limits.max_connections}).", b"retry-after: 1\r\n")
                 return
             self._arm()
             deadlines.watch(self.loop, self.connections)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            for cycle, departure in self._departures:
+                if not cycle.response_complete:
+                    departure.fire()
+            self._departures = []
 
         def _arm(self) -> None:
             if self._headers_due is None:
@@ -172,7 +204,14 @@ def guarded_protocol(limits: FrontDoorLimits,
                 finally:
                     self.app = app
                 return
+            scope = self.scope
+            departure = scope[DEPARTURE] = Departure()  # type: ignore[literal-required]
             super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is not None and cycle.scope is scope:
+                if self._departures:
+                    self._departures = [d for d in self._departures if not d[0].response_complete]
+                self._departures.append((cycle, departure))
 
     return GuardedProtocol
 
