@@ -48,8 +48,9 @@ class StreamEnds:
 
 
 # the value of a key: an object nested at most 3 deep (usage objects nest 2); numbers and short names only, so a
-# brace inside a string does not occur. One alternative per character (disjoint): no catastrophic backtracking
-_OBJECT = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*(\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\})")
+# brace inside a string does not occur. Possessive runs (Python 3.11+): no backtracking, and a run of
+# non-braces is one step, not one per character (6.1 -> 1.1 µs on a usage object, timeit)
+_OBJECT = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*(\{(?:[^{}]++|\{(?:[^{}]++|\{[^{}]*+\})*+\})*+\})")
 
 
 def _object_at(data: bytes, pos: int) -> dict[str, Any] | None:
