@@ -204,9 +204,15 @@ def test_background_polls_to_the_answer(st: StatefulStack) -> None:
 
 def test_cancel_a_running_background_response(st: StatefulStack) -> None:
     c = st.client()
-    q = c.responses.create(model=M, input="write a lot", max_output_tokens=3500, background=True)
-    assert st.wait_status(q.id, ("in_progress",), timeout=10).status == "in_progress"
-    cancelled = c.responses.cancel(q.id)
+    for _attempt in range(3):  # the tiny model writes 3500 tokens in ~2 s: on a loaded machine it may finish first
+        q = c.responses.create(model=M, input="write a lot", max_output_tokens=3500, background=True)
+        assert st.wait_status(q.id, ("in_progress",), timeout=10).status == "in_progress"
+        cancelled = c.responses.cancel(q.id)
+        if cancelled.status == "cancelled":
+            break
+        # too late: answered as it stands, and that is the state that lasts
+        assert cancelled.status in ("completed", "incomplete")
+        assert st.wait_status(q.id).status == cancelled.status
     assert cancelled.status == "cancelled" and cancelled.id == q.id
     assert c.responses.cancel(q.id).status == "cancelled"  # again: the same answer
     time.sleep(LEASE_S)  # the run is gone: nothing overwrites the cancel later
