@@ -143,16 +143,15 @@ class Forwarder:
         # the whole answer is ready: the first-byte timeout can only judge streams
         wait = self.cfg.retry.first_byte_timeout_s if stream else self.cfg.request_timeout_s
         # a non-stream answer is whole within request_timeout_s, its body too (a read past it raises TimeoutError)
-        deadline = None if stream else asyncio.get_running_loop().time() + wait
+        due = asyncio.get_running_loop().time() + wait
         # the attempt's span (traces on): its traceparent goes along; it ends with the response headers
         with tracing.attempt(backend.name, backend.url, path, attempt) as span:
             try:
-                async with asyncio.timeout(wait):
-                    # a stream that stalls stream_idle_timeout_s ends with an error event (the read raises
-                    # TimeoutError)
-                    resp = await self.client.pool(backend.url).post(path, body, headers + span.traceparent,
-                                                                    self.cfg.stream_idle_timeout_s if stream else None,
-                                                                    deadline)
+                # headers by `due` (TimeoutError); a stream that stalls stream_idle_timeout_s ends with an error
+                # event (the read raises TimeoutError)
+                resp = await self.client.pool(backend.url).post(path, body, headers + span.traceparent,
+                                                                self.cfg.stream_idle_timeout_s if stream else None,
+                                                                None if stream else due, headers_due=due)
             except TimeoutError:
                 release()
                 if not stream:  # a slow answer, not a broken backend: replaying it elsewhere doubles the load

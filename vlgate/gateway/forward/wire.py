@@ -263,6 +263,10 @@ class _Connection(asyncio.Protocol):
             else:
                 transport.close()
 
+    def headers_late(self) -> None:
+        if self.headers_ready is not None and not self.headers_ready.done():
+            self.headers_ready.set_exception(TimeoutError())
+
     def _fail(self, error: WireError) -> None:
         if self.headers_ready is not None and not self.headers_ready.done():
             self.headers_ready.set_exception(error)
@@ -271,10 +275,44 @@ class _Connection(asyncio.Protocol):
             self.response._finish(error)
 
 
+class LateHeads:
+    """Answers whose headers are overdue (`Pool.post`'s `headers_due`), found by one sweep every SWEEP_S, not by
+    `asyncio.timeout` around every request: that cost ~2% of the gateway's CPU per non-stream chat at c=16
+    (py-spy: Timeout.__aenter__, reschedule, current_task), a dict entry in and out costs next to nothing. A
+    late answer fails with TimeoutError up to SWEEP_S after its due time. One per `Client` (one event loop)."""
+
+    SWEEP_S = 0.05
+
+    def __init__(self) -> None:
+        self.waiting: dict[_Connection, float] = {}
+        self._sweeping = False
+
+    def watch(self, conn: _Connection, due: float) -> None:
+        self.waiting[conn] = due
+        if not self._sweeping:
+            self._sweeping = True
+            asyncio.get_running_loop().call_later(self.SWEEP_S, self._sweep)
+
+    def forget(self, conn: _Connection) -> None:
+        self.waiting.pop(conn, None)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn, due in list(self.waiting.items()):
+            if due <= now:
+                del self.waiting[conn]
+                conn.headers_late()
+        if self.waiting:
+            loop.call_later(self.SWEEP_S, self._sweep)
+        else:
+            self._sweeping = False
+
+
 class Pool:
     """Keep-alive connections to one backend origin (`http://host:port`, `https://...`)."""
 
-    def __init__(self, origin: str, connect_timeout: float = 5.0) -> None:
+    def __init__(self, origin: str, connect_timeout: float = 5.0, late: LateHeads | None = None) -> None:
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {origin!r}")
@@ -287,34 +325,41 @@ class Pool:
         self.idle: list[_Connection] = []
         self.open: set[_Connection] = set()
         self.connects = 0  # connections made: keep-alive at work shows as few
+        self.late = late if late is not None else LateHeads()
 
     async def post(self, path: str, body: bytes, headers: bytes = b"", read_timeout: float | None = None,
-                   deadline: float | None = None) -> Response:
-        """POST `body` (JSON) to `path`; returns once the answer's headers are in (the caller bounds that
-        wait). `headers`: extra header lines, each ending in CRLF. `read_timeout`: the longest wait for a byte
-        of the body (a stream's idle timeout); `deadline` (loop time): when the whole body must be in (a
-        non-stream answer). A kept-alive connection the backend closed meanwhile is replaced once."""
+                   deadline: float | None = None, headers_due: float | None = None) -> Response:
+        """POST `body` (JSON) to `path`; returns once the answer's headers are in, TimeoutError when they are
+        not by `headers_due` (loop time; connecting included). `headers`: extra header lines, each ending in
+        CRLF. `read_timeout`: the longest wait for a byte of the body (a stream's idle timeout); `deadline`
+        (loop time): when the whole body must be in (a non-stream answer). A kept-alive connection the backend
+        closed meanwhile is replaced once."""
         head = b"".join((b"POST ", (self.base_path + path).encode(), b" HTTP/1.1\r\nHost: ", self.host_header,
                          b"\r\nContent-Type: application/json\r\nContent-Length: ", str(len(body)).encode(),
                          b"\r\n", headers, b"\r\n"))
         conn = self._take_idle()
         if conn is not None:
             try:
-                return await self._send(conn, head, body, read_timeout, deadline)
+                return await self._send(conn, head, body, read_timeout, deadline, headers_due)
             except Disconnected:
                 if conn.received:
                     raise
                 # closed while idle (its keep-alive timeout): nothing was processed, a new connection is safe
-        return await self._send(await self._connect(), head, body, read_timeout, deadline)
+        return await self._send(await self._connect(headers_due), head, body, read_timeout, deadline, headers_due)
 
     async def _send(self, conn: _Connection, head: bytes, body: bytes, read_timeout: float | None,
-                    deadline: float | None) -> Response:
+                    deadline: float | None, headers_due: float | None) -> Response:
         response = Response(conn, read_timeout, deadline)
+        if headers_due is not None:
+            self.late.watch(conn, headers_due)
         try:
             await conn.start(response, head, body)
         except BaseException:  # failed, timed out or cancelled before the headers: the connection is spent
             conn.close()
             raise
+        finally:
+            if headers_due is not None:
+                self.late.forget(conn)
         return response
 
     def put_idle(self, conn: _Connection) -> None:
@@ -339,9 +384,10 @@ class Pool:
             conn.close()
         return None
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, due: float | None = None) -> _Connection:
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self.connect_timeout):
+        timeout = self.connect_timeout if due is None else min(self.connect_timeout, due - loop.time())
+        async with asyncio.timeout(timeout):
             _, conn = await loop.create_connection(lambda: _Connection(self), self.host, self.port, ssl=self.ssl)
         self.open.add(conn)
         self.connects += 1
@@ -354,6 +400,7 @@ class Client:
     def __init__(self, connect_timeout: float = 5.0) -> None:
         self.connect_timeout = connect_timeout
         self.pools: dict[str, Pool] = {}
+        self.late = LateHeads()
 
     def pool(self, origin: str) -> Pool:
         pool = self.pools.get(origin)
@@ -361,7 +408,7 @@ class Client:
             # backends come and go (DNS discovery): forget the origins that hold no connection any more
             for gone in [o for o, p in self.pools.items() if not p.open]:
                 del self.pools[gone]
-            pool = self.pools[origin] = Pool(origin, self.connect_timeout)
+            pool = self.pools[origin] = Pool(origin, self.connect_timeout, self.late)
         return pool
 
     async def close(self) -> None:
