@@ -8,7 +8,9 @@ Parts, each its own script run as a subprocess that writes a markdown section (`
 fleet (fleet_sim.py: policies in virtual time, 50-120% load), saturation (saturation_real.py: 100% and
 120% load, open loop, on real llama-servers: vlgate vs round robin), cache (prefix_cache_real.py: cached
 tokens on real llama-servers), images (images_bench.py: normalization alone), image_e2e (image_e2e.py: real
-llama-server, direct vs vlgate), loop (loop_stall.py: text latency behind image requests), and hotpath: the shared
+llama-server, direct vs vlgate), loop (loop_stall.py: text latency behind image requests), tier (tier_bench.py:
+a front tier's normalized images passed on by a node), openloop (open_loop.py: added latency at 1,000 req/s,
+open loop), and hotpath: the shared
 harness (../shared/bench/run_bench.sh) with direct, nginx, the naive Starlette + httpx pass-through and
 vlgate (LiteLLM with --litellm) in one run, reduced here to the ratios the targets are stated in.
 The report goes to bench/results/<date>-report.md. Run it on a quiet machine: it measures CPU time.
@@ -31,7 +33,8 @@ from common import free_port, machine
 HERE = Path(__file__).resolve().parent
 HARNESS = HERE.parent.parent / "shared" / "bench"
 SCRIPTS = {"fleet": "fleet_sim.py", "saturation": "saturation_real.py", "cache": "prefix_cache_real.py",
-           "images": "images_bench.py", "image_e2e": "image_e2e.py", "loop": "loop_stall.py", "tier": "tier_bench.py"}
+           "images": "images_bench.py", "image_e2e": "image_e2e.py", "loop": "loop_stall.py", "tier": "tier_bench.py",
+           "openloop": "open_loop.py"}
 PARTS = (*SCRIPTS, "hotpath")
 
 
