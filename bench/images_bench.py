@@ -203,6 +203,21 @@ def pillow_png(fn: Callable[[], object]) -> Callable[[], object]:
     return run
 
 
+def one_band(fn: Callable[[], object]) -> Callable[[], object]:
+    """`fn` with band splitting off (images/split.py): all of one image on one core, as before bands existed."""
+    from vlgate.images import split
+
+    def run() -> object:
+        real = split.cpus
+        split.cpus = lambda: 1  # type: ignore[assignment]
+        try:
+            return fn()
+        finally:
+            split.cpus = real
+
+    return run
+
+
 def screenshot_variants(data: bytes, repeats: int) -> list[str]:
     """Before/after for the screenshot, in one interleaved run: the old colour-count rule (JPEG), PNG, TGA; with
     Pillow's PNG decode and with the libdeflate one."""
@@ -212,10 +227,12 @@ def screenshot_variants(data: bytes, repeats: int) -> list[str]:
         "Pillow decode, lossless as PNG level 1 (the few-colour path before)": (as_png, False),
         "Pillow decode, lossless as TGA RLE": (default, False),
         "libdeflate decode, lossless as PNG level 1": (as_png, True),
-        "after: libdeflate decode, lossless as TGA RLE (default)": (default, True),
+        "libdeflate decode, lossless as TGA RLE, one core (no bands)": (default, True),
+        "after: libdeflate decode, TGA RLE, in bands on the idle cores (default)": (default, True),
     }
     fns = {name: (lambda p=p: p.run(data)) if fast else pillow_png(lambda p=p: p.run(data))
            for name, (p, fast) in runs.items()}
+    fns = {name: one_band(fn) if "one core" in name else fn for name, fn in fns.items()}
     t = interleaved(fns, repeats)
     first = old_rule.run(data)
     ref = Image.open(io.BytesIO(data)).convert("RGB").resize((first.info.width, first.info.height),
@@ -241,7 +258,9 @@ def screenshot_stages(data: bytes, repeats: int) -> list[str]:
     grid = f"{target[0]}x{target[1]}"
     stages: dict[str, Callable[[], object]] = {
         "PNG decode 3840x2160 (Pillow, zlib-ng)": lambda: Image.open(io.BytesIO(data)).load(),
-        "PNG decode 3840x2160 (libdeflate + Pillow's unfilter, png.py)":
+        "PNG decode 3840x2160 (libdeflate + Pillow's unfilter, png.py), one core":
+            one_band(lambda: png.decode(Image.open(io.BytesIO(data)), data)),
+        "PNG decode 3840x2160 (png.py), in bands on the idle cores":
             lambda: png.decode(Image.open(io.BytesIO(data)), data),
         "screenshot test (screen.text_tile_share)": lambda: screen.text_tile_share(im),
         "old test: colour count of a 256x256 sample":
