@@ -15,7 +15,8 @@ from support.gateway_process import GatewayProcess
 from support.llama import free_port
 from support.wait import wait_until
 
-LAG_S = 1.5  # a client thread on a loaded 2-core machine reads [DONE] up to ~1 s late (CI saw > 0.3 s); streams run ~8 s of drain
+# a client thread on a loaded 2-core machine reads [DONE] up to ~1 s late (CI saw > 0.3 s); the streams drain ~8 s
+LAG_S = 1.5
 STREAMS = 4  # on one slot: one runs, the others queue, so work goes on for a while after the signal
 
 

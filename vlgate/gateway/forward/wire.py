@@ -29,6 +29,7 @@ from vlgate.gateway.forward.http1 import (
     HeadTooLarge,
     WireError,
 )
+from vlgate.gateway.forward.lateheads import LateHeads
 
 __all__ = ["BadResponse", "Client", "Disconnected", "HeadTooLarge", "Pool", "Response", "WireError"]
 _IDLE_S = 4.0  # llama-server (cpp-httplib) closes idle keep-alive connections after 5 s
@@ -273,40 +274,6 @@ class _Connection(asyncio.Protocol):
             self.headers_ready.exception()  # retrieved: no "never retrieved" warning when nobody awaits
         if self.response is not None:
             self.response._finish(error)
-
-
-class LateHeads:
-    """Answers whose headers are overdue (`Pool.post`'s `headers_due`), found by one sweep every SWEEP_S, not by
-    `asyncio.timeout` around every request: that cost ~2% of the gateway's CPU per non-stream chat at c=16
-    (py-spy: Timeout.__aenter__, reschedule, current_task), a dict entry in and out costs next to nothing. A
-    late answer fails with TimeoutError up to SWEEP_S after its due time. One per `Client` (one event loop)."""
-
-    SWEEP_S = 0.05
-
-    def __init__(self) -> None:
-        self.waiting: dict[_Connection, float] = {}
-        self._sweeping = False
-
-    def watch(self, conn: _Connection, due: float) -> None:
-        self.waiting[conn] = due
-        if not self._sweeping:
-            self._sweeping = True
-            asyncio.get_running_loop().call_later(self.SWEEP_S, self._sweep)
-
-    def forget(self, conn: _Connection) -> None:
-        self.waiting.pop(conn, None)
-
-    def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for conn, due in list(self.waiting.items()):
-            if due <= now:
-                del self.waiting[conn]
-                conn.headers_late()
-        if self.waiting:
-            loop.call_later(self.SWEEP_S, self._sweep)
-        else:
-            self._sweeping = False
 
 
 class Pool:
