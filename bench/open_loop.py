@@ -56,6 +56,24 @@ CHAT_PATH = "/v1/chat/completions"
 BODY = json.dumps({"model": "fake", "messages": [{"role": "user", "content": "Say hello"}],
                    "max_tokens": 32}).encode()
 GOAL_P50_MS, GOAL_P99_MS = 0.3, 1.0
+# `vlgate serve` started through this: gc.callbacks log every collection (monotonic end time, generation,
+# microseconds) to the file named by VLGATE_BENCH_GC_LOG, so a stall can be told from a GC pause. The
+# gateway's code is not touched; a callback costs ~1 us per collection.
+GC_WRAPPER = """
+import gc, os, sys, time
+log = open(os.environ["VLGATE_BENCH_GC_LOG"], "w", buffering=1)
+start = [0.0]
+def on_gc(phase, info):
+    now = time.perf_counter()
+    if phase == "start":
+        start[0] = now
+    else:
+        log.write("%.6f %d %.0f\\n" % (time.monotonic(), info["generation"], (now - start[0]) * 1e6))
+gc.callbacks.append(on_gc)
+sys.argv[0] = "vlgate"
+from vlgate.cli import main
+main()
+"""
 
 
 # --------------------------------------------------------------------------- the load generator (--loader)
@@ -412,7 +430,7 @@ def all_ticks() -> dict[int, tuple[int, int]]:
     """pid -> (parent pid, utime + stime in clock ticks) of every process, from /proc/<pid>/stat.
 
     Per process, because this VM's per-CPU lines in /proc/stat undercount (a pinned gateway at 34% of a core
-    showed as 6% busy on its CPU)."""
+    showed as 6% busy on its CPU); key -1 holds the all-CPU busy ticks."""
     out: dict[int, tuple[int, int]] = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -421,6 +439,8 @@ def all_ticks() -> dict[int, tuple[int, int]]:
             except (OSError, IndexError):
                 continue
             out[int(d)] = (int(f[1]), int(f[11]) + int(f[12]))
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    out[-1] = (-1, sum(v) - v[3] - v[4])  # all CPUs' busy ticks: also counts processes that exited meanwhile
     return out
 
 
@@ -449,8 +469,9 @@ def usage(s0: dict[int, tuple[int, int]], s1: dict[int, tuple[int, int]], ours: 
         pids = tree(s1, pid) | tree(s0, pid)
         taken |= pids
         mine[name] = 100.0 * sum(s1.get(p, (0, 0))[1] - s0.get(p, (0, 0))[1] for p in pids) / hz / seconds
-    others = sum(t - s0.get(p, (0, 0))[1] for p, (_, t) in s1.items() if p not in taken and p != os.getpid())
-    return mine, max(0.0, 100.0 * others / hz / seconds)
+    others = sum(t - s0.get(p, (0, 0))[1] for p, (_, t) in s1.items() if p not in taken and p not in (-1, os.getpid()))
+    busy = s1[-1][1] - s0[-1][1] - sum(mine.values()) * hz * seconds / 100.0
+    return mine, max(0.0, 100.0 * max(others, busy) / hz / seconds)
 
 
 def post_ok(url: str, key: str, timeout: float = 60) -> None:
@@ -480,7 +501,7 @@ def others_pct(ours: list[int], seconds: float) -> float:
 
 def wait_quiet(a: argparse.Namespace, ours: list[int]) -> float:
     """Wait (at most --quiet-wait s) until other processes use under --quiet-pct of a core; return what they used."""
-    deadline = time.monotonic() + a.quiet_wait
+    deadline = min(time.monotonic() + a.quiet_wait, a.spare_until)
     while True:
         busy = others_pct(ours, 0.5)
         if busy < a.quiet_pct or time.monotonic() > deadline:
@@ -495,7 +516,7 @@ def run_round(url: str, a: argparse.Namespace, key: str, pids: dict[str, int], t
         wait_quiet(a, list(pids.values()))
         r = measure_round(url, a, key, pids, tmp, f"{tag}-{attempt}", duration, extra)
         r["noisy"] = r["others_pct"] >= a.quiet_pct
-        if not r["noisy"] or extra or attempt == a.retries:
+        if not r["noisy"] or extra or attempt == a.retries or time.monotonic() > a.spare_until:
             break
         print(f"{tag}: others used {r['others_pct']:.0f}% of a core during it: again", file=sys.stderr, flush=True)
     return r
@@ -538,9 +559,32 @@ def measure_round(url: str, a: argparse.Namespace, key: str, pids: dict[str, int
         raise SystemExit(f"loader failed against {url} (exit {p.returncode})")
     r: dict[str, Any] = json.loads(out.read_text())
     r["cpu_pct"], r["others_pct"] = usage(s0, s1, ours, w1 - w0)
+    r["gc"] = gc_pauses(tmp / "gc.log", w0, w1)
     lat = sorted(r["lat_us"])
     r.update(p50=pct(lat, 50), p99=pct(lat, 99), p999=pct(lat, 99.9), max=lat[-1] if lat else math.nan)
     return r
+
+
+def gc_pauses(log: Path, w0: float, w1: float) -> list[tuple[int, float]]:
+    """The gateway's collections (generation, us) that ended between monotonic times w0 and w1."""
+    out: list[tuple[int, float]] = []
+    if log.exists():
+        for line in log.read_text().splitlines():
+            f = line.split()
+            if len(f) == 3 and w0 <= float(f[0]) <= w1:
+                out.append((int(f[1]), float(f[2])))
+    return out
+
+
+def gc_line(g: list[dict[str, Any]], seconds: float) -> str:
+    """GC pauses in the measured gateway rounds, per generation: count, total, the longest."""
+    parts = []
+    for gen in (0, 1, 2):
+        d = [us for r in g for (n, us) in r["gc"] if n == gen]
+        if d:
+            parts.append(f"gen {gen}: {len(d)} ({sum(d) / 1000:.1f} ms in all, longest {max(d) / 1000:.2f} ms)")
+    return (f"GC in the gateway over its {len(g)} measured rounds ({len(g) * seconds:.0f} s, gc.callbacks): "
+            + ("; ".join(parts) or "none") + ".")
 
 
 def stalls(r: dict[str, Any], floor_us: float, slow_us: float) -> dict[str, Any]:
@@ -642,8 +686,10 @@ def main() -> None:
     ap.add_argument("--lg-cpu", default="1", help="CPU of the load generator (and this driver)")
     ap.add_argument("--quiet-pct", type=float, default=20.0,
                     help="a round is noisy if other processes used this much of a core (%%) during it")
-    ap.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait for quiet before a round")
+    ap.add_argument("--quiet-wait", type=float, default=20.0, help="seconds to wait for quiet before a round")
     ap.add_argument("--retries", type=int, default=1, help="reruns of a noisy round")
+    ap.add_argument("--spare", type=float, default=60.0,
+                    help="seconds the whole run may spend waiting for quiet and rerunning noisy rounds")
     ap.add_argument("--slow-ms", type=float, default=1.0, help="a stall: requests this much over direct p50")
     ap.add_argument("--timer", action="store_true",
                     help="the loader sleeps on a timerfd between sends instead of busy-polling its core")
@@ -659,8 +705,10 @@ def main() -> None:
                spin=a.spin)
         return
     if a.quick:
-        a.duration, a.warmup, a.rounds, a.quiet_wait, a.retries = 5.0, 1.0, 3, 10.0, 0
+        a.duration, a.warmup, a.rounds, a.quiet_wait, a.retries, a.spare = 5.0, 1.0, 3, 10.0, 0, 15.0
+    a.spare_until = time.monotonic() + a.spare
     os.sched_setaffinity(0, {int(a.lg_cpu)})  # the driver stays off the gateway's core
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout's TERM still stops what we started
     key = "sk-bench-" + os.urandom(12).hex()
     tmp = Path(tempfile.mkdtemp(prefix="vlgate-open-loop-"))
     py_fake = str(BENCH_VENV_PY) if BENCH_VENV_PY.exists() else sys.executable
@@ -674,7 +722,8 @@ def main() -> None:
         fake = Proc("upstream", niced(a, fake_argv), tmp / "upstream.log")
         procs.append(fake)
         post_ok(direct_url, key)
-        gw_argv = ["taskset", "-c", a.sut_cpu, sys.executable, "-m", "vlgate.cli", "serve", "--backend", direct_url,
+        env["VLGATE_BENCH_GC_LOG"] = str(tmp / "gc.log")
+        gw_argv = ["taskset", "-c", a.sut_cpu, sys.executable, "-c", GC_WRAPPER, "serve", "--backend", direct_url,
                    "--slots", "64", "--port", str(gw_port), "--model", "fake", "--log-level", "warning"]
         gw = Proc("vlgate", niced(a, gw_argv), tmp / "vlgate.log", env=env)
         procs.append(gw)
@@ -766,6 +815,7 @@ def section(a: argparse.Namespace, rounds: dict[str, list[dict[str, Any]]], adde
               f"{sum(s['slow'] for s in st)} of {sum(s['total'] for s in st)} in "
               f"{sum(s['runs'] for s in st)} runs of consecutive due times (a run = the loop held that long); "
               f"longest vlgate runs: {', '.join(f'{x:g}' for x in longest)} ms."]
+    L += ["", gc_line(g, a.duration)]
     if prof:
         L += profile_lines(a, prof, g)
     return L
@@ -808,10 +858,10 @@ def profile_lines(a: argparse.Namespace, prof: dict[str, Any], g: list[dict[str,
              f"round, not in the figures above)", "",
          f"That round: p50 {pr['p50'] / 1000:.3f} ms, p99 {pr['p99'] / 1000:.3f} ms (py-spy shares the loader's "
          f"core); gateway CPU {pr['cpu_pct']['vlgate']:.0f}% = {per_req:.0f} us per request; "
-         f"{prof['samples']} non-idle samples = the thread active (running or runnable) "
+         f"{prof['samples']} non-idle samples = threads active (running or runnable) "
          f"{100 * prof['samples'] / (250 * a.duration):.0f}% of the time, against {pr['cpu_pct']['vlgate']:.0f}% "
-         f"on a CPU: the rest it waited, runnable, behind the fake upstream on its core (or other processes). "
-         f"`Runner.run`'s own time is uvloop's C code (libuv, socket syscalls, httptools' parser) plus that wait. "
+         f"CPU (more: runnable behind the fake upstream on its core or other processes). `Runner.run`'s own time "
+         f"is uvloop's C code (libuv, socket syscalls, httptools' parser). "
          f"Shares of the samples (us = share x CPU per request):", "",
          "| own time, by package | share |", "|---|---|"]
     L += [f"| {name} | {us(n)} |" for name, n in prof["pkg"]]
