@@ -39,7 +39,7 @@ def run(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
     if len(items) <= 1:
         return [fn(item) for item in items]
     if _helpers is None:
-        _helpers = ThreadPoolExecutor(MAX_BANDS - 1, thread_name_prefix="vlgate-band", initializer=_nice)
+        _helpers = ThreadPoolExecutor(MAX_BANDS - 1, thread_name_prefix="vlgate-band", initializer=lower_priority)
     futures: list[Future[R]] = [_helpers.submit(fn, item) for item in items[1:]]
     try:
         results = [fn(items[0])]
@@ -52,7 +52,13 @@ def run(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
     return results
 
 
-def _nice() -> None:
-    from vlgate.images.workers import lower_priority  # at call time: workers imports the pipeline, which imports us
+_NICE = 10
 
-    lower_priority()
+
+def lower_priority() -> None:
+    """Image workers yield the CPU to the event loop: on a busy core a text request's few loop turns then do
+    not queue behind decodes (Linux nice is per thread, so this lowers only the worker thread or process)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, _NICE)
+    except (OSError, AttributeError):  # not permitted, or not Linux: the work runs at normal priority
+        pass

@@ -25,21 +25,12 @@ from typing import Any, Literal
 from vlgate.images import dataurl
 from vlgate.images.decode import keep_pixel_memory
 from vlgate.images.pipeline import Normalized, Pipeline
+from vlgate.images.split import lower_priority
 
 log = logging.getLogger(__name__)
 
 _INLINE_BYTES = 64 * 1024  # smaller payloads are decoded/hashed on the loop: a hop to a worker would cost more
 _pipeline: Pipeline | None = None  # a worker process's own, set by _start_worker
-# image workers yield the CPU to the event loop: on a busy core a text request's few loop turns then do not
-# queue behind decodes (Linux nice is per thread, so this lowers only the worker thread or process)
-_NICE = 10
-
-
-def lower_priority() -> None:
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, _NICE)
-    except (OSError, AttributeError):  # not permitted, or not Linux: the work runs at normal priority
-        pass
 
 
 def _start_worker(pipeline: Pipeline, pixel_cache_mb: int) -> None:
