@@ -139,7 +139,7 @@ def parse_cost(jpeg: bytes) -> str:
     """The JSON work on the loop for one 12 MP photo request, in this process (best of 30, interleaved)."""
     import orjson
 
-    from vlgate.gateway import bodyjson
+    from vlgate.gateway.endpoint import bodyjson
     from vlgate.images.decode import available_formats
     from vlgate.images.pipeline import Pipeline
     from vlgate.images.settings import ImageSettings

@@ -51,7 +51,9 @@ def find_images(body: Any) -> list[ImagePart]:
             if not isinstance(item, dict):
                 continue
             for field in ("content", "output"):  # output: a Responses function_call_output
-                found.extend(_in_parts(item.get(field), f"{key}[{i}].{field}"))
+                parts = item.get(field)
+                if isinstance(parts, list):  # a string holds no image: no place name built, no generator
+                    found.extend(_in_parts(parts, f"{key}[{i}].{field}"))
     return found
 
 
