@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from support.gateway_process import GatewayProcess
+from support.wait import wait_until
 from support.wedged import WedgedBackend
 
 pytestmark = pytest.mark.slow
@@ -40,22 +40,14 @@ def request(gw: GatewayProcess, stream: bool) -> bytes:
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-def wait(cond, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not cond():
-        assert time.monotonic() - start < timeout, f"not within {timeout}s: {what}"
-        time.sleep(0.02)
-    return time.monotonic() - start
-
-
 @pytest.mark.parametrize("pipelined", [False, True], ids=["one request", "first of two pipelined"])
 def test_a_client_that_closes_mid_request_frees_its_place(slow_fleet, pipelined: bool) -> None:
     gw, backend = slow_fleet
     host, port = gw.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall(request(gw, stream=False) + (request(gw, stream=False) if pipelined else b""))
-        wait(lambda: gw.ready()["in_flight"] == 1 and len(backend.busy) == 1, 10, "the request reached the backend")
-    took = wait(lambda: gw.ready()["in_flight"] == 0, 3, "the gateway let go of the request")
+        wait_until(lambda: gw.ready()["in_flight"] == 1 and len(backend.busy) == 1, 10, "the request at the backend")
+    took = wait_until(lambda: gw.ready()["in_flight"] == 0, 3, "the gateway let go of the request")
     print(f"\nreleased {took * 1000:.0f} ms after the client closed")
     # the gateway keeps serving, and the pipelined second request never ran
     assert backend.tasks == 1
