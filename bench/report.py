@@ -1,6 +1,6 @@
-"""Issue 14's numbers in one command: balancing, images, and the hot path, written as one markdown report.
+"""Issues 14 and 23's numbers in one command: balancing, images, latency and the hot path, as one markdown report.
 
-    python bench/report.py            # the full run (~13 min on 2 cores)
+    python bench/report.py            # the full run (~21 min on 2 cores)
     python bench/report.py --quick    # every part, shorter (~6 min)
     python bench/report.py --only hotpath,fleet --litellm
 
